@@ -1,0 +1,103 @@
+"""Synthetic data of P1: a ground-truth dictionary on the sphere and signed top-k Gaussian codes.
+
+x = z D*, with z ~ N(0, I_M) keeping only its k entries of largest magnitude (signs kept), then x is
+normalised to unit norm (the training recipe's input normalisation; the code is rescaled with it).
+
+Every stream is a pure function of (seed, step): ``stream.batch(step)`` returns the same tensor however
+often and in whatever order it is asked for, so all models of an experiment see identical data in
+identical order, and a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+DICTIONARY_KINDS = ("iid", "mixture")
+
+
+@dataclass
+class SyntheticConfig:
+    """Ground truth of a synthetic experiment. Defaults are P1's sizes unless marked "our choice"."""
+
+    d_in: int = 768
+    """Input dimension N."""
+    n_atoms: int = 4096
+    """Ground-truth dictionary size M."""
+    k: int = 40
+    """Non-zeros per code."""
+    kind: str = "iid"
+    """"iid": random unit atoms. "mixture": atoms from a Gaussian mixture projected on the sphere."""
+    n_components: int = 32
+    """Mixture components (our choice: P1 does not say)."""
+    spread: float = 1.0
+    """Mixture: atom = normalise(centre + spread · g), g ~ N(0, I/N), centres unit. Our choice; 1.0 puts
+    the mean |cos| between atoms of one component near 0.5."""
+    seed: int = 0
+    """Seed of the ground-truth dictionary."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in DICTIONARY_KINDS:
+            raise ValueError(f"kind={self.kind!r} is unknown; use one of {DICTIONARY_KINDS}.")
+        if not 0 < self.k <= self.n_atoms:
+            raise ValueError(f"k={self.k} must satisfy 0 < k ≤ n_atoms={self.n_atoms}.")
+        if self.d_in <= 0 or self.n_components <= 0 or self.spread < 0:
+            raise ValueError("d_in and n_components must be positive and spread ≥ 0.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _unit_rows(a: torch.Tensor) -> torch.Tensor:
+    return a / a.norm(dim=1, keepdim=True)
+
+
+def make_dictionary(cfg: SyntheticConfig) -> torch.Tensor:
+    """Ground-truth atoms as unit rows, [n_atoms, d_in]."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.kind == "iid":
+        return _unit_rows(torch.randn(cfg.n_atoms, cfg.d_in, generator=gen))
+    centres = _unit_rows(torch.randn(cfg.n_components, cfg.d_in, generator=gen))
+    component = torch.randint(cfg.n_components, (cfg.n_atoms,), generator=gen)
+    offsets = torch.randn(cfg.n_atoms, cfg.d_in, generator=gen) / cfg.d_in**0.5
+    return _unit_rows(centres[component] + cfg.spread * offsets)
+
+
+class SyntheticStream:
+    """Batches of unit-norm synthetic inputs; ``batch(step)`` depends only on (seed, step)."""
+
+    def __init__(self, cfg: SyntheticConfig, batch_size: int, seed: int = 0, device: str | torch.device = "cpu"):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size={batch_size} must be positive.")
+        self.cfg = cfg
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = torch.device(device)
+        self.dictionary = make_dictionary(cfg).to(self.device)
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    def _generator(self, step: int) -> torch.Generator:
+        # Distinct, reproducible seed for every (stream seed, step); negative steps are held-out data.
+        return torch.Generator(self.device).manual_seed((self.seed * 1_000_003 + step) % (2**63))
+
+    def sample(self, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n inputs and their ground-truth codes (rescaled with the input), drawn from seed (seed, step)."""
+        gen = self._generator(step)
+        dense = torch.randn(n, self.cfg.n_atoms, generator=gen, device=self.device)
+        idx = dense.abs().topk(self.cfg.k, dim=1).indices
+        z = torch.zeros_like(dense).scatter(1, idx, dense.gather(1, idx))
+        x = z @ self.dictionary
+        norm = x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return x / norm, z / norm
+
+    def batch(self, step: int) -> torch.Tensor:
+        """Training batch number ``step`` (unit-norm rows)."""
+        return self.sample(self.batch_size, step)[0]
+
+    def held_out(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluation inputs that no training step sees (drawn from negative step numbers)."""
+        return self.sample(n, step=-1)

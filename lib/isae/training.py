@@ -1,0 +1,191 @@
+"""Train several SAEs (models × seeds) from ONE data stream, in identical order, with Gao et al.'s recipe.
+
+Recipe (shared by every model): unit-norm inputs (the stream's job); b_dec initialised to the geometric
+median of a data sample; tied encoder init and random unit atoms (``SAE.__init__``); Adam; the radial
+gradient of every atom removed before each step and atoms renormalised after it; AuxK against latents that
+have not fired for ``dead_after_tokens`` tokens.
+
+A checkpoint (models, optimisers, dead counters, noise generators, logs) is written atomically every
+``checkpoint_every`` steps; ``train_many`` resumes from it and ends identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .models import K_SPARSE, SAE
+from .provenance import atomic_torch_save
+
+
+class Stream(Protocol):
+    d_in: int
+
+    def batch(self, step: int) -> torch.Tensor: ...
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when a loss becomes non-finite; the last good checkpoint on disk is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every model trained together."""
+
+    n_steps: int
+    """Optimiser steps (each sees one fresh batch: fully online, no input seen twice)."""
+    batch_size: int = 2048
+    lr: float | None = None
+    """Adam learning rate; None → 2e-4 / sqrt(d_sae / 2^14), sparsify's scaling (our choice)."""
+    dead_after_tokens: int | None = None
+    """AuxK dead window; None → min(10M, run tokens / 10): Gao et al.'s 10M scaled to short runs (our choice)."""
+    geometric_median_samples: int = 8192
+    """Inputs used to initialise b_dec by Weiszfeld iterations."""
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    device: str | None = None
+    """"cuda" when available, else "cpu" (None picks)."""
+
+    def __post_init__(self) -> None:
+        if self.n_steps <= 0:
+            raise ValueError(f"n_steps={self.n_steps} must be positive.")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size={self.batch_size} must be positive.")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr={self.lr} must be positive (or None for the default scaling).")
+        if self.log_every <= 0 or self.checkpoint_every <= 0:
+            raise ValueError("log_every and checkpoint_every must be positive.")
+
+    def learning_rate(self, d_sae: int) -> float:
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 2**14)
+
+    def dead_window(self) -> int:
+        if self.dead_after_tokens is not None:
+            return self.dead_after_tokens
+        return max(self.batch_size, min(10_000_000, self.n_steps * self.batch_size // 10))
+
+    def resolved_device(self) -> torch.device:
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+@torch.no_grad()
+def geometric_median(x: torch.Tensor, n_iter: int = 200, tol: float = 1e-7) -> torch.Tensor:
+    """Weiszfeld iterations for argmin_m Σ_i ‖x_i − m‖, started at the mean."""
+    m = x.mean(0)
+    for _ in range(n_iter):
+        w = 1.0 / (x - m).norm(dim=1).clamp_min(1e-8)
+        m_new = (w[:, None] * x).sum(0) / w.sum()
+        if (m_new - m).norm() <= tol * m.norm().clamp_min(1e-8):
+            return m_new
+        m = m_new
+    return m
+
+
+def _fired(out) -> torch.Tensor:
+    """Bool [K]: latents that were non-zero for at least one input of the batch."""
+    if out.idx is not None:
+        fired = torch.zeros(out.pre.shape[1], dtype=torch.bool, device=out.pre.device)
+        return fired.index_fill(0, out.idx[out.vals.detach() != 0], True)
+    return (out.z.detach() != 0).any(0)
+
+
+def _check_inputs(saes: dict[str, SAE], stream: Stream, cfg: TrainConfig) -> None:
+    if not saes:
+        raise ValueError("saes is empty: pass at least one model to train.")
+    for name, sae in saes.items():
+        if sae.cfg.d_in != stream.d_in:
+            raise ValueError(f"SAE {name!r} has d_in={sae.cfg.d_in} but the stream yields d_in={stream.d_in}.")
+
+
+def train_many(
+    saes: dict[str, SAE],
+    stream: Stream,
+    cfg: TrainConfig,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Train every SAE in ``saes`` on the same batches, in the same order. Returns the training log.
+
+    The log has one row per (model, logged step): loss, mse, l0 and dead fraction. With
+    ``checkpoint_dir`` the run resumes from ``checkpoint.pt`` there when present (the checkpoint must come
+    from the same models and settings, else a ValueError says what differs).
+    """
+    _check_inputs(saes, stream, cfg)
+    device = cfg.resolved_device()
+    window = cfg.dead_window()
+    for sae in saes.values():
+        sae.to(device)
+    opts = {n: torch.optim.Adam([p for p in s.parameters() if p.requires_grad], lr=cfg.learning_rate(s.cfg.d_sae))
+            for n, s in saes.items()}
+    gens = {n: torch.Generator(device).manual_seed(10_007 + i) for i, n in enumerate(saes)}
+    since_fired = {n: torch.zeros(s.cfg.d_sae, dtype=torch.long, device=device) for n, s in saes.items()}
+    log: list[dict] = []
+    start = 0
+
+    ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+    signature = {"train": asdict(cfg), "models": {n: s.cfg.to_dict() for n, s in saes.items()}}
+    if ckpt_path is not None and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state["signature"] != signature:
+            raise ValueError(f"{ckpt_path} was written by a different experiment (models or TrainConfig differ); "
+                             "delete it or use another checkpoint_dir.")
+        start, log = state["step"], state["log"]
+        for n in saes:
+            saes[n].load_state_dict(state["models"][n])
+            opts[n].load_state_dict(state["opts"][n])
+            gens[n].set_state(state["gens"][n].cpu())
+            since_fired[n] = state["since_fired"][n].to(device)
+    else:
+        sample = torch.cat([stream.batch(i) for i in range(math.ceil(cfg.geometric_median_samples / cfg.batch_size))])
+        median = geometric_median(sample[: cfg.geometric_median_samples].to(device))
+        for sae in saes.values():
+            with torch.no_grad():
+                sae.b_dec.copy_(median)
+
+    def save_checkpoint(step: int) -> None:
+        if ckpt_path is None:
+            return
+        atomic_torch_save({
+            "signature": signature, "step": step, "log": log,
+            "models": {n: s.state_dict() for n, s in saes.items()},
+            "opts": {n: o.state_dict() for n, o in opts.items()},
+            "gens": {n: g.get_state() for n, g in gens.items()},
+            "since_fired": since_fired,
+        }, ckpt_path)
+
+    bar = tqdm(range(start, cfg.n_steps), initial=start, total=cfg.n_steps, disable=not progress,
+               desc=f"training {len(saes)} SAEs", unit="step")
+    for step in bar:
+        x = stream.batch(step).to(device)
+        for name, sae in saes.items():
+            dead = since_fired[name] >= window
+            out = sae(x, dead_mask=dead if sae.cfg.architecture in K_SPARSE else None, generator=gens[name])
+            loss = out.losses["total"]
+            if not torch.isfinite(loss):
+                where = f"the last good checkpoint is kept at {ckpt_path}" if ckpt_path else "no checkpoint was kept"
+                raise TrainingDiverged(f"{name}: loss became {loss.item()} at step {step}; {where}. "
+                                       "Lower the learning rate (TrainConfig.lr) or check the inputs.")
+            opts[name].zero_grad(set_to_none=True)
+            loss.backward()
+            sae.remove_radial_grad()
+            opts[name].step()
+            sae.normalize_atoms()
+            fired = _fired(out)
+            since_fired[name] += x.shape[0]
+            since_fired[name][fired] = 0
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.n_steps:
+                l0 = (out.vals != 0).sum(1) if out.idx is not None else (out.z != 0).sum(1)
+                log.append({"model": name, "step": step + 1, "loss": loss.item(),
+                            "mse": out.losses["mse"].item(), "l0": l0.float().mean().item(),
+                            "dead_frac": (since_fired[name] >= window).float().mean().item()})
+        if log and (step + 1) % cfg.log_every == 0:
+            bar.set_postfix(mse=f"{sum(r['mse'] for r in log[-len(saes):]) / len(saes):.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.n_steps:
+            save_checkpoint(step + 1)
+    return pd.DataFrame(log)
