@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .seeding import derive_seed
+
 DICTIONARY_KINDS = ("iid", "mixture")
 
 
@@ -55,7 +57,7 @@ def _unit_rows(a: torch.Tensor) -> torch.Tensor:
 
 def make_dictionary(cfg: SyntheticConfig) -> torch.Tensor:
     """Ground-truth atoms as unit rows, [n_atoms, d_in]."""
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(derive_seed("dictionary", cfg.seed))
     if cfg.kind == "iid":
         return _unit_rows(torch.randn(cfg.n_atoms, cfg.d_in, generator=gen))
     centres = _unit_rows(torch.randn(cfg.n_components, cfg.d_in, generator=gen))
@@ -82,7 +84,7 @@ class SyntheticStream:
 
     def _generator(self, step: int) -> torch.Generator:
         # Distinct, reproducible seed for every (stream seed, step); negative steps are held-out data.
-        return torch.Generator(self.device).manual_seed((self.seed * 1_000_003 + step) % (2**63))
+        return torch.Generator(self.device).manual_seed(derive_seed("stream", self.seed, step))
 
     def sample(self, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n inputs and their ground-truth codes (rescaled with the input), drawn from seed (seed, step)."""

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .arip import arip_support, rip_gap_exact
+from .arip import arip_support, rip_gap_exact, rip_gap_noise
 from .models import K_SPARSE, SAE
 from .sparse_ops import sparse_decode
 
@@ -186,3 +186,17 @@ def ground_truth_recovery(sae: SAE, true_atoms: torch.Tensor) -> dict[str, float
     """DCS of the SAE's dictionary against the ground truth D*, and the fraction of true atoms with |cos| > 0.9."""
     m = match_atoms(true_atoms, sae.W_dec)
     return {"gt_dcs": dcs(m), "gt_recovered": float((np.abs(m.cos) > 0.9).mean())}
+
+
+@torch.no_grad()
+def arip_estimators(sae: SAE, x: torch.Tensor, n_draws: int = 32, seed: int = 0) -> dict[str, float]:
+    """R_S on x by the exact formula and by P1's one-draw noise estimator (mean and standard error over draws).
+
+    Shows that the stochastic regulariser estimates the measured quantity (their expectations agree).
+    """
+    _, _, _, _, score = sae.encode_sparse(x)
+    support = arip_support(score, sae.cfg.k)
+    gen = torch.Generator(x.device).manual_seed(seed)
+    draws = torch.stack([rip_gap_noise(sae.W_dec, support, gen).mean() for _ in range(n_draws)])
+    return {"exact": float(rip_gap_exact(sae.W_dec, support).mean()), "noise_mean": float(draws.mean()),
+            "noise_se": float(draws.std() / n_draws**0.5)}

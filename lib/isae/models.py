@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .arip import arip_support, rip_gap_exact, rip_gap_noise
+from .seeding import derive_seed
 from .sparse_ops import gather_preact, sparse_decode
 
 #: Architecture name → the paper's display name.
@@ -123,7 +124,7 @@ class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig, seed: int = 0):
         super().__init__()
         self.cfg = cfg
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(derive_seed("sae-init", seed))
         atoms = torch.randn(cfg.d_sae, cfg.d_in, generator=gen)
         atoms = atoms / atoms.norm(dim=1, keepdim=True)  # random unit atoms
         self.W_dec = nn.Parameter(atoms)

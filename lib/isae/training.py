@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Iterable, Protocol
 
 import pandas as pd
 import torch
@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .models import K_SPARSE, SAE
 from .provenance import atomic_torch_save
+from .seeding import derive_seed
 
 
 class Stream(Protocol):
@@ -87,6 +88,20 @@ def geometric_median(x: torch.Tensor, n_iter: int = 200, tol: float = 1e-7) -> t
     return m
 
 
+@torch.no_grad()
+def initialise_decoder_bias(saes: Iterable[SAE], stream: Stream, n_samples: int) -> None:
+    """Set every SAE's b_dec to the geometric median of the stream's first ``n_samples`` inputs."""
+    batches, n = [], 0
+    step = 0
+    while n < n_samples:
+        batches.append(stream.batch(step))
+        n += batches[-1].shape[0]
+        step += 1
+    median = geometric_median(torch.cat(batches)[:n_samples])
+    for sae in saes:
+        sae.b_dec.copy_(median.to(sae.b_dec.device))
+
+
 def _fired(out) -> torch.Tensor:
     """Bool [K]: latents that were non-zero for at least one input of the batch."""
     if out.idx is not None:
@@ -123,7 +138,7 @@ def train_many(
         sae.to(device)
     opts = {n: torch.optim.Adam([p for p in s.parameters() if p.requires_grad], lr=cfg.learning_rate(s.cfg.d_sae))
             for n, s in saes.items()}
-    gens = {n: torch.Generator(device).manual_seed(10_007 + i) for i, n in enumerate(saes)}
+    gens = {n: torch.Generator(device).manual_seed(derive_seed("arip-noise", i)) for i, n in enumerate(saes)}
     since_fired = {n: torch.zeros(s.cfg.d_sae, dtype=torch.long, device=device) for n, s in saes.items()}
     log: list[dict] = []
     start = 0
@@ -142,11 +157,7 @@ def train_many(
             gens[n].set_state(state["gens"][n].cpu())
             since_fired[n] = state["since_fired"][n].to(device)
     else:
-        sample = torch.cat([stream.batch(i) for i in range(math.ceil(cfg.geometric_median_samples / cfg.batch_size))])
-        median = geometric_median(sample[: cfg.geometric_median_samples].to(device))
-        for sae in saes.values():
-            with torch.no_grad():
-                sae.b_dec.copy_(median)
+        initialise_decoder_bias(saes.values(), stream, cfg.geometric_median_samples)
 
     def save_checkpoint(step: int) -> None:
         if ckpt_path is None:

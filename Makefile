@@ -1,0 +1,48 @@
+# Jupyter-first companion to SAE identifiability research. `make help` lists the targets.
+PROFILE ?= default
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+OUT := outputs/$(PROFILE)
+
+.PHONY: help setup reproduce test lab bench clean
+
+help:  ## List the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  PROFILE=smoke|default|paper (now: $(PROFILE)) sizes every notebook; outputs go to outputs/<profile>/"
+
+setup: $(STAMP)  ## Create .venv from nothing and install the pinned environment (idempotent)
+
+$(STAMP): requirements.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, $(PYTHON) is {sys.version.split()[0]}"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet pip==26.3 setuptools==84.2.1 wheel==0.48.0
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+reproduce: setup  ## Execute every notebook with papermill at PROFILE into outputs/<profile>/ (tables, figures, notebooks)
+	@mkdir -p $(OUT)/notebooks
+	@$(PY) -c 'from isae.profiles import check_profile; check_profile("$(PROFILE)")'
+	@for nb in $(NOTEBOOKS); do \
+	  name=$$(basename $$nb); echo "== $$name (profile $(PROFILE))"; \
+	  $(PY) -m papermill --cwd notebooks -k python3 -p profile $(PROFILE) $$nb $(OUT)/notebooks/$$name || exit 1; \
+	  $(VENV)/bin/jupyter nbconvert --log-level WARN --to html $(OUT)/notebooks/$$name || exit 1; \
+	done
+	@echo "tables: $(OUT)/tables  figures: $(OUT)/figures  executed notebooks: $(OUT)/notebooks"
+
+test: setup  ## Run the unit tests, then every notebook under nbval at the smoke profile
+	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $(NOTEBOOKS)
+
+lab: setup  ## Open the notebooks in JupyterLab
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: setup  ## Time a training step of every model against the naive dense reference
+	$(PY) benchmarks/bench_training.py
+
+clean:  ## Remove every output (tables, figures, checkpoints, saved SAEs); keeps .venv
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

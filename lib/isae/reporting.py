@@ -1,0 +1,88 @@
+"""The papers' numbers (``data/paper/*.csv``), our tables beside them, and P1's qualitative claims checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .experiments import TABLE_METRICS
+from .provenance import repo_root
+
+PAPER_DIR = repo_root() / "data" / "paper"
+#: Direction of improvement of each metric (for the "better" arrows in tables).
+HIGHER_IS_BETTER = {"mse": False, "r_s": False, "sae_iou": True, "sae_l2": False, "oracle_iou": True,
+                    "oracle_l2": False, "dcs": True}
+
+
+def paper_table(table: int) -> pd.DataFrame:
+    """P1's Table 1 or 2 as published (columns setting, model and ``TABLE_METRICS``)."""
+    path = PAPER_DIR / "p1_tables.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; it is part of the repository (git checkout data/paper).")
+    df = pd.read_csv(path)
+    if table not in set(df["table"]):
+        raise ValueError(f"table={table} is not in {path}; available: {sorted(set(df['table']))}.")
+    return df[df["table"] == table].drop(columns="table").reset_index(drop=True)
+
+
+def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, metrics: tuple[str, ...] = TABLE_METRICS) -> pd.DataFrame:
+    """One row per (setting, model) of ``ours``; for each metric an "ours" (mean ± sd) and a "paper" column."""
+    merged = ours.merge(paper, on=["setting", "model"], how="left", suffixes=("", "_paper"))
+    out = merged[["setting", "model"]].copy()
+    for m in metrics:
+        sd = merged.get(f"{m}_sd")
+        out[(m, "ours")] = [f"{v:.3f} ± {s:.3f}" if pd.notna(s) else f"{v:.3f}"
+                            for v, s in zip(merged[m], sd if sd is not None else [float("nan")] * len(merged))]
+        out[(m, "paper")] = merged[f"{m}_paper"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    out = out.set_index(["setting", "model"])
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    return out
+
+
+@dataclass
+class Claim:
+    """A qualitative claim of a paper, and whether our numbers support it."""
+
+    claim: str
+    setting: str
+    holds: bool
+    evidence: str
+
+
+def _get(table: pd.DataFrame, setting: str, model: str, metric: str) -> float:
+    row = table[(table["setting"] == setting) & (table["model"] == model)]
+    return float(row[metric].iloc[0]) if len(row) else float("nan")
+
+
+def check_synthetic_claims(table: pd.DataFrame) -> pd.DataFrame:
+    """P1's qualitative claims on synthetic data, checked on ``table`` (the output of ``summarise``)."""
+    claims: list[Claim] = []
+    for s in sorted(set(table["setting"])):
+        g = lambda model, metric: _get(table, s, model, metric)  # noqa: E731
+        claims += [
+            Claim("AbsTopK beats TopK on DCS", s, g("AbsTopK", "dcs") > g("TopK", "dcs"),
+                  f"DCS {g('AbsTopK', 'dcs'):.3f} vs {g('TopK', 'dcs'):.3f}"),
+            Claim("AbsTopK beats TopK on SAE code IoU", s, g("AbsTopK", "sae_iou") > g("TopK", "sae_iou"),
+                  f"IoU {g('AbsTopK', 'sae_iou'):.3f} vs {g('TopK', 'sae_iou'):.3f}"),
+            Claim("OMP oracle on AbsTopK dictionaries is more consistent than the AbsTopK encoder", s,
+                  g("AbsTopK", "oracle_iou") > g("AbsTopK", "sae_iou"),
+                  f"oracle IoU {g('AbsTopK', 'oracle_iou'):.3f} vs SAE IoU {g('AbsTopK', 'sae_iou'):.3f}"),
+            Claim("iSAE-ME has the lowest MSE", s,
+                  g("iSAE-ME", "mse") <= min(g(m, "mse") for m in ("TopK", "AbsTopK", "iSAE")),
+                  f"MSE iSAE-ME {g('iSAE-ME', 'mse'):.3f}, AbsTopK {g('AbsTopK', 'mse'):.3f}, TopK {g('TopK', 'mse'):.3f}"),
+            Claim("iSAE-ME closes the gap to the oracle (SAE IoU ≥ AbsTopK's oracle IoU − 0.05)", s,
+                  g("iSAE-ME", "sae_iou") >= g("AbsTopK", "oracle_iou") - 0.05,
+                  f"iSAE-ME SAE IoU {g('iSAE-ME', 'sae_iou'):.3f} vs AbsTopK oracle IoU {g('AbsTopK', 'oracle_iou'):.3f}"),
+            Claim("Trained SAEs are more consistent than untrained ones (DCS above the random-init baseline)", s,
+                  g("TopK", "dcs") > g("TopK (untrained)", "dcs"),
+                  f"TopK DCS {g('TopK', 'dcs'):.3f} vs untrained {g('TopK (untrained)', 'dcs'):.3f}"),
+        ]
+        if s == "iid":
+            claims.append(Claim("iSAE-ME is near-perfectly stable on i.i.d. data (SAE IoU > 0.9)", s,
+                                g("iSAE-ME", "sae_iou") > 0.9, f"SAE IoU {g('iSAE-ME', 'sae_iou'):.3f}"))
+        if s == "mixture":
+            claims.append(Claim("the aRIP term lowers R_S on coherent (mixture) data", s,
+                                g("iSAE", "r_s") < g("AbsTopK", "r_s"),
+                                f"R_S iSAE {g('iSAE', 'r_s'):.3f} vs AbsTopK {g('AbsTopK', 'r_s'):.3f}"))
+    return pd.DataFrame([c.__dict__ for c in claims])
