@@ -82,6 +82,10 @@ class SyntheticStream:
     def d_in(self) -> int:
         return self.cfg.d_in
 
+    def identity(self) -> dict:
+        """What determines the stream's batches (a checkpoint records it and refuses another stream)."""
+        return {"stream": "synthetic", **self.cfg.to_dict(), "stream_seed": self.seed, "batch_size": self.batch_size}
+
     def _generator(self, step: int) -> torch.Generator:
         # Distinct, reproducible seed for every (stream seed, step); negative steps are held-out data.
         return torch.Generator(self.device).manual_seed(derive_seed("stream", self.seed, step))

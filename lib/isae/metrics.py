@@ -144,7 +144,7 @@ def single_metrics(sae: SAE, x: torch.Tensor, chunk: int = 4096) -> dict[str, fl
         xs = x[s : s + chunk]
         if sae.cfg.architecture in K_SPARSE:
             vals, idx, _, _, score = sae.encode_sparse(xs)
-            z = torch.zeros(xs.shape[0], sae.cfg.d_sae, device=x.device).scatter(1, idx, vals)
+            z = torch.zeros(xs.shape[0], sae.cfg.d_sae, dtype=vals.dtype, device=x.device).scatter(1, idx, vals)
         else:
             z = sae.encode(xs)
             score = sae.preact(xs - sae.b_dec)
@@ -183,9 +183,14 @@ def pair_metrics(a: SAE, b: SAE, x: torch.Tensor, oracle: bool = True,
 
 
 def ground_truth_recovery(sae: SAE, true_atoms: torch.Tensor) -> dict[str, float]:
-    """DCS of the SAE's dictionary against the ground truth D*, and the fraction of true atoms with |cos| > 0.9."""
+    """Recovery of the ground truth D* (M atoms) by the SAE's dictionary, after signed Hungarian matching.
+
+    gt_dcs = (1/M) Σ_matched |cos| and gt_recovered = (1/M) #{matched |cos| > 0.9}: true atoms left unmatched
+    (when the SAE has fewer atoms than D*) count as not recovered.
+    """
     m = match_atoms(true_atoms, sae.W_dec)
-    return {"gt_dcs": dcs(m), "gt_recovered": float((np.abs(m.cos) > 0.9).mean())}
+    n_true = true_atoms.shape[0]
+    return {"gt_dcs": float(np.abs(m.cos).sum() / n_true), "gt_recovered": float((np.abs(m.cos) > 0.9).sum() / n_true)}
 
 
 @torch.no_grad()

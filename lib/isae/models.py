@@ -124,6 +124,7 @@ class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig, seed: int = 0):
         super().__init__()
         self.cfg = cfg
+        self.seed = seed
         gen = torch.Generator().manual_seed(derive_seed("sae-init", seed))
         atoms = torch.randn(cfg.d_sae, cfg.d_in, generator=gen)
         atoms = atoms / atoms.norm(dim=1, keepdim=True)  # random unit atoms

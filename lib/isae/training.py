@@ -129,7 +129,7 @@ def train_many(
 
     The log has one row per (model, logged step): loss, mse, l0 and dead fraction. With
     ``checkpoint_dir`` the run resumes from ``checkpoint.pt`` there when present (the checkpoint must come
-    from the same models and settings, else a ValueError says what differs).
+    from the same models, seeds, stream and settings, else a ValueError says so).
     """
     _check_inputs(saes, stream, cfg)
     device = cfg.resolved_device()
@@ -144,11 +144,13 @@ def train_many(
     start = 0
 
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
-    signature = {"train": asdict(cfg), "models": {n: s.cfg.to_dict() for n, s in saes.items()}}
+    signature = {"train": asdict(cfg), "models": {n: (s.cfg.to_dict(), s.seed) for n, s in saes.items()},
+                 "stream": stream.identity() if hasattr(stream, "identity") else type(stream).__name__}
     if ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         if state["signature"] != signature:
-            raise ValueError(f"{ckpt_path} was written by a different experiment (models or TrainConfig differ); "
+            raise ValueError(f"{ckpt_path} was written by a different experiment (models, seeds, data stream or "
+                             "TrainConfig differ); "
                              "delete it or use another checkpoint_dir.")
         start, log = state["step"], state["log"]
         for n in saes:

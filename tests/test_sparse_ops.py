@@ -1,0 +1,130 @@
+"""The sparse kernels equal their dense definitions, in value and gradient (float64, tolerance 1e-12)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from isae.sparse_ops import gather_preact, rows_dot, sparse_decode
+
+TOL = dict(rtol=1e-12, atol=1e-12)  # float64: the sparse and dense sums differ only by summation order
+
+
+def _dense_from_sparse(vals: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Dense [B, n] matrix with vals scattered-added at idx (duplicates within a row add up)."""
+    return torch.zeros(vals.shape[0], n, dtype=vals.dtype).scatter_add(1, idx, vals)
+
+
+def _problem(seed: int = 0, B: int = 37, K: int = 50, N: int = 12, k: int = 6, duplicates: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    if duplicates:  # indices drawn with replacement: the same row may appear twice in one bag
+        idx = torch.randint(K, (B, k), generator=g)
+    else:
+        idx = torch.rand(B, K, generator=g).argsort(1)[:, :k]
+    W = torch.randn(K, N, generator=g, dtype=torch.float64)
+    x = torch.randn(B, N, generator=g, dtype=torch.float64)
+    vals = torch.randn(B, k, generator=g, dtype=torch.float64)
+    upstream = torch.randn(B, N, generator=g, dtype=torch.float64)
+    return idx, W, x, vals, upstream
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_sparse_decode_value_and_grads_equal_dense_matmul(duplicates):
+    idx, W, _, vals, upstream = _problem(duplicates=duplicates)
+    W1, v1 = W.clone().requires_grad_(), vals.clone().requires_grad_()
+    out = sparse_decode(v1, idx, W1)
+    (out * upstream).sum().backward()
+
+    W2, v2 = W.clone().requires_grad_(), vals.clone().requires_grad_()
+    dense = _dense_from_sparse(v2, idx, W.shape[0]) @ W2
+    (dense * upstream).sum().backward()
+
+    torch.testing.assert_close(out, dense, **TOL)
+    torch.testing.assert_close(W1.grad, W2.grad, **TOL)
+    torch.testing.assert_close(v1.grad, v2.grad, **TOL)
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_gather_preact_value_and_grads_equal_dense_gather(duplicates):
+    idx, W, x, _, _ = _problem(seed=1, duplicates=duplicates)
+    up = torch.randn(idx.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+
+    x1, W1 = x.clone().requires_grad_(), W.clone().requires_grad_()
+    pre = (x @ W.T).detach()
+    vals = gather_preact(x1, W1, pre, idx)
+    (vals * up).sum().backward()
+
+    x2, W2 = x.clone().requires_grad_(), W.clone().requires_grad_()
+    dense = (x2 @ W2.T).gather(1, idx)
+    (dense * up).sum().backward()
+
+    torch.testing.assert_close(vals, dense, **TOL)
+    torch.testing.assert_close(x1.grad, x2.grad, **TOL)
+    torch.testing.assert_close(W1.grad, W2.grad, **TOL)
+
+
+def test_gather_preact_gives_zero_gradient_to_unselected_encoder_rows():
+    idx, W, x, _, _ = _problem(seed=2, B=3)  # 3 inputs × 6 picks cannot cover all 50 latents
+    W1 = W.clone().requires_grad_()
+    gather_preact(x, W1, (x @ W.T), idx).sum().backward()
+    unselected = torch.ones(W.shape[0], dtype=torch.bool)
+    unselected[idx.unique()] = False
+    assert unselected.any()
+    assert torch.all(W1.grad[unselected] == 0)
+    assert torch.all(W1.grad[~unselected].norm(dim=1) > 0)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 256])
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_rows_dot_value_and_grads_equal_dense_product(chunk, duplicates):
+    idx, W, u, _, _ = _problem(seed=3, duplicates=duplicates)
+    up = torch.randn(idx.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+
+    W1, u1 = W.clone().requires_grad_(), u.clone().requires_grad_()
+    out = rows_dot(W1, idx, u1, chunk=chunk)
+    (out * up).sum().backward()
+
+    W2, u2 = W.clone().requires_grad_(), u.clone().requires_grad_()
+    dense = (u2 @ W2.T).gather(1, idx)  # out[b, j] = W[idx[b, j]] · u[b]
+    (dense * up).sum().backward()
+
+    torch.testing.assert_close(out, dense, **TOL)
+    torch.testing.assert_close(W1.grad, W2.grad, **TOL)
+    torch.testing.assert_close(u1.grad, u2.grad, **TOL)
+
+
+def test_rows_dot_is_the_adjoint_of_sparse_decode():
+    # <sparse_decode(v, idx, W), u> == <v, rows_dot(W, idx, u)> for every v, u
+    idx, W, u, vals, _ = _problem(seed=4)
+    lhs = (sparse_decode(vals, idx, W) * u).sum()
+    rhs = (vals * rows_dot(W, idx, u)).sum()
+    torch.testing.assert_close(lhs, rhs, **TOL)
+
+
+def test_sparse_ops_match_dense_in_float32_within_float_tolerance():
+    idx, W, x, vals, _ = _problem(seed=5)
+    W, x, vals = W.float(), x.float(), vals.float()
+    torch.testing.assert_close(sparse_decode(vals, idx, W), _dense_from_sparse(vals, idx, W.shape[0]) @ W,
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rows_dot(W, idx, x), (x @ W.T).gather(1, idx), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "one_column"])
+def test_sparse_backwards_accept_broadcast_upstream_gradients(reduce):
+    # .sum()/.mean() hand the backward an expanded (stride-0) gradient; the kernels must read it correctly
+    idx, W, x, vals, _ = _problem(seed=6)
+    red = {"sum": lambda t: t.sum(), "mean": lambda t: t.mean(), "one_column": lambda t: t[:, 1].sum()}[reduce]
+
+    def grads(fn, *args):
+        args = [a.clone().requires_grad_() for a in args]
+        red(fn(*args)).backward()
+        return [a.grad for a in args]
+
+    for sparse, dense, args in [
+        (lambda x_, W_: gather_preact(x_, W_, x @ W.T, idx), lambda x_, W_: (x_ @ W_.T).gather(1, idx), (x, W)),
+        (lambda W_, x_: rows_dot(W_, idx, x_), lambda W_, x_: (x_ @ W_.T).gather(1, idx), (W, x)),
+        (lambda v_, W_: sparse_decode(v_, idx, W_), lambda v_, W_: _dense_from_sparse(v_, idx, W.shape[0]) @ W_,
+         (vals, W)),
+    ]:
+        for g_sparse, g_dense in zip(grads(sparse, *args), grads(dense, *args)):
+            torch.testing.assert_close(g_sparse, g_dense, **TOL)
