@@ -1,0 +1,222 @@
+"""Activation caches on disk: shards + a manifest, atomic writes, resumable builds, memory-mapped reads.
+
+Layout of a cache folder::
+
+    manifest.json             spec (model, hook, layer, dtype, d_in, source, asset hashes, ...), shards, complete
+    shard_00000.npy           activations [rows, d_in] of shard 0 (numpy .npy: memory-mappable)
+    shard_00000.<extra>.npy   optional per-row extras (e.g. image labels, token ids), same row count
+
+A build is a deterministic function ``make_shard(i)`` called for i = 0, 1, ... Each shard is written to a
+temporary file and renamed, then the manifest is rewritten atomically, so a killed build leaves only whole
+shards behind; calling ``build_cache`` again resumes at the first missing shard and ends byte-identical to
+an uninterrupted build. A folder whose manifest was written for another spec is refused (``CacheMismatch``),
+never silently reused; ``verify`` re-hashes every shard (``CacheCorrupt`` names the bad one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .provenance import _atomic_write, atomic_write_json
+from .seeding import derive_seed
+
+FORMAT_VERSION = 1
+
+
+class CacheMismatch(ValueError):
+    """The folder holds a cache built for a different request."""
+
+
+class CacheCorrupt(RuntimeError):
+    """A shard's bytes do not match the sha256 recorded in the manifest."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    _atomic_write(path, lambda p: np.save(open(p, "wb"), array))
+
+
+def _normalise_spec(spec: dict) -> dict:
+    return json.loads(json.dumps(spec, sort_keys=True, default=str))
+
+
+def read_manifest(directory: str | Path) -> dict | None:
+    path = Path(directory) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def build_cache(directory: str | Path, spec: dict, n_shards: int,
+                make_shard: Callable[[int], dict[str, np.ndarray] | np.ndarray | torch.Tensor],
+                progress: bool = True) -> Path:
+    """Build (or resume building) a cache of ``n_shards`` shards in ``directory``.
+
+    ``make_shard(i)`` returns the activations of shard i ([rows, d_in]) or a dict with key "acts" plus any
+    per-row extras. It must be deterministic: resume relies on recomputing nothing that is on disk.
+    ``spec`` describes the request (model, hook, layer, dtype, source, asset hashes, sizes...); it must
+    include "dtype" ("float32" or "float16").
+    """
+    directory = Path(directory)
+    if n_shards <= 0:
+        raise ValueError(f"n_shards={n_shards} must be positive.")
+    if spec.get("dtype") not in ("float32", "float16"):
+        raise ValueError(f"spec['dtype']={spec.get('dtype')!r}; use 'float32' or 'float16'.")
+    dtype = np.dtype(spec["dtype"])
+    spec = _normalise_spec({**spec, "n_shards": n_shards, "format_version": FORMAT_VERSION})
+    manifest = read_manifest(directory)
+    if manifest is not None and manifest["spec"] != spec:
+        diff = sorted(k for k in set(spec) | set(manifest["spec"]) if spec.get(k) != manifest["spec"].get(k))
+        raise CacheMismatch(f"{directory} holds a cache built for another request (differs in {diff}); "
+                            "delete the folder or choose another one.")
+    if manifest is None:
+        manifest = {"spec": spec, "shards": [], "complete": False}
+    directory.mkdir(parents=True, exist_ok=True)
+    done = len(manifest["shards"])
+    for i in tqdm(range(done, n_shards), initial=done, total=n_shards, desc=f"caching {directory.name}",
+                  unit="shard", disable=not progress):
+        out = make_shard(i)
+        arrays = out if isinstance(out, dict) else {"acts": out}
+        arrays = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in arrays.items()}
+        acts = arrays.pop("acts").astype(dtype, copy=False)
+        entry = {"file": f"shard_{i:05d}.npy", "rows": int(acts.shape[0]), "extras": {}}
+        _save_npy(directory / entry["file"], acts)
+        entry["sha256"] = _sha256(directory / entry["file"])
+        for name, values in arrays.items():
+            if len(values) != acts.shape[0]:
+                raise ValueError(f"extra {name!r} of shard {i} has {len(values)} rows, activations have {acts.shape[0]}.")
+            fname = f"shard_{i:05d}.{name}.npy"
+            _save_npy(directory / fname, values)
+            entry["extras"][name] = {"file": fname, "sha256": _sha256(directory / fname)}
+        manifest["shards"].append(entry)
+        manifest["complete"] = len(manifest["shards"]) == n_shards
+        atomic_write_json(directory / "manifest.json", manifest)
+    return directory
+
+
+class ActivationCache:
+    """Read-only view of a complete cache: memory-mapped shards, concatenated row indexing, seeded streams."""
+
+    def __init__(self, directory: str | Path, expected_spec: dict | None = None):
+        self.directory = Path(directory)
+        manifest = read_manifest(self.directory)
+        if manifest is None:
+            raise FileNotFoundError(f"no activation cache at {self.directory} (manifest.json missing); build it with "
+                                    "the activation-caching notebook (notebooks/02_*) or isae.cache.build_cache.")
+        if not manifest["complete"]:
+            raise ValueError(f"the cache at {self.directory} is incomplete ({len(manifest['shards'])} of "
+                             f"{manifest['spec']['n_shards']} shards); run the build again to resume it.")
+        if expected_spec is not None:
+            want = _normalise_spec(expected_spec)
+            diff = sorted(k for k in want if manifest["spec"].get(k) != want[k])
+            if diff:
+                raise CacheMismatch(f"the cache at {self.directory} differs from the request in {diff}.")
+        self.manifest = manifest
+        self.spec = manifest["spec"]
+        self.shards = [np.load(self.directory / s["file"], mmap_mode="r") for s in manifest["shards"]]
+        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def d_in(self) -> int:
+        return int(self.shards[0].shape[1])
+
+    def extra(self, name: str) -> np.ndarray:
+        """A per-row extra (e.g. "labels") of every shard, concatenated."""
+        return np.concatenate([np.load(self.directory / s["extras"][name]["file"]) for s in self.manifest["shards"]])
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) across shard boundaries (a copy)."""
+        parts, i = [], int(np.searchsorted(self.offsets, start, side="right") - 1)
+        while start < stop:
+            lo = start - self.offsets[i]
+            take = min(stop - start, len(self.shards[i]) - lo)
+            parts.append(np.asarray(self.shards[i][lo : lo + take]))
+            start += take
+            i += 1
+        return np.concatenate(parts) if parts else np.empty((0, self.d_in), dtype=self.shards[0].dtype)
+
+    def verify(self) -> None:
+        """Re-hash every shard and extra; raise CacheCorrupt naming the first that does not match."""
+        for s in self.manifest["shards"]:
+            files = [(s["file"], s["sha256"])] + [(e["file"], e["sha256"]) for e in s["extras"].values()]
+            for fname, digest in files:
+                if _sha256(self.directory / fname) != digest:
+                    raise CacheCorrupt(f"{self.directory / fname} does not match its sha256 in the manifest; "
+                                       "delete it and its manifest entry (or the whole cache) and rebuild.")
+
+    def stream(self, batch_size: int, seed: int = 0, buffer_rows: int = 500_000, normalize: bool = True,
+               device: str | torch.device = "cpu", start_row: int = 0, stop_row: int | None = None) -> "CachedStream":
+        return CachedStream(self, batch_size, seed, buffer_rows, normalize, device, start_row, stop_row)
+
+
+class CachedStream:
+    """Seeded, shuffled batches from a cache; ``batch(step)`` is a pure function of (seed, step).
+
+    Shuffling is by buffer: rows [start_row, stop_row) are cut into consecutive buffers of ``buffer_rows``,
+    the buffers are visited in a seeded order and rows are permuted within each (seeded by buffer). Reads
+    stay sequential on disk, every consumer with the same seed sees the same batches, and each row is seen
+    once per pass. Rows are scaled to unit norm when ``normalize`` (the training recipe).
+    """
+
+    def __init__(self, cache: ActivationCache, batch_size: int, seed: int, buffer_rows: int, normalize: bool,
+                 device, start_row: int = 0, stop_row: int | None = None):
+        if batch_size <= 0 or buffer_rows < batch_size:
+            raise ValueError(f"need 0 < batch_size ≤ buffer_rows, got batch_size={batch_size}, buffer_rows={buffer_rows}.")
+        self.cache, self.batch_size, self.seed, self.normalize = cache, batch_size, seed, normalize
+        self.device = torch.device(device)
+        self.start = start_row
+        self.stop = len(cache) if stop_row is None else stop_row
+        self.buffer_rows = buffer_rows
+        bounds = list(range(self.start, self.stop, buffer_rows)) + [self.stop]
+        buffers = list(zip(bounds[:-1], bounds[1:]))
+        order = torch.randperm(len(buffers), generator=torch.Generator().manual_seed(derive_seed("buffers", seed)))
+        self.buffers = [buffers[i] for i in order.tolist()]  # (lo, hi) in visiting order
+        self.first_step = np.cumsum([0] + [(hi - lo) // batch_size for lo, hi in self.buffers])
+        if self.first_step[-1] == 0:
+            raise ValueError(f"the cache slice has {self.stop - self.start} rows, fewer than one batch of {batch_size}.")
+        self._loaded: tuple[int, torch.Tensor] | None = None
+
+    @property
+    def d_in(self) -> int:
+        return self.cache.d_in
+
+    @property
+    def steps_per_pass(self) -> int:
+        """Batches in one pass (rows that do not fill a whole batch at the end of a buffer are skipped)."""
+        return int(self.first_step[-1])
+
+    def identity(self) -> dict:
+        return {"stream": "cache", "cache": str(self.cache.directory), "spec": self.cache.spec, "seed": self.seed,
+                "batch_size": self.batch_size, "buffer_rows": self.buffer_rows, "rows": [self.start, self.stop]}
+
+    def _buffer(self, b: int) -> torch.Tensor:
+        if self._loaded is None or self._loaded[0] != b:
+            lo, hi = self.buffers[b]
+            rows = torch.from_numpy(self.cache.rows(lo, hi)).float()
+            perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(derive_seed("rows", self.seed, b)))
+            self._loaded = (b, rows[perm])
+        return self._loaded[1]
+
+    def batch(self, step: int) -> torch.Tensor:
+        if not 0 <= step < self.steps_per_pass:
+            raise ValueError(f"step {step} is past the cache's {self.steps_per_pass} batches of {self.batch_size} "
+                             "(training is fully online: cache more tokens or train fewer steps).")
+        b = int(np.searchsorted(self.first_step, step, side="right") - 1)
+        j = step - int(self.first_step[b])
+        x = self._buffer(b)[j * self.batch_size : (j + 1) * self.batch_size].to(self.device)
+        return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12) if self.normalize else x
