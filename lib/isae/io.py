@@ -1,7 +1,8 @@
 """Saved SAEs in SAELens's on-disk layout: ``cfg.json`` + ``sae_weights.safetensors`` (+ provenance).
 
 Tensors: W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in]; iSAE-ME adds S
-[d_sae, d_sae] (applied as z @ S) and JumpReLU a ``threshold`` [d_sae]. The SAEs expect unit-norm inputs
+[d_sae, d_sae] (applied as z @ S), JumpReLU a ``threshold`` [d_sae], and an SAE trained with P2's
+weighted loss its ``loss_weight`` Γ [d_in]. The SAEs expect unit-norm inputs
 (``cfg.json`` says so under ``input_normalization``); nothing else needs folding.
 """
 
@@ -33,6 +34,8 @@ def save_sae(sae: SAE, directory: str | Path, **params) -> Path:
     }
     if cfg.architecture == "isae_me":
         tensors["S"] = sae.S.detach().contiguous().cpu()
+    if not bool((sae.loss_weight == 1).all()):  # P2's weighted loss Γ (training-only, kept for provenance)
+        tensors["loss_weight"] = sae.loss_weight.detach().contiguous().cpu()
     if cfg.architecture == "jumprelu":
         tensors["threshold"] = torch.full((cfg.d_sae,), cfg.jump_threshold)
     saelens_cfg = {
@@ -69,4 +72,6 @@ def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SAE:
         sae.b_dec.copy_(tensors["b_dec"])
         if cfg.architecture == "isae_me":
             sae.S.copy_(tensors["S"])
+        if "loss_weight" in tensors:
+            sae.loss_weight.copy_(tensors["loss_weight"])
     return sae.to(device)

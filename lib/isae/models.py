@@ -132,6 +132,8 @@ class SAE(nn.Module):
         self.W_enc = nn.Parameter(atoms.clone())  # tied init: encoder = decoderᵀ
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae), requires_grad=cfg.has_encoder_bias)
+        # Γ of P2's weighted SAE loss ‖Γ(x − x̂)‖²; all ones gives the plain squared error.
+        self.register_buffer("loss_weight", torch.ones(cfg.d_in))
         if cfg.architecture == "isae_me":
             # Stored so that S·z = z @ S (row j = the contribution of latent j); S is symmetric at init.
             self.S = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_sae))
@@ -207,14 +209,14 @@ class SAE(nn.Module):
             pre = self.preact(x_c)
             z = pre.relu() if cfg.architecture == "relu" else pre * (pre > cfg.jump_threshold)
             x_hat = self.decode(z)
-            mse = (x - x_hat).pow(2).sum(1).mean()
+            mse = self.reconstruction_loss(x, x_hat)
             l1 = z.abs().sum(1).mean()  # atoms are unit norm, so this is the decoder-norm-weighted L1
             return SAEOutput(x_hat, pre.detach(), pre.detach(), z=z, x_c=x_c,
                              losses={"mse": mse, "l1": l1, "total": mse + cfg.l1_coef * l1})
 
         vals, idx, x_c, pre, score = self.encode_sparse(x)
         x_hat = self.decode_sparse(vals, idx)
-        mse = (x - x_hat).pow(2).sum(1).mean()
+        mse = self.reconstruction_loss(x, x_hat)
         losses = {"mse": mse}
         total = mse
         if cfg.aux_coef > 0 and cfg.aux_k > 0 and dead_mask is not None and bool(dead_mask.any()):
@@ -228,6 +230,16 @@ class SAE(nn.Module):
             total = total + cfg.arip_coef * losses["arip"]
         losses["total"] = total
         return SAEOutput(x_hat, pre, score, vals=vals, idx=idx, x_c=x_c, losses=losses)
+
+    def reconstruction_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """mean_x ‖Γ(x − x̂)‖², Γ = diag(loss_weight) (P2's weighted loss; Γ = I by default)."""
+        return ((x - x_hat) * self.loss_weight).pow(2).sum(1).mean()
+
+    def set_loss_weight(self, gamma: torch.Tensor) -> None:
+        """Use the weighted loss ‖Γ(x − x̂)‖² with Γ = diag(gamma) (gamma: positive, [d_in])."""
+        if gamma.shape != (self.cfg.d_in,) or not bool((gamma > 0).all()):
+            raise ValueError(f"gamma must be positive with shape ({self.cfg.d_in},), got {tuple(gamma.shape)}.")
+        self.loss_weight.copy_(gamma)
 
     def _auxk_loss(self, x, x_hat, x_c, pre, dead_mask) -> torch.Tensor:
         """Gao et al.'s AuxK: reconstruct the detached residual from the top-k_aux dead latents.
