@@ -126,3 +126,14 @@ def test_failed_save_leaves_no_temporary_files_and_keeps_the_previous_weights(tm
     assert (tmp_path / "sae_weights.safetensors").read_bytes() == weights_before
     with torch.no_grad():
         assert torch.equal(load_sae(tmp_path).encode(x_unit), old.encode(x_unit))
+
+
+def test_atomic_writes_give_files_the_usual_permissions(tmp_path):
+    import os
+
+    from isae.provenance import atomic_write_text
+
+    path = atomic_write_text(tmp_path / "out.txt", "hello")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

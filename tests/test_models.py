@@ -65,7 +65,7 @@ def test_forward_loss_and_gradients_equal_dense_reference(architecture, extra, x
     dense_grads = _grads(sae, ref_loss)
 
     torch.testing.assert_close(out.losses["total"], ref_loss, **GRAD_TOL)
-    torch.testing.assert_close(sae.encode(x), dense_encode(sae, x), **GRAD_TOL)
+    torch.testing.assert_close(sae.encode(x), dense_encode(sae, x)[0], **GRAD_TOL)
     expected = {"W_enc", "W_dec", "b_dec"} | ({"S"} if architecture == "isae_me" else set()) | (
         {"b_enc"} if sae.cfg.has_encoder_bias else set())
     assert expected <= set(sparse_grads)
@@ -286,7 +286,7 @@ def _dense_auxk(sae: SAE, x: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
     """Gao et al.'s AuxK computed densely: top-k_aux dead pre-activations reconstruct the detached residual."""
     cfg = sae.cfg
     pre = (x - sae.b_dec) @ sae.W_enc.T + sae.b_enc
-    x_hat = dense_encode(sae, x) @ sae.W_dec + sae.b_dec
+    x_hat = dense_encode(sae, x)[0] @ sae.W_dec + sae.b_dec
     n_dead = int(dead.sum())
     k_aux = min(cfg.aux_k, n_dead, cfg.d_sae - cfg.k)
     key = pre.abs() if cfg.architecture != "topk" else pre

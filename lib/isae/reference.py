@@ -21,27 +21,26 @@ def _sparsify(sae: SAE, pre: torch.Tensor) -> torch.Tensor:
     return z.relu() if sae.cfg.architecture == "topk" else z
 
 
-def dense_encode(sae: SAE, x: torch.Tensor) -> torch.Tensor:
-    """z = σ(W(x − b)); for iSAE-ME, T steps of z ← AbsTopK(S z + W(x − b)), all dense."""
+def dense_encode(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, score): z = σ(W(x − b)); for iSAE-ME, T steps of z ← AbsTopK(S z + W(x − b)), all dense.
+
+    ``score`` is the pre-activation of the final sparsification (where the aRIP support is taken).
+    """
     pre = (x - sae.b_dec) @ sae.W_enc.T + sae.b_enc
-    z = _sparsify(sae, pre)
+    score = pre
+    z = _sparsify(sae, score)
     if sae.cfg.architecture == "isae_me":
         for _ in range(sae.cfg.n_steps - 1):
-            z = _sparsify(sae, pre + z @ sae.S)
-    return z
+            score = pre + z @ sae.S
+            z = _sparsify(sae, score)
+    return z, score
 
 
 def dense_loss(sae: SAE, x: torch.Tensor) -> torch.Tensor:
     """MSE (+ exact aRIP term when the config has one), computed densely."""
-    z = dense_encode(sae, x)
+    z, score = dense_encode(sae, x)
     x_hat = z @ sae.W_dec + sae.b_dec
     loss = (x - x_hat).pow(2).sum(1).mean()
     if sae.cfg.arip_coef > 0:
-        pre = (x - sae.b_dec) @ sae.W_enc.T + sae.b_enc
-        if sae.cfg.architecture == "isae_me" and sae.cfg.n_steps > 1:  # support from the final step's pre-activation
-            z_prev = _sparsify(sae, pre)
-            for _ in range(sae.cfg.n_steps - 2):
-                z_prev = _sparsify(sae, pre + z_prev @ sae.S)
-            pre = pre + z_prev @ sae.S
-        loss = loss + sae.cfg.arip_coef * rip_gap_exact(sae.W_dec, arip_support(pre.detach(), sae.cfg.k)).mean()
+        loss = loss + sae.cfg.arip_coef * rip_gap_exact(sae.W_dec, arip_support(score.detach(), sae.cfg.k)).mean()
     return loss

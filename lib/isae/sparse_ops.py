@@ -7,9 +7,10 @@ A k-sparse code touches k of K latents per input, so everything after the one de
   of W_enc (never a dense batch × K gradient).
 * ``sparse_decode``: Σ_j vals[b, j] · W[idx[b, j]], an embedding-bag (the decoder of sparsify).
 
-Both backward passes reuse ``F.embedding_bag``'s kernels: on the 2-core CPU here they are ~7× faster than
-a dense ``Gᵀ x`` product at the paper's sizes and ~25× faster than ``index_add`` over materialised outer
-products (measured with benchmarks/bench_training.py). ``tests/test_sparse_ops.py`` checks values and
+Both backward passes reuse ``F.embedding_bag``'s kernels. In a one-off micro-benchmark on the 2-core CPU
+here (batch 2048, N=768, K=4096, k=40) the W_enc gradient took 11 ms this way, against 71 ms for the dense
+``Gᵀ x`` product and 275 ms for ``index_add`` over materialised outer products; whole training steps are
+timed side by side by ``benchmarks/bench_training.py``. ``tests/test_sparse_ops.py`` checks values and
 gradients against the dense computation.
 """
 

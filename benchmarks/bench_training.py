@@ -1,0 +1,305 @@
+"""Training throughput of the k-sparse SAEs next to a naive dense reference step, measured in the same run.
+
+For each model (TopK, AbsTopK, iSAE, iSAE-ME by default) at the paper's sizes (N = 768, K = 4096, k = 40,
+batch 2048) on the current device, this times two full optimisation steps:
+
+* fast: ``SAE.forward`` with a dead mask of ~10% of the latents (so AuxK runs) → ``loss.backward()`` →
+  ``remove_radial_grad`` → Adam step → ``normalize_atoms``. iSAE/iSAE-ME use the model's own aRIP estimator
+  (the stochastic "noise" one by default).
+* reference: ``isae.reference.dense_loss`` (every tensor batch × K; the *exact* aRIP estimator; no AuxK)
+  → backward → the same optimiser steps.
+
+It prints tokens/s (batch · steps / seconds) for both and their ratio; a roofline line from the measured
+throughput of the one unavoidable dense encoder product ([batch, N] × [N, K], 2·batch·N·K flop), and each
+model's fraction of the limit it sets (throughput / (2·N·K) tokens/s); the iSAE-ME overhead over iSAE; and
+the peak memory of every measurement.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_training.py                       # paper sizes, cuda if available
+    .venv/bin/python benchmarks/bench_training.py --steps 3 --warmup 1 --out outputs/bench/training.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from isae.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
+from isae.provenance import atomic_write_csv, atomic_write_json, provenance
+from isae.reference import dense_loss
+from isae.training import TrainConfig
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--d-in", type=int, default=768, help="input dimension N")
+    p.add_argument("--d-sae", type=int, default=4096, help="number of latents K")
+    p.add_argument("--k", type=int, default=40, help="active latents per input")
+    p.add_argument("--batch", type=int, default=2048, help="inputs (tokens) per step")
+    p.add_argument("--steps", type=int, default=5, help="timed optimisation steps per model and path")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+    p.add_argument("--models", nargs="+", default=list(K_SPARSE), choices=list(K_SPARSE),
+                   help="architectures to time")
+    p.add_argument("--dead-frac", type=float, default=0.1,
+                   help="fraction of latents marked dead in the fast path, so AuxK is exercised")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device to time on")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch's choice)")
+    p.add_argument("--matmul-seconds", type=float, default=1.0,
+                   help="minimum time spent measuring the roofline matmul")
+    p.add_argument("--out", type=Path, default=None, help="optional CSV of the results (written atomically)")
+    args = p.parse_args(argv)
+    for name in ("d_in", "d_sae", "k", "batch", "steps"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+    if args.warmup < 0:
+        p.error(f"--warmup must be ≥ 0, got {args.warmup}.")
+    if not 0 < args.k < args.d_sae:
+        p.error(f"--k={args.k} must satisfy 0 < k < d_sae={args.d_sae}.")
+    if not 0 <= args.dead_frac < 1:
+        p.error(f"--dead-frac must be in [0, 1), got {args.dead_frac}.")
+    return args
+
+
+# --- device helpers ----------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu: {model} ({os.cpu_count()} logical cores)"
+
+
+class PeakMemory:
+    """Peak memory of a phase above the memory in use when it started, in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. CPU: a rough figure, the
+    growth of the process's resident-set high-water mark (``resource.getrusage(...).ru_maxrss``); freed heap
+    is trimmed (glibc ``malloc_trim``) and the mark reset through /proc/self/clear_refs first where Linux
+    allows it, else phases after a larger one read 0. Memory the allocator still caches reads low.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu_reset_ok: bool | None = None
+
+    @property
+    def label(self) -> str:
+        if self.device.type == "cuda":
+            return "torch.cuda.max_memory_allocated above phase start"
+        reset = "peak reset per phase" if self.cpu_reset_ok else "peak NOT reset: later phases under-report"
+        return f"ROUGH: getrusage ru_maxrss growth over phase start ({reset})"
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            try:  # hand freed heap back to the OS so that its reuse shows up as growth
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            except (OSError, AttributeError):
+                pass
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # reset the peak RSS to the current RSS (Linux ≥ 4.0)
+                self.cpu_reset_ok = self.cpu_reset_ok is not False
+            except OSError:
+                self.cpu_reset_ok = False
+            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+    def stop(self) -> float:
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return (peak - self._base) / 2**20
+
+
+# --- measurements --------------------------------------------------------------------------------------
+def matmul_throughput(batch: int, n: int, k: int, device: torch.device, min_seconds: float) -> float:
+    """flop/s of x @ W.T for x [batch, n], W [k, n] in float32 (2·batch·n·k flop per product)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, n, generator=gen).to(device)
+    w = torch.randn(k, n, generator=gen).to(device)
+    for _ in range(3):
+        x @ w.T
+    reps = 1
+    while True:
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            x @ w.T
+        sync(device)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds or reps >= 1 << 16:
+            return 2.0 * batch * n * k * reps / elapsed
+        reps = max(reps * 2, int(reps * 1.2 * min_seconds / max(elapsed, 1e-9)))
+
+
+def time_training(arch: str, path: str, args: argparse.Namespace, batches: list[torch.Tensor],
+                  dead: torch.Tensor, device: torch.device, mem: PeakMemory) -> dict:
+    """Time ``args.steps`` optimisation steps of one model on one path ("fast" or "reference")."""
+    mem.start()
+    cfg = SAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k, architecture=arch)
+    sae = SAE(cfg, seed=0).to(device)
+    lr = TrainConfig(n_steps=1, batch_size=args.batch).learning_rate(cfg.d_sae)
+    opt = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=lr)
+    gen = torch.Generator(device).manual_seed(10_007)
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        if path == "fast":
+            loss = sae(x, dead_mask=dead, generator=gen).losses["total"]
+        else:
+            loss = dense_loss(sae, x)
+        loss.backward()
+        sae.remove_radial_grad()
+        opt.step()
+        sae.normalize_atoms()
+        return loss.detach()
+
+    label = f"{ARCHITECTURES[arch]:>7} {path:<9}"
+    for i in range(args.warmup):
+        step(batches[i % len(batches)])
+    sync(device)
+    bar = tqdm(range(args.steps), desc=label, unit="step", leave=False, file=sys.stderr,
+               disable=None)  # disable=None: no bar when stderr is not a terminal
+    t0 = time.perf_counter()
+    for i in bar:
+        loss = step(batches[(args.warmup + i) % len(batches)])
+    sync(device)
+    seconds = time.perf_counter() - t0
+    bar.close()
+    peak_mib = mem.stop()
+    loss = float(loss)
+    if not torch.isfinite(torch.tensor(loss)):
+        raise RuntimeError(f"{arch} {path}: the loss became {loss}; the timing is of a broken step.")
+    tok_s = args.batch * args.steps / seconds
+    print(f"  {label} {args.steps} steps in {seconds:7.2f} s → {tok_s:10.0f} tokens/s, "
+          f"peak {peak_mib:7.0f} MiB, last loss {loss:.4f}", file=sys.stderr, flush=True)
+    del sae, opt
+    return {"seconds": seconds, "tok_s": tok_s, "peak_mib": peak_mib, "loss": loss}
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu.")
+    N, K, B = args.d_in, args.d_sae, args.batch
+
+    print(f"device: {device_name(device)}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"float32 matmul precision {torch.get_float32_matmul_precision()!r}")
+    if device.type == "cpu" and hasattr(os, "getloadavg"):
+        load = os.getloadavg()[0]
+        busy = "  WARNING: other processes are using the CPU; timings will be low" if load > 0.5 else ""
+        print(f"1-minute load average before the run: {load:.2f}{busy}")
+    print(f"sizes: d_in N={N}, d_sae K={K}, k={args.k}, batch={B}; {args.steps} timed steps after "
+          f"{args.warmup} warm-up steps per model and path")
+    sys.stdout.flush()
+
+    # Unit-norm inputs (Gaussian rows, normalised), shared by every model and path.
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(min(args.warmup + args.steps, 4)):
+        x = torch.randn(B, N, generator=gen)
+        batches.append((x / x.norm(dim=1, keepdim=True)).to(device))
+    n_dead = round(args.dead_frac * K)
+    dead = torch.zeros(K, dtype=torch.bool)
+    dead[torch.randperm(K, generator=gen)[:n_dead]] = True
+    dead = dead.to(device)
+
+    print("measuring the roofline matmul ...", file=sys.stderr, flush=True)
+    flops = matmul_throughput(B, N, K, device, args.matmul_seconds)
+    limit_tok_s = flops / (2.0 * N * K)
+
+    mem = PeakMemory(device)
+    rows = []
+    n_runs = len(args.models) * 2
+    for i, arch in enumerate(args.models):
+        print(f"[{2 * i + 1}-{2 * i + 2}/{n_runs}] {ARCHITECTURES[arch]}", file=sys.stderr, flush=True)
+        fast = time_training(arch, "fast", args, batches, dead, device, mem)
+        ref = time_training(arch, "reference", args, batches, dead, device, mem)
+        rows.append({
+            "model": ARCHITECTURES[arch],
+            "fast_tok_s": fast["tok_s"], "ref_tok_s": ref["tok_s"], "speedup": fast["tok_s"] / ref["tok_s"],
+            "fast_roofline_frac": fast["tok_s"] / limit_tok_s, "ref_roofline_frac": ref["tok_s"] / limit_tok_s,
+            "fast_ms_step": 1e3 * fast["seconds"] / args.steps, "ref_ms_step": 1e3 * ref["seconds"] / args.steps,
+            "fast_peak_mib": fast["peak_mib"], "ref_peak_mib": ref["peak_mib"],
+            "fast_loss": fast["loss"], "ref_loss": ref["loss"],
+        })
+    df = pd.DataFrame(rows)
+
+    shown = pd.DataFrame({
+        "model": df["model"],
+        "fast tok/s": df["fast_tok_s"].map("{:,.0f}".format),
+        "ref tok/s": df["ref_tok_s"].map("{:,.0f}".format),
+        "speedup": df["speedup"].map("{:.1f}×".format),
+        "fast % roofline": (100 * df["fast_roofline_frac"]).map("{:.1f}%".format),
+        "ref % roofline": (100 * df["ref_roofline_frac"]).map("{:.1f}%".format),
+        "fast ms/step": df["fast_ms_step"].map("{:,.1f}".format),
+        "ref ms/step": df["ref_ms_step"].map("{:,.1f}".format),
+        "fast peak MiB": df["fast_peak_mib"].map("{:,.0f}".format),
+        "ref peak MiB": df["ref_peak_mib"].map("{:,.0f}".format),
+    })
+    print()
+    print(f"roofline: [{B}×{N}]·[{N}×{K}] matmul runs at {flops / 1e9:,.1f} GFLOP/s → the one dense encoder "
+          f"product (2·N·K = {2 * N * K / 1e6:.2f} MFLOP per token) limits training to {limit_tok_s:,.0f} tokens/s")
+    print()
+    print(shown.to_string(index=False))
+    print()
+    print(f"fast      = SAE.forward (AuxK on {n_dead}/{K} = {100 * n_dead / K:.0f}% dead latents; aRIP with the "
+          "model's own estimator, the stochastic 'noise' one by default) → backward → remove_radial_grad → "
+          "Adam → normalize_atoms")
+    print("reference = isae.reference.dense_loss (dense batch×K tensors; EXACT aRIP estimator; no AuxK) → "
+          "backward → the same optimiser steps")
+    print("speedup   = fast tok/s ÷ reference tok/s; % roofline = tok/s ÷ the matmul limit above")
+    print(f"peak MiB  = {mem.label}; includes the model, its gradients and Adam state")
+    names = dict(zip(df["model"], df.index))
+    if "iSAE" in names and "iSAE-ME" in names:
+        a, b = df.loc[names["iSAE"]], df.loc[names["iSAE-ME"]]
+        print(f"iSAE-ME overhead over iSAE (step time ratio): fast {a['fast_tok_s'] / b['fast_tok_s']:.2f}×, "
+              f"reference {a['ref_tok_s'] / b['ref_tok_s']:.2f}×")
+
+    if args.out is not None:
+        meta = {"device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "d_in": N, "d_sae": K, "k": args.k, "batch": B, "steps": args.steps, "warmup": args.warmup,
+                "dead_frac": n_dead / K, "matmul_gflops": flops / 1e9, "limit_tok_s": limit_tok_s,
+                "memory_measure": mem.label}
+        out = df.assign(**meta)
+        atomic_write_csv(out, args.out)
+        atomic_write_json(args.out.with_name(args.out.name + ".provenance.json"), provenance(**{
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}))
+        print(f"wrote {args.out}")
+    return df
+
+
+if __name__ == "__main__":
+    main()
