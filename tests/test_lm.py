@@ -1,0 +1,133 @@
+"""Language models through the TransformerLens bridge (isae.lm).
+
+A tiny GPT-NeoX (Pythia's architecture) saved to a local folder exercises the "any Hugging Face
+causal LM" path with no asset and no network. The SmolLM2 tests skip when the GGUF has not been
+fetched; the first run converts it to safetensors once (~35 s), later loads take about a second."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from isae import assets
+from isae.assets import AssetMissing
+from isae.lm import hook_layer, load_hf_model, load_language_model, residual_activations
+
+N_LAYERS = 3
+
+
+def _word_tokenizer(words):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "<pad>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   unk_token="<unk>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="module")
+def tiny_pythia_dir(tmp_path_factory):
+    """A randomly initialised 3-layer GPT-NeoX with a word-level tokenizer, saved as a HF folder."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    tok = _word_tokenizer("the cat sat on a mat and dog ran far away".split())
+    cfg = GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=N_LAYERS, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, rotary_pct=0.25)
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(cfg)
+    d = tmp_path_factory.mktemp("tiny-pythia")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_bridge(tiny_pythia_dir):
+    return load_language_model(tiny_pythia_dir, device="cpu")
+
+
+def _hidden_states(folder, tokens):
+    hf, _ = load_hf_model(folder, device="cpu")
+    with torch.no_grad():
+        return hf(tokens, output_hidden_states=True).hidden_states
+
+
+def test_hook_layer():
+    assert hook_layer("blocks.12.hook_resid_post") == 12
+    assert hook_layer("blocks.0.attn.hook_z") == 0
+    assert hook_layer("hook_embed") is None
+
+
+def test_bridge_activations_equal_transformers_hidden_states(tiny_pythia_dir, tiny_bridge):
+    bridge, tok = tiny_bridge
+    tokens = torch.randint(3, len(tok), (2, 12), generator=torch.Generator().manual_seed(0))
+    tokens[:, 0] = tok.bos_token_id
+    hs = _hidden_states(tiny_pythia_dir, tokens)
+    for layer in range(N_LAYERS):
+        pre = residual_activations(bridge, tokens, f"blocks.{layer}.hook_resid_pre")
+        assert pre.shape == (2, 12, 32)
+        assert (pre - hs[layer]).abs().max().item() < 1e-5
+        if layer < N_LAYERS - 1:  # transformers' last hidden state has the final norm applied
+            post = residual_activations(bridge, tokens, f"blocks.{layer}.hook_resid_post")
+            assert (post - hs[layer + 1]).abs().max().item() < 1e-5
+
+
+def test_nothing_past_the_hook_is_computed(tiny_bridge):
+    bridge, tok = tiny_bridge
+    finished = []
+    handles = [b.register_forward_hook(lambda m, i, o, k=k: finished.append(k)) for k, b in enumerate(bridge.blocks)]
+    handles.append(bridge.unembed.register_forward_hook(lambda m, i, o: finished.append("unembed")))
+    try:
+        residual_activations(bridge, torch.tensor([[0, 3, 4, 5]]), "blocks.0.hook_resid_post")
+        assert finished == [0]
+        finished.clear()
+        residual_activations(bridge, torch.tensor([[0, 3, 4, 5]]), "blocks.1.hook_mlp_out")
+        assert finished == [0, 1]
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_unknown_hook_is_refused(tiny_bridge):
+    with pytest.raises(KeyError, match="not a hook"):
+        residual_activations(tiny_bridge[0], torch.tensor([[0, 3]]), "blocks.0.hook_nonsense")
+
+
+def test_default_model_missing_names_the_fetch_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("ISAE_ASSETS_DIR", str(tmp_path))
+    with pytest.raises(AssetMissing, match=r"scripts/fetch_assets.py --only smollm2"):
+        load_language_model()
+
+
+# ------------------------------------------------------------------------ SmolLM2 (asset)
+
+@pytest.fixture(scope="session")
+def smollm2():
+    if not assets.asset_dir("smollm2").is_dir():
+        pytest.skip("asset smollm2 not fetched (make assets)")
+    return load_language_model("smollm2", device="cpu")
+
+
+def test_smollm2_predicts_rome(smollm2):
+    bridge, tok = smollm2
+    ids = tok("The capital of Italy is", add_special_tokens=False, return_tensors="pt").input_ids
+    assert bridge.cfg.n_layers == 30 and bridge.cfg.d_model == 576
+    with torch.no_grad():
+        logits = bridge(ids)
+    assert tok.decode(logits[0, -1].argmax()) == " Rome"
+
+
+def test_smollm2_bridge_equals_transformers(smollm2):
+    from isae.lm import smollm2_hf_dir
+
+    bridge, tok = smollm2
+    text = "In the beginning God created the heaven and the earth. And the earth was without form."
+    ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+    tokens = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], dim=1)
+    hs = _hidden_states(smollm2_hf_dir(), tokens)
+    for layer in (0, 6, 28):
+        act = residual_activations(bridge, tokens, f"blocks.{layer}.hook_resid_post")
+        assert act.shape == (1, tokens.shape[1], 576)
+        assert (act - hs[layer + 1]).abs().max().item() < 1e-4
