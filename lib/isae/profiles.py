@@ -73,3 +73,64 @@ def synthetic_profile(profile: str, **overrides) -> SyntheticProfile:
     if unknown:
         raise ValueError(f"unknown synthetic parameter(s) {sorted(unknown)}; valid: {sorted(base.to_dict())}.")
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class RealProfile:
+    """Sizes of the real-activation experiments (activation caching, P1 Tables 2–3, P2's weighted SAE)."""
+
+    lm_hook: str
+    """Residual-stream hook of the default LM (SmolLM2-135M, 30 layers). Our choice: layer 20 (2/3 depth), a late
+    layer as in P1 (which used Pythia-160M's last) that is not yet specialised to the unembedding; smoke uses
+    layer 2 for speed."""
+    lm_train_tokens: int
+    """Training activations cached from the corpus' train split (one pass: no token seen twice)."""
+    lm_eval_tokens: int
+    """Activations cached from the held-out split for the metrics."""
+    context_length: int
+    ce_windows: int
+    """Held-out windows for the downstream cross-entropy (the full model runs 2 + n_models times on each)."""
+    vision_layer: str
+    """EfficientNet-Lite0 feature map whose positions are the patch tokens (blocks.15: 320 dims)."""
+    vision_train_images: int
+    vision_eval_images: int
+    image_size: int
+    d_sae: int
+    k: int
+    batch_size: int
+    n_seeds: int
+    n_eval: int
+    """Held-out rows used for the pairwise metrics (OMP oracle included)."""
+    models: tuple[str, ...] = P1_MODELS
+    lr: float | None = None
+    dtype: str = "float32"
+    log_every: int = 50
+    checkpoint_every: int = 500
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+REAL: dict[str, RealProfile] = {
+    "smoke": RealProfile(lm_hook="blocks.2.hook_resid_post", lm_train_tokens=4_000, lm_eval_tokens=1_000,
+                         context_length=64, ce_windows=2, vision_layer="blocks.15", vision_train_images=192,
+                         vision_eval_images=64, image_size=112, d_sae=256, k=8, batch_size=128, n_seeds=2,
+                         n_eval=512, log_every=10, checkpoint_every=20),
+    "default": RealProfile(lm_hook="blocks.20.hook_resid_post", lm_train_tokens=100_000, lm_eval_tokens=8_000,
+                           context_length=128, ce_windows=24, vision_layer="blocks.15", vision_train_images=6_144,
+                           vision_eval_images=512, image_size=112, d_sae=2048, k=32, batch_size=256, n_seeds=3,
+                           n_eval=2048),
+    "paper": RealProfile(lm_hook="blocks.20.hook_resid_post", lm_train_tokens=5_000_000, lm_eval_tokens=100_000,
+                         context_length=128, ce_windows=512, vision_layer="blocks.15", vision_train_images=60_000,
+                         vision_eval_images=2_000, image_size=224, d_sae=4096, k=40, batch_size=2048, n_seeds=3,
+                         n_eval=8192, dtype="float16", log_every=100, checkpoint_every=500),
+}
+
+
+def real_profile(profile: str, **overrides) -> RealProfile:
+    """The real-activation sizes of ``profile``, with any field overridden (None values ignored)."""
+    base = REAL[check_profile(profile)]
+    unknown = set(overrides) - set(base.to_dict())
+    if unknown:
+        raise ValueError(f"unknown real-data parameter(s) {sorted(unknown)}; valid: {sorted(base.to_dict())}.")
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
