@@ -196,3 +196,47 @@ def heldout_activations(cache: ActivationCache, n: int, seed: int = 0) -> torch.
     idx = np.sort(g.choice(len(cache), size=min(n, len(cache)), replace=False))
     rows = torch.from_numpy(np.stack([cache.rows(int(i), int(i) + 1)[0] for i in idx])).float()
     return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+# --- the caches of a profile ---------------------------------------------------------------------------
+
+def profile_requests(p) -> dict[str, LMRequest | VisionRequest]:
+    """The four caches every real-data notebook uses, sized by a ``profiles.RealProfile``."""
+    lm = dict(hook=p.lm_hook, context_length=p.context_length, dtype=p.dtype)
+    vision = dict(layer=p.vision_layer, image_size=p.image_size, dtype=p.dtype)
+    return {
+        "lm_train": LMRequest(n_tokens=p.lm_train_tokens, split="train", **lm),
+        "lm_heldout": LMRequest(n_tokens=p.lm_eval_tokens, split="heldout", **lm),
+        "vision_train": VisionRequest(n_images=p.vision_train_images, train=True, **vision),
+        "vision_heldout": VisionRequest(n_images=p.vision_eval_images, train=False, **vision),
+    }
+
+
+def profile_caches(root: str | Path, p, device: str | None = None, progress: bool = True) -> dict[str, ActivationCache]:
+    """Open the profile's caches under ``root``, building (or resuming) any that is missing or incomplete.
+
+    A complete cache whose manifest matches the request is opened without loading any model.
+    """
+    from .cache import read_manifest
+
+    root = Path(root)
+    caches: dict[str, ActivationCache] = {}
+    lm = vision = None
+    for name, req in profile_requests(p).items():
+        manifest = read_manifest(root / name)
+        if manifest is not None and manifest["complete"]:
+            caches[name] = ActivationCache(root / name, expected_spec=asdict(req))
+            continue
+        if isinstance(req, LMRequest):
+            if lm is None:
+                from .lm import load_language_model
+
+                lm = load_language_model(req.model, device=device)
+            caches[name] = cache_lm_activations(root / name, req, bridge=lm[0], tokenizer=lm[1], progress=progress)
+        else:
+            if vision is None:
+                from .vision import load_vision_model
+
+                vision = load_vision_model(req.model, device=device, size=req.image_size)
+            caches[name] = cache_vision_activations(root / name, req, model=vision, progress=progress)
+    return caches

@@ -71,32 +71,28 @@ def untrained_pair(cfg: SAEConfig, stream: Stream, n_median_samples: int, device
     return saes
 
 
-def run_synthetic_setting(setting: str, p: SyntheticProfile, out_dir: str | Path | None = None,
-                          device: str | None = None, progress: bool = True, **provenance_params) -> ExperimentResult:
-    """Train ``p.models`` × ``p.n_seeds`` SAEs on one synthetic stream and evaluate them on held-out data.
+def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_cfgs: dict[str, SAEConfig],
+                       train_cfg: TrainConfig, n_seeds: int, out_dir: str | Path | None = None,
+                       true_atoms: torch.Tensor | None = None, progress: bool = True,
+                       **provenance_params) -> ExperimentResult:
+    """Train ``sae_cfgs`` × ``n_seeds`` SAEs on one stream, then evaluate them and a random-init pair on x_eval.
 
     With ``out_dir``: checkpoints under ``out_dir/checkpoints/<setting>`` (a re-run resumes), SAEs saved
     under ``out_dir/saes/<setting>_<arch>_seed<N>`` in SAELens's layout.
     """
-    data_cfg = SyntheticConfig(d_in=p.d_in, n_atoms=p.n_atoms, k=p.k, kind=setting,
-                               n_components=p.n_components, spread=p.spread, seed=p.data_seed)
-    train_cfg = TrainConfig(n_steps=p.n_steps, batch_size=p.batch_size, lr=p.lr, log_every=p.log_every,
-                            checkpoint_every=p.checkpoint_every, device=device)
     dev = train_cfg.resolved_device()
-    stream = SyntheticStream(data_cfg, p.batch_size, seed=p.data_seed, device=dev)
-    sae_cfgs = {a: SAEConfig(d_in=p.d_in, d_sae=p.d_sae, k=p.k, architecture=a) for a in p.models}
-    saes = {run_name(a, s): SAE(cfg, seed=s) for a, cfg in sae_cfgs.items() for s in range(p.n_seeds)}
+    saes = {run_name(a, s): SAE(cfg, seed=s) for a, cfg in sae_cfgs.items() for s in range(n_seeds)}
     out_dir = Path(out_dir) if out_dir is not None else None
     log = train_many(saes, stream, train_cfg, checkpoint_dir=out_dir / "checkpoints" / setting if out_dir else None,
                      progress=progress)
     log.insert(0, "setting", setting)
 
-    x_eval, _ = stream.held_out(p.n_eval)
-    runs, pairs = evaluate(saes, x_eval, true_atoms=stream.dictionary, progress=progress)
+    x_eval = x_eval.to(dev)
+    runs, pairs = evaluate(saes, x_eval, true_atoms=true_atoms, progress=progress)
     baseline = {}
     for cfg in sae_cfgs.values():
         baseline |= untrained_pair(cfg, stream, train_cfg.geometric_median_samples, dev)
-    base_runs, base_pairs = evaluate(baseline, x_eval, true_atoms=stream.dictionary, progress=False)
+    base_runs, base_pairs = evaluate(baseline, x_eval, true_atoms=true_atoms, progress=False)
     for df in (base_runs, base_pairs):
         df["model"] = df["model"] + " (untrained)"
     runs = pd.concat([runs, base_runs], ignore_index=True)
@@ -107,9 +103,24 @@ def run_synthetic_setting(setting: str, p: SyntheticProfile, out_dir: str | Path
     if out_dir is not None:
         for name, sae in saes.items():
             arch, seed = name.split("/")
-            save_sae(sae, out_dir / "saes" / f"{setting}_{arch}_{seed}", setting=setting, seed=int(seed[4:]),
-                     data=data_cfg.to_dict(), train=train_cfg.__dict__, **provenance_params)
+            save_sae(sae, out_dir / "saes" / f"{setting}_{arch}_{seed}", setting=setting, seed=sae.seed,
+                     train=train_cfg.__dict__, **provenance_params)
     return ExperimentResult(runs=runs, pairs=pairs, log=log, saes=saes, x_eval=x_eval)
+
+
+def run_synthetic_setting(setting: str, p: SyntheticProfile, out_dir: str | Path | None = None,
+                          device: str | None = None, progress: bool = True, **provenance_params) -> ExperimentResult:
+    """P1's synthetic experiment for one setting ("iid" or "mixture") at the sizes of ``p``."""
+    data_cfg = SyntheticConfig(d_in=p.d_in, n_atoms=p.n_atoms, k=p.k, kind=setting,
+                               n_components=p.n_components, spread=p.spread, seed=p.data_seed)
+    train_cfg = TrainConfig(n_steps=p.n_steps, batch_size=p.batch_size, lr=p.lr, log_every=p.log_every,
+                            checkpoint_every=p.checkpoint_every, device=device)
+    stream = SyntheticStream(data_cfg, p.batch_size, seed=p.data_seed, device=train_cfg.resolved_device())
+    sae_cfgs = {a: SAEConfig(d_in=p.d_in, d_sae=p.d_sae, k=p.k, architecture=a) for a in p.models}
+    x_eval, _ = stream.held_out(p.n_eval)
+    return train_and_evaluate(setting, stream, x_eval, sae_cfgs, train_cfg, p.n_seeds, out_dir=out_dir,
+                              true_atoms=stream.dictionary, progress=progress, data=data_cfg.to_dict(),
+                              **provenance_params)
 
 
 def summarise(runs: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:

@@ -463,7 +463,9 @@ class ToyProfile:
     """S of the activation and hidden-size ablations (the regime where P2's condition 1 holds)."""
     hidden_sizes: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
     """n_m / n of the hidden-size ablation."""
-    weight_alphas: tuple[float, ...] = (0.0, 0.5, 1.0)
+    weight_alphas: tuple[float, ...] = (-0.5, 0.0, 0.5, 1.0)
+    """α of the WSAE experiment: P2's 0.5 and 1 against uniform 0, and −0.5 as a control (the opposite of
+    P2's principle: larger weights on more polysemantic dims; our addition)."""
     weight_sparsities: tuple[float, ...] = (0.9, 0.95, 0.99)
     weight_w_p: str = "heterogeneous"
     extra_relu_l1: float = 0.3
@@ -711,3 +713,167 @@ def weighted_conditions(p: ToyProfile, activation: str = "topk") -> list[ToyCond
     """The WSAE experiment: α × S at n_m = n."""
     return [ToyCondition(sparsity=s, activation=activation, n_latents=p.n_latents, alpha=a)
             for s, a in itertools.product(p.weight_sparsities, p.weight_alphas)]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Figures
+# ------------------------------------------------------------------------------------------------------
+def _palette(names):
+    import seaborn as sns
+
+    return dict(zip(names, sns.color_palette("colorblind", len(names))))
+
+
+def plot_w_p(matrices: dict[str, torch.Tensor]):
+    """|W_p| as a heat map and the polysemanticity (participation ratio) of every input dim, per W_p kind."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(matrices), figsize=(5.5 * len(matrices), 5.2), squeeze=False,
+                             gridspec_kw={"height_ratios": [1.4, 1]})
+    for j, (kind, w) in enumerate(matrices.items()):
+        ax = axes[0][j]
+        im = ax.imshow(w.abs().numpy(), aspect="auto", cmap="viridis")
+        ax.set(title=f"|W_p| ({kind})", xlabel="true feature i", ylabel="input dim j")
+        fig.colorbar(im, ax=ax, fraction=0.03)
+        pr = polysemanticity(w).numpy()
+        axes[1][j].bar(range(len(pr)), pr, color="grey")
+        axes[1][j].set(xlabel="input dim j", ylabel="polysemanticity PR_j", yscale="log",
+                       title="effective number of features per input dim")
+    fig.tight_layout()
+    return fig
+
+
+def _by_sparsity(ax, table, metric, label, color, sparsities, style="-", marker="o", sd=True):
+    sub = table.set_index("sparsity").reindex(sparsities)
+    xs = np.arange(len(sparsities))
+    err = sub.get(f"{metric}_sd") if sd else None
+    ax.errorbar(xs, sub[metric], yerr=err, label=label, color=color, linestyle=style, marker=marker,
+                markersize=4, capsize=2, linewidth=1.3)
+
+
+def plot_sparsity_sweep(summary: pd.DataFrame, reference: pd.DataFrame | None = None):
+    """Recovered fraction, matched |cos| and features per latent against S, one line per activation
+    (mean ± sd over seeds); dashed: the ground-truth SAE with the same activation."""
+    import matplotlib.pyplot as plt
+
+    sparsities = sorted(summary["sparsity"].unique())
+    acts = [a for a in ACTIVATIONS if a in set(summary["activation"])]
+    colors = _palette(acts)
+    panels = [("recovered", "features recovered (|cos| > 0.9)", "linear"),
+              ("matched_cos", "matched |cos| (atom vs true feature)", "linear"),
+              ("features_per_latent", "features per latent (effective) ↓", "log"),
+              ("isolated_features_per_latent", "features firing a latent in isolation ↓", "log")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
+    plain = summary[(summary["l1_coef"] == 0) & (~summary["bias"])] if "l1_coef" in summary else summary
+    for ax, (metric, title, scale) in zip(axes, panels):
+        for a in acts:
+            _by_sparsity(ax, plain[plain["activation"] == a], metric, ACTIVATION_NAMES[a], colors[a], sparsities)
+            if reference is not None and metric in ("features_per_latent", "isolated_features_per_latent"):
+                ref = reference[(reference["activation"] == a) & (reference["alpha"] == 0)]
+                _by_sparsity(ax, ref, metric, f"{ACTIVATION_NAMES[a]}, ground-truth SAE", colors[a], sparsities,
+                             style="--", marker="", sd=False)
+        ax.set_xticks(range(len(sparsities)), [f"{s:g}" for s in sparsities], rotation=45)
+        ax.set(xlabel="sparsity S", title=title, yscale=scale)
+    handles, labels = axes[2].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    return fig
+
+
+def plot_activation_ablation(table: pd.DataFrame, reference: pd.DataFrame | None = None):
+    """Bars per activation at one S: recovered, features per latent, relative SAE loss (trained vs ground truth)."""
+    import matplotlib.pyplot as plt
+
+    models = list(table["model"])
+    xs = np.arange(len(models))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
+    for ax, metric, title, scale in [(axes[0], "recovered", "features recovered", "linear"),
+                                     (axes[1], "features_per_latent", "features per latent (effective) ↓", "log"),
+                                     (axes[2], "mse_rel", "relative SAE loss E‖x_p − x̂_p‖²/E‖x_p‖²", "log")]:
+        ax.bar(xs, table[metric], yerr=table.get(f"{metric}_sd"), capsize=3, color="tab:blue", label="trained")
+        if reference is not None and metric != "recovered":
+            ref = reference.set_index("activation").reindex(table["activation"])[metric].to_numpy()
+            ax.scatter(xs, ref, marker="_", s=250, color="black", zorder=3, label="ground-truth SAE")
+        ax.set_xticks(xs, models, rotation=30, ha="right", fontsize=8)
+        ax.set(title=title, yscale=scale)
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_hidden(table: pd.DataFrame, n_features: int):
+    """Recovered fraction against n_m / n, with the bound min(1, n_m/n) that matching imposes."""
+    import matplotlib.pyplot as plt
+
+    ratio = table["n_latents"] / n_features
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    axes[0].errorbar(ratio, table["recovered"], yerr=table["recovered_sd"], marker="o", capsize=3, label="trained")
+    grid = np.linspace(ratio.min(), ratio.max(), 100)
+    axes[0].plot(grid, np.minimum(1, grid), "k--", linewidth=1, label="bound min(1, n_m/n)")
+    axes[0].axvline(1.0, color="grey", linewidth=0.8)
+    axes[0].set(xscale="log", xlabel="n_m / n", ylabel="features recovered", title="hidden-size ablation")
+    axes[0].legend(fontsize=8)
+    axes[1].errorbar(ratio, table["features_per_latent"], yerr=table["features_per_latent_sd"], marker="o", capsize=3)
+    axes[1].axvline(1.0, color="grey", linewidth=0.8)
+    axes[1].set(xscale="log", xlabel="n_m / n", ylabel="features per latent (effective)", title="monosemanticity")
+    for ax in axes:
+        ax.set_xticks(ratio, [f"{r:g}" for r in ratio])
+        ax.minorticks_off()
+    fig.tight_layout()
+    return fig
+
+
+def plot_weighted(summary: pd.DataFrame, gap_fixed: pd.DataFrame, w_p: torch.Tensor):
+    """The WSAE experiment: the weights, the two losses and their gap against α, and recovery against α."""
+    import matplotlib.pyplot as plt
+
+    alphas = sorted(summary["alpha"].unique())
+    sparsities = sorted(summary["sparsity"].unique())
+    colors = _palette([f"{s:g}" for s in sparsities])
+    fig, axes = plt.subplots(1, 5, figsize=(22, 3.9))
+    pr = polysemanticity(w_p).numpy()
+    order = np.argsort(pr)
+    for a in alphas:
+        axes[0].plot(pr[order], wsae_weights(w_p, a).numpy()[order], marker="o", markersize=3, label=f"α={a:g}")
+    axes[0].set(xscale="log", yscale="log", xlabel="polysemanticity PR_j of input dim j", ylabel="γ_j",
+                title="weights γ_j = PR_j^(−α), mean γ² = 1")
+    axes[0].legend(fontsize=8)
+    for s in sparsities:
+        sub = summary[np.isclose(summary["sparsity"], s)].sort_values("alpha")
+        c = colors[f"{s:g}"]
+        axes[1].errorbar(sub["alpha"], sub["loss_true"], yerr=sub["loss_true_sd"], marker="o", color=c, capsize=2,
+                         label=f"loss_true, S={s:g}")
+        axes[1].errorbar(sub["alpha"], sub["loss_sae"], yerr=sub["loss_sae_sd"], marker="s", color=c, capsize=2,
+                         linestyle=":", label=f"loss_sae, S={s:g}")
+        axes[2].errorbar(sub["alpha"], sub["gap"], yerr=sub["gap_sd"], marker="o", color=c, capsize=2, label=f"S={s:g}")
+        axes[3].errorbar(sub["alpha"], sub["recovered"], yerr=sub["recovered_sd"], marker="o", color=c, capsize=2,
+                         label=f"S={s:g}")
+        fixed = gap_fixed[np.isclose(gap_fixed["sparsity"], s) & np.isclose(gap_fixed["trained_alpha"], 0.0)]
+        g = fixed.groupby("eval_alpha")["gap"].agg(["mean", "std"]).reset_index()
+        axes[4].errorbar(g["eval_alpha"], g["mean"], yerr=g["std"], marker="o", color=c, capsize=2, label=f"S={s:g}")
+    axes[1].set(xlabel="α (training weights)", title="relative losses of the trained WSAE")
+    axes[1].legend(fontsize=6, ncol=2)
+    axes[2].set(xlabel="α (training weights)", title="gap = loss_true − loss_sae")
+    axes[3].set(xlabel="α (training weights)", title="features recovered (|cos| > 0.9)")
+    axes[4].set(xlabel="α of Γ used to *evaluate* loss_sae", title="gap of the α=0 SAEs under each Γ")
+    for ax in axes[2:]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training(log: pd.DataFrame, activation_col: str = "condition"):
+    """Training loss against step (mean over seeds), one panel per condition label, one line per S."""
+    import matplotlib.pyplot as plt
+
+    conds = list(dict.fromkeys(log[activation_col]))
+    fig, axes = plt.subplots(1, len(conds), figsize=(4 * len(conds), 3.3), squeeze=False)
+    for ax, c in zip(axes[0], conds):
+        sub = log[log[activation_col] == c]
+        for s, g in sub.groupby("sparsity"):
+            m = g.groupby("step")["mse"].mean()
+            ax.plot(m.index, m.values, label=f"S={s:g}", linewidth=1)
+        ax.set(yscale="log", xlabel="step", title=c, ylabel="E‖x_p − x̂_p‖² (batch)")
+    axes[0][-1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
