@@ -31,8 +31,8 @@ class LMRequest:
     hook: str = "blocks.20.hook_resid_post"
     """Any transformer-lens hook name; blocks after it are not computed."""
     n_tokens: int = 100_000
-    """About this many activations to cache: windows are rounded up to whole shards, and BOS, document
-    separators and padding positions are excluded."""
+    """About this many activations to cache (BOS, document separators and padding positions are excluded,
+    so a cache holds slightly fewer)."""
     split: str = "train"
     """"train" or "heldout" (document-level split of the packaged corpus)."""
     context_length: int = 128
@@ -48,9 +48,8 @@ class LMRequest:
 
     @property
     def n_windows(self) -> int:
-        per_shard = self.windows_per_shard
-        shards = math.ceil(self.n_tokens / ((self.context_length - 1) * per_shard))
-        return shards * per_shard
+        """Windows needed for ``n_tokens`` (each holds at most context_length − 1 tokens after its BOS)."""
+        return math.ceil(self.n_tokens / (self.context_length - 1))
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,7 @@ def cache_lm_activations(directory: str | Path, req: LMRequest, device: str | No
         raise ValueError(f"the {req.split} split has only {len(windows)} windows of {req.context_length} tokens; "
                          f"lower n_tokens (asked {req.n_tokens}).")
     spec = lm_spec(req, bridge.cfg.d_model)
-    build_cache(directory, spec, len(windows) // req.windows_per_shard, _lm_shard_fn(bridge, windows, req),
+    build_cache(directory, spec, math.ceil(len(windows) / req.windows_per_shard), _lm_shard_fn(bridge, windows, req),
                 progress=progress)
     return ActivationCache(directory)
 
@@ -240,3 +239,31 @@ def profile_caches(root: str | Path, p, device: str | None = None, progress: boo
                 vision = load_vision_model(req.model, device=device, size=req.image_size)
             caches[name] = cache_vision_activations(root / name, req, model=vision, progress=progress)
     return caches
+
+
+def token_context(cache: ActivationCache, tokenizer, row: int, width: int = 6) -> str:
+    """The text around cached LM row ``row``: up to ``width`` preceding tokens of its window, then [the token]."""
+    tokens, positions = cache.extra("tokens"), cache.extra("positions")
+    start = max(0, row - int(positions[row]) + 1, row - width)
+    before = tokenizer.decode(tokens[start:row].tolist())
+    return f"{before}[{tokenizer.decode([int(tokens[row])])}]"
+
+
+@torch.no_grad()
+def nearest_neighbours(cache: ActivationCache, n_queries: int = 5, k: int = 3, pool: int = 20_000,
+                       seed: int = 0) -> list[tuple[int, list[tuple[int, float]]]]:
+    """For ``n_queries`` random rows, the ``k`` most cosine-similar other rows among the first ``pool`` rows.
+
+    Rows of the same window/image within 2 positions are skipped so that neighbours are not trivial copies.
+    """
+    pool = min(pool, len(cache))
+    x = torch.from_numpy(cache.rows(0, pool)).float()
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    g = np.random.default_rng(derive_seed("neighbours", seed))
+    out = []
+    for q in g.choice(pool, size=min(n_queries, pool), replace=False):
+        sims = x @ x[q]
+        sims[max(0, q - 2) : q + 3] = -2.0
+        top = sims.topk(k)
+        out.append((int(q), [(int(i), float(s)) for s, i in zip(top.values, top.indices)]))
+    return out

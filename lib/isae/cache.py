@@ -2,7 +2,8 @@
 
 Layout of a cache folder::
 
-    manifest.json             spec (model, hook, layer, dtype, d_in, source, asset hashes, ...), shards, complete
+    manifest.json             spec (model, hook, layer, dtype, d_in, source, asset hashes, ...), complete, and
+                              per shard: file, rows, sha256, seconds to compute
     shard_00000.npy           activations [rows, d_in] of shard 0 (numpy .npy: memory-mappable)
     shard_00000.<extra>.npy   optional per-row extras (e.g. image labels, token ids), same row count
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -87,11 +89,13 @@ def build_cache(directory: str | Path, spec: dict, n_shards: int,
     done = len(manifest["shards"])
     for i in tqdm(range(done, n_shards), initial=done, total=n_shards, desc=f"caching {directory.name}",
                   unit="shard", disable=not progress):
+        started = time.perf_counter()
         out = make_shard(i)
+        seconds = time.perf_counter() - started
         arrays = out if isinstance(out, dict) else {"acts": out}
         arrays = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in arrays.items()}
         acts = arrays.pop("acts").astype(dtype, copy=False)
-        entry = {"file": f"shard_{i:05d}.npy", "rows": int(acts.shape[0]), "extras": {}}
+        entry = {"file": f"shard_{i:05d}.npy", "rows": int(acts.shape[0]), "seconds": round(seconds, 4), "extras": {}}
         _save_npy(directory / entry["file"], acts)
         entry["sha256"] = _sha256(directory / entry["file"])
         for name, values in arrays.items():
@@ -149,6 +153,11 @@ class ActivationCache:
             start += take
             i += 1
         return np.concatenate(parts) if parts else np.empty((0, self.d_in), dtype=self.shards[0].dtype)
+
+    def throughput(self) -> float:
+        """Rows per second of computing the shards when the cache was built (disk writes excluded)."""
+        seconds = sum(s.get("seconds", 0.0) for s in self.manifest["shards"])
+        return len(self) / seconds if seconds > 0 else float("nan")
 
     def verify(self) -> None:
         """Re-hash every shard and extra; raise CacheCorrupt naming the first that does not match."""
