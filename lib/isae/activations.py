@@ -3,8 +3,8 @@
 ``cache_lm_activations`` and ``cache_vision_activations`` build an ``isae.cache`` folder (shards +
 manifest; atomic, resumable, refused when it does not match the request) and return the reader. Every
 input is deterministic — the first windows of a text split in corpus order, the first images of a seeded
-subset — so a resumed build equals an uninterrupted one. ``*_stream`` variants compute the same shards on
-the fly for runs larger than the disk.
+subset — so a resumed build equals an uninterrupted one. ``lm_stream`` computes the same shards on the
+fly (no disk cache) for runs larger than the disk.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import assets
-from .cache import ActivationCache, build_cache
+from .cache import ActivationCache, OnTheFlyStream, build_cache
 from .seeding import derive_seed
 
 
@@ -131,6 +131,19 @@ def cache_lm_activations(directory: str | Path, req: LMRequest, device: str | No
     build_cache(directory, spec, math.ceil(len(windows) / req.windows_per_shard), _lm_shard_fn(bridge, windows, req),
                 progress=progress)
     return ActivationCache(directory)
+
+
+def lm_stream(req: LMRequest, batch_size: int, seed: int = 0, device: str | None = None, bridge=None,
+              tokenizer=None) -> OnTheFlyStream:
+    """The streaming mode of ``cache_lm_activations``: the same shards, computed on demand, never on disk."""
+    from .lm import load_language_model
+
+    if bridge is None:
+        bridge, tokenizer = load_language_model(req.model, device=device)
+    windows = lm_windows(tokenizer, req)
+    return OnTheFlyStream(_lm_shard_fn(bridge, windows, req), math.ceil(len(windows) / req.windows_per_shard),
+                          bridge.cfg.d_model, batch_size, seed=seed, device=device or "cpu",
+                          identity=lm_spec(req, bridge.cfg.d_model))
 
 
 # --- vision model --------------------------------------------------------------------------------------

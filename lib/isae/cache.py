@@ -229,3 +229,54 @@ class CachedStream:
         j = step - int(self.first_step[b])
         x = self._buffer(b)[j * self.batch_size : (j + 1) * self.batch_size].to(self.device)
         return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12) if self.normalize else x
+
+
+class OnTheFlyStream:
+    """The streaming mode: batches computed from ``make_shard`` on demand, never written to disk.
+
+    For runs larger than the disk. Shard i is computed when a batch first needs it (the latest shard is kept
+    in memory), its rows are permuted (seeded by shard) and cut into whole batches. ``batch(step)`` is a pure
+    function of (seed, step) as long as ``make_shard`` is deterministic; reading in order costs one
+    computation per shard, jumping back recomputes.
+    """
+
+    def __init__(self, make_shard: Callable[[int], dict | np.ndarray | torch.Tensor], n_shards: int, d_in: int,
+                 batch_size: int, seed: int = 0, normalize: bool = True, device: str | torch.device = "cpu",
+                 identity: dict | None = None):
+        if batch_size <= 0 or n_shards <= 0:
+            raise ValueError(f"batch_size={batch_size} and n_shards={n_shards} must be positive.")
+        self.make_shard, self.n_shards, self.d_in = make_shard, n_shards, d_in
+        self.batch_size, self.seed, self.normalize = batch_size, seed, normalize
+        self.device = torch.device(device)
+        self._identity = identity or {}
+        self._first_step = [0]  # first step of shard i, known once shards < i were computed
+        self._loaded: tuple[int, torch.Tensor] | None = None
+
+    def identity(self) -> dict:
+        return {"stream": "on-the-fly", **self._identity, "seed": self.seed, "batch_size": self.batch_size,
+                "n_shards": self.n_shards}
+
+    def _shard(self, i: int) -> torch.Tensor:
+        if self._loaded is None or self._loaded[0] != i:
+            out = self.make_shard(i)
+            acts = out["acts"] if isinstance(out, dict) else out
+            acts = torch.as_tensor(np.asarray(acts) if not isinstance(acts, torch.Tensor) else acts).float()
+            perm = torch.randperm(len(acts), generator=torch.Generator().manual_seed(derive_seed("rows", self.seed, i)))
+            self._loaded = (i, acts[perm])
+        return self._loaded[1]
+
+    def batch(self, step: int) -> torch.Tensor:
+        if step < 0:
+            raise ValueError(f"step={step} must be ≥ 0.")
+        while len(self._first_step) <= self.n_shards and self._first_step[-1] <= step:
+            i = len(self._first_step) - 1
+            if i == self.n_shards:
+                break
+            self._first_step.append(self._first_step[-1] + len(self._shard(i)) // self.batch_size)
+        i = int(np.searchsorted(self._first_step, step, side="right") - 1)
+        if i >= self.n_shards:
+            raise ValueError(f"step {step} is past the {self._first_step[-1]} batches that {self.n_shards} shards "
+                             "hold (training is fully online: use more shards or fewer steps).")
+        j = step - self._first_step[i]
+        x = self._shard(i)[j * self.batch_size : (j + 1) * self.batch_size].to(self.device)
+        return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12) if self.normalize else x
