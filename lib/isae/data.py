@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .seeding import derive_seed
+from .sparse_ops import sparse_decode
 
 DICTIONARY_KINDS = ("iid", "mixture")
 
@@ -90,19 +91,25 @@ class SyntheticStream:
         # Distinct, reproducible seed for every (stream seed, step); negative steps are held-out data.
         return torch.Generator(self.device).manual_seed(derive_seed("stream", self.seed, step))
 
-    def sample(self, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """n inputs and their ground-truth codes (rescaled with the input), drawn from seed (seed, step)."""
+    def _sparse_sample(self, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(unit-norm x [n, N], code values [n, k] rescaled with x, code indices [n, k]) for seed (seed, step)."""
         gen = self._generator(step)
         dense = torch.randn(n, self.cfg.n_atoms, generator=gen, device=self.device)
         idx = dense.abs().topk(self.cfg.k, dim=1).indices
-        z = torch.zeros_like(dense).scatter(1, idx, dense.gather(1, idx))
-        x = z @ self.dictionary
+        vals = dense.gather(1, idx)
+        x = sparse_decode(vals, idx, self.dictionary)  # z D* from the k non-zeros (a dense product costs 20× more)
         norm = x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return x / norm, z / norm
+        return x / norm, vals / norm, idx
+
+    def sample(self, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n inputs and their dense ground-truth codes (rescaled with the input), drawn from seed (seed, step)."""
+        x, vals, idx = self._sparse_sample(n, step)
+        z = torch.zeros(n, self.cfg.n_atoms, device=self.device).scatter(1, idx, vals)
+        return x, z
 
     def batch(self, step: int) -> torch.Tensor:
         """Training batch number ``step`` (unit-norm rows)."""
-        return self.sample(self.batch_size, step)[0]
+        return self._sparse_sample(self.batch_size, step)[0]
 
     def held_out(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Evaluation inputs that no training step sees (drawn from negative step numbers)."""

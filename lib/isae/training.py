@@ -138,7 +138,8 @@ def train_many(
         sae.to(device)
     opts = {n: torch.optim.Adam([p for p in s.parameters() if p.requires_grad], lr=cfg.learning_rate(s.cfg.d_sae))
             for n, s in saes.items()}
-    gens = {n: torch.Generator(device).manual_seed(derive_seed("arip-noise", i)) for i, n in enumerate(saes)}
+    # Each model's aRIP noise depends only on its name and seed, not on which models it is trained beside.
+    gens = {n: torch.Generator(device).manual_seed(derive_seed(f"arip-noise:{n}", s.seed)) for n, s in saes.items()}
     since_fired = {n: torch.zeros(s.cfg.d_sae, dtype=torch.long, device=device) for n, s in saes.items()}
     log: list[dict] = []
     start = 0
