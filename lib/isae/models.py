@@ -146,7 +146,9 @@ class SAE(nn.Module):
     # --- encoder -------------------------------------------------------------------------------------
     def preact(self, x_c: torch.Tensor) -> torch.Tensor:
         """Dense pre-activation x_c W_encᵀ + b_enc (differentiable)."""
-        return x_c @ self.W_enc.T + self.b_enc
+        if self.cfg.has_encoder_bias:
+            return torch.addmm(self.b_enc, x_c, self.W_enc.T)
+        return x_c @ self.W_enc.T  # b_enc is zero and frozen: skip a batch × K addition
 
     def _select(self, score: torch.Tensor, k: int) -> torch.Tensor:
         """Indices of the k latents kept: largest values (TopK) or largest |values| (AbsTopK family)."""
