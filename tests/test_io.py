@@ -24,7 +24,8 @@ def _trained_looking(architecture: str) -> SAE:
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in sae.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
+            if p.requires_grad:  # a frozen parameter (b_enc without encoder bias) stays as training leaves it
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
         sae.normalize_atoms()
     return sae
 

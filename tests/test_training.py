@@ -285,3 +285,13 @@ def test_checkpoint_from_another_data_stream_or_seed_is_refused(tmp_path: Path):
     reseeded = {n: SAE(s.cfg, seed=s.seed + 1) for n, s in _models().items()}
     with pytest.raises(ValueError, match="different experiment"):
         train_many(reseeded, _stream(), cfg, checkpoint_dir=tmp_path, progress=False)
+
+
+def test_checkpoint_from_another_loss_weighting_is_refused(tmp_path: Path):
+    cfg = _cfg(n_steps=4)
+    train_many(_models(), _stream(), cfg, checkpoint_dir=tmp_path, progress=False)
+    weighted = _models()
+    for sae in weighted.values():
+        sae.set_loss_weight(torch.linspace(0.5, 1.5, sae.cfg.d_in))
+    with pytest.raises(ValueError, match="different experiment"):
+        train_many(weighted, _stream(), cfg, checkpoint_dir=tmp_path, progress=False)

@@ -145,7 +145,8 @@ def train_many(
     start = 0
 
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
-    signature = {"train": asdict(cfg), "models": {n: (s.cfg.to_dict(), s.seed) for n, s in saes.items()},
+    signature = {"train": asdict(cfg),
+                 "models": {n: (s.cfg.to_dict(), s.seed, s.loss_weight.cpu().tolist()) for n, s in saes.items()},
                  "stream": stream.identity() if hasattr(stream, "identity") else type(stream).__name__}
     if ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
