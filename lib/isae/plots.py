@@ -60,3 +60,93 @@ def save_figure(fig: plt.Figure, path: str | Path, **params) -> Path:
     """Save a figure atomically (PNG) with a provenance JSON beside it."""
     path = write_with_provenance(path, lambda p: fig.savefig(p, dpi=150, bbox_inches="tight", format="png"), **params)
     return path
+
+
+# --- P1 on real activations: matched-cosine distributions and the reconstruction/stability trade-off ----------
+
+def matched_cosines(saes: dict, setting: str = "", suffix: str = "") -> pd.DataFrame:
+    """|cos| of every matched atom pair between the first two seeds of each architecture in ``saes``.
+
+    ``saes`` maps "arch/seedN" to SAEs (``ExperimentResult.saes`` or ``experiments.untrained_pair``); atoms are
+    matched by ``metrics.match_atoms`` (Hungarian on |cos|, as DCS). Returns one row per matched pair:
+    setting, model (display name + ``suffix``), pair, abs_cos. The mean of abs_cos per model is its DCS.
+    """
+    import numpy as np
+
+    from .metrics import match_atoms
+
+    groups: dict[str, list[str]] = {}
+    for name in saes:
+        groups.setdefault(name.split("/")[0], []).append(name)
+    frames = []
+    for names in groups.values():
+        if len(names) < 2:
+            continue
+        a, b = sorted(names, key=lambda n: saes[n].seed)[:2]
+        m = match_atoms(saes[a].W_dec, saes[b].W_dec)
+        frames.append(pd.DataFrame({"setting": setting, "model": saes[a].cfg.display_name + suffix,
+                                    "pair": f"{a} vs {b}", "abs_cos": np.abs(m.cos)}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["setting", "model", "pair", "abs_cos"])
+
+
+def matched_cos_distributions(frame: pd.DataFrame, bins: int = 40) -> plt.Figure:
+    """Histogram (density, step lines) of matched |cos| per model, one panel per setting.
+
+    Models whose name ends in "(untrained)" (the random-init pairs) are drawn dashed in grey: the floor a
+    trained dictionary has to beat. Each legend entry gives the mean (= DCS).
+    """
+    settings = list(dict.fromkeys(frame["setting"]))
+    models = [m for m in dict.fromkeys(frame["model"]) if "untrained" not in m]
+    palette = dict(zip(models, sns.color_palette("colorblind")))
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.0 * len(settings), 3.6), squeeze=False)
+    edges = [i / bins for i in range(bins + 1)]
+    for ax, setting in zip(axes[0], settings):
+        sub = frame[frame["setting"] == setting]
+        for model, rows in sub.groupby("model", sort=False):
+            untrained = "untrained" in model
+            ax.hist(rows["abs_cos"], bins=edges, density=True, histtype="step", linewidth=1.6,
+                    linestyle="--" if untrained else "-",
+                    color="grey" if untrained else palette.get(model),
+                    label=f"{model} (mean {rows['abs_cos'].mean():.3f})")
+        ax.set(xlim=(0, 1), xlabel="|cos| of matched atoms (seed 0 vs seed 1)", ylabel="density", title=setting)
+        ax.legend(fontsize=7, frameon=False, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff_scatter(table: pd.DataFrame, paper: pd.DataFrame | None = None,
+                     stability: tuple[str, ...] = ("dcs", "sae_iou")) -> plt.Figure:
+    """Reconstruction (MSE, x) against stability (y), one panel per stability metric.
+
+    Filled markers: our means with ± sd bars (seeds for MSE, seed pairs for stability); colour = model,
+    marker = setting. Untrained baselines are left out. With ``paper`` (same setting names as ``table``),
+    the paper's values are drawn as hollow markers of the same colour and shape.
+    """
+    ours = table[~table["model"].str.contains("untrained")]
+    settings = list(dict.fromkeys(ours["setting"]))
+    models = list(dict.fromkeys(ours["model"]))
+    palette = dict(zip(models, sns.color_palette("colorblind")))
+    markers = dict(zip(settings, ["o", "s", "^", "D", "v"]))
+    fig, axes = plt.subplots(1, len(stability), figsize=(4.6 * len(stability), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], stability):
+        for _, r in ours.iterrows():
+            ax.errorbar(r["mse"], r[metric], xerr=r.get("mse_sd"), yerr=r.get(f"{metric}_sd"),
+                        marker=markers[r["setting"]], color=palette[r["model"]], linestyle="none", capsize=2,
+                        markersize=7)
+        if paper is not None:
+            ref = paper[paper["setting"].isin(settings) & paper["model"].isin(models)]
+            for _, r in ref.iterrows():
+                ax.scatter(r["mse"], r[metric], marker=markers[r["setting"]], facecolors="none",
+                           edgecolors=palette[r["model"]], s=50, linewidths=1.4)
+        ax.set(xlabel=LABELS["mse"], ylabel=LABELS.get(metric, metric), title=f"{LABELS.get(metric, metric)} vs MSE")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=palette[m], marker="o", linestyle="none", label=m) for m in models]
+    handles += [Line2D([], [], color="black", marker=markers[s], linestyle="none", label=s) for s in settings]
+    if paper is not None:
+        handles.append(Line2D([], [], color="black", marker="o", markerfacecolor="none", linestyle="none",
+                              label="paper (hollow)"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig

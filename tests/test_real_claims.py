@@ -1,0 +1,127 @@
+"""P1's real-data claims (reporting.check_real_claims), P1's Table 3, and the Table 2 driver on a cached stream."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from isae import experiments, reporting
+from isae.activations import heldout_activations
+from isae.cache import ActivationCache, build_cache
+from isae.models import SAEConfig
+from isae.training import TrainConfig
+
+# A hand-made table in which every claim holds (shaped like P1's Pythia row: AbsTopK most stable, iSAE lowest R_S
+# and best oracle IoU, iSAE-ME lowest MSE but less stable).
+GOOD = {
+    "TopK": dict(mse=0.17, r_s=0.18, sae_iou=0.40, oracle_iou=0.35, dcs=0.81),
+    "AbsTopK": dict(mse=0.18, r_s=0.18, sae_iou=0.63, oracle_iou=0.40, dcs=0.87),
+    "iSAE": dict(mse=0.18, r_s=0.11, sae_iou=0.53, oracle_iou=0.47, dcs=0.86),
+    "iSAE-ME": dict(mse=0.15, r_s=0.13, sae_iou=0.38, oracle_iou=0.34, dcs=0.80),
+    "TopK (untrained)": dict(mse=0.9, r_s=0.2, sae_iou=0.05, oracle_iou=0.05, dcs=0.30),
+}
+
+
+def _table(rows: dict, setting: str = "lm") -> pd.DataFrame:
+    return pd.DataFrame([{"setting": setting, "model": m, **v} for m, v in rows.items()])
+
+
+def _holds(claims: pd.DataFrame, text: str) -> bool:
+    hit = claims[claims["claim"].str.contains(text, regex=False)]
+    assert len(hit) == 1, f"{text!r} matched {len(hit)} claims"
+    return bool(hit["holds"].iloc[0])
+
+
+def test_every_claim_holds_on_a_table_built_to_satisfy_them():
+    claims = reporting.check_real_claims(_table(GOOD))
+    assert claims["holds"].dtype == bool and claims["holds"].all(), claims
+    assert len(claims) == 8 and set(claims["setting"]) == {"lm"}
+
+
+@pytest.mark.parametrize("model, metric, value, claim", [
+    ("iSAE", "dcs", 0.90, "most stable model by DCS"),
+    ("TopK", "sae_iou", 0.70, "most stable model by SAE code IoU"),
+    ("iSAE", "oracle_iou", 0.39, "oracle identifiability"),
+    ("iSAE", "r_s", 0.20, "lowers R_S"),
+    ("TopK", "mse", 0.10, "lowest MSE"),
+    ("iSAE-ME", "sae_iou", 0.65, "less stable than AbsTopK"),
+    ("TopK (untrained)", "dcs", 0.95, "untrained"),
+])
+def test_each_claim_fails_when_its_numbers_say_so(model, metric, value, claim):
+    rows = {m: dict(v) for m, v in GOOD.items()}
+    rows[model][metric] = value
+    claims = reporting.check_real_claims(_table(rows))
+    assert not _holds(claims, claim)
+
+
+def test_claims_are_per_setting_and_the_ce_claim_uses_the_downstream_table():
+    table = pd.concat([_table(GOOD, "lm"), _table({**GOOD, "iSAE-ME": {**GOOD["iSAE-ME"], "mse": 0.5}}, "vision")])
+    ours = pd.DataFrame({"model": ["TopK", "AbsTopK", "iSAE", "iSAE-ME"], "ce_sae": [3.0, 3.1, 3.2, 3.3]})
+    claims = reporting.check_real_claims(table, downstream=ours, downstream_setting="lm (CE)")
+    assert list(dict.fromkeys(claims["setting"])) == ["lm", "vision", "lm (CE)"]
+    lowest_mse = claims[claims["claim"] == "iSAE-ME has the lowest MSE"].set_index("setting")["holds"]
+    assert lowest_mse.to_dict() == {"lm": True, "vision": False}
+    assert not _holds(claims, "lowest CE")
+    paper_ce = reporting.check_real_claims(table.iloc[:0], downstream=reporting.paper_table3())
+    assert _holds(paper_ce, "lowest CE")  # P1: iSAE-ME 3.906 < TopK 3.974
+
+
+def test_missing_models_make_claims_fail_rather_than_crash():
+    claims = reporting.check_real_claims(_table({"TopK": GOOD["TopK"]}))
+    assert not claims["holds"].any()
+
+
+def test_paper_table3_and_the_claims_on_the_papers_own_table2():
+    t3 = reporting.paper_table3()
+    assert list(t3.columns[:3]) == ["model", "ce_loss", "sparse_probing"]
+    assert t3.set_index("model").loc["iSAE-ME", "ce_loss"] == 3.906
+    claims = reporting.check_real_claims(reporting.paper_table(2)).set_index(["setting", "claim"])["holds"]
+    # P1's own numbers: AbsTopK has the best SAE IoU on Pythia but not on DINOv2 (iSAE 0.585 > 0.524)
+    assert claims[("pythia-160m", "AbsTopK is the most stable model by SAE code IoU")]
+    assert not claims[("dinov2", "AbsTopK is the most stable model by SAE code IoU")]
+    assert claims[("pythia-160m", "aRIP improves oracle identifiability (iSAE oracle IoU > AbsTopK's)")]
+    assert claims[("dinov2", "iSAE-ME has the lowest MSE")]
+
+
+# --- the Table 2 driver on a cached stream ------------------------------------------------------------------
+
+def _random_cache(folder, rows: int, d: int, seed: int) -> ActivationCache:
+    def shard(i):
+        g = torch.Generator().manual_seed(seed * 100 + i)
+        atoms = torch.randn(24, d, generator=torch.Generator().manual_seed(seed))
+        codes = torch.randn(rows // 2, 24, generator=g) * (torch.rand(rows // 2, 24, generator=g) < 0.15)
+        return codes @ atoms + 0.01 * torch.randn(rows // 2, d, generator=g)
+
+    build_cache(folder, {"dtype": "float32", "kind": "toy", "seed": seed}, 2, shard, progress=False)
+    return ActivationCache(folder)
+
+
+def test_table2_driver_on_a_cache_has_the_paper_columns_and_one_row_per_model(tmp_path):
+    train = _random_cache(tmp_path / "train", 512, 16, seed=0)
+    heldout = _random_cache(tmp_path / "heldout", 256, 16, seed=0)
+    stream = train.stream(64, seed=0, buffer_rows=256)
+    x_eval = heldout_activations(heldout, 128)
+    assert torch.allclose(x_eval.norm(dim=1), torch.ones(len(x_eval)))
+    cfg = TrainConfig(n_steps=stream.steps_per_pass, batch_size=64, log_every=2, checkpoint_every=4, device="cpu",
+                      geometric_median_samples=min(8192, stream.steps_per_pass * 64))
+    sae_cfgs = {a: SAEConfig(d_in=train.d_in, d_sae=32, k=3, architecture=a) for a in experiments.ARCHITECTURES
+                if a in ("topk", "abstopk", "isae", "isae_me")}
+    result = experiments.train_and_evaluate("toy", stream, x_eval, sae_cfgs, cfg, 3, out_dir=tmp_path / "out",
+                                            progress=False)
+    table = experiments.summarise(result.runs, result.pairs)
+    required = ["setting", "model"] + [c for m in experiments.TABLE_METRICS for c in (m, f"{m}_sd")] + ["n_seeds",
+                                                                                                       "n_pairs"]
+    assert list(table.columns[: len(required)]) == required
+    assert len(table) == 8  # 4 models + their 4 untrained baselines
+    trained = table[~table["model"].str.contains("untrained")]
+    assert list(trained["model"]) == list(reporting.P1_MODELS)
+    assert (trained["n_seeds"] == 3).all() and (trained["n_pairs"] == math.comb(3, 2)).all()
+    assert np.isfinite(trained[list(experiments.TABLE_METRICS)].to_numpy()).all()
+    assert stream.steps_per_pass == 512 // 64 and result.log["step"].max() == stream.steps_per_pass
+    assert len(list((tmp_path / "out" / "saes").iterdir())) == 12
+    claims = reporting.check_real_claims(table)
+    assert claims["holds"].dtype == bool and set(claims["setting"]) == {"toy"}
