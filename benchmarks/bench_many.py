@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,8 @@ from isae.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
 from isae.provenance import atomic_write_csv, atomic_write_json, provenance
 import isae.training
 from isae.training import TrainConfig, train_many
+
+from _common import device_name, sync  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 PAPER = {"d_in": 768, "d_sae": 4096, "k": 40, "batch": 2048, "n_atoms": 4096, "data_k": 40}
 
@@ -76,23 +77,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- helpers (device ones as in bench_training.py) -----------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu: {model} ({os.cpu_count()} logical cores)"
-
-
 class TimedStream:
     """Wraps a stream and adds up the seconds spent in ``batch`` (synchronised on cuda) and the calls."""
 

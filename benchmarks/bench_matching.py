@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,8 @@ import torch
 
 import isae.metrics as metrics
 from isae.provenance import atomic_write_csv, atomic_write_json, provenance
+
+from _common import device_name, sync  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,23 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- device helpers (as in bench_training.py) ----------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu: {model} ({os.cpu_count()} logical cores)"
-
-
 class TimedAssignment:
     """Stands in for scipy's linear_sum_assignment inside isae.metrics and records the seconds of each call."""
 

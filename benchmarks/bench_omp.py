@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import platform
 import sys
 import time
 import warnings
@@ -45,6 +44,8 @@ import torch
 
 from isae.metrics import omp
 from isae.provenance import atomic_write_csv, atomic_write_json, provenance
+
+from _common import device_name, sync  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 try:
     import sklearn
@@ -94,23 +95,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- device helpers (as in bench_training.py) ----------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu: {model} ({os.cpu_count()} logical cores)"
-
-
 def timed(fn, device: torch.device):
     sync(device)
     t0 = time.perf_counter()

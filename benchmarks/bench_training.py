@@ -26,7 +26,6 @@ import argparse
 import ctypes
 import gc
 import os
-import platform
 import resource
 import sys
 import time
@@ -40,6 +39,8 @@ from isae.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
 from isae.provenance import atomic_write_csv, atomic_write_json, provenance
 from isae.reference import dense_loss
 from isae.training import TrainConfig
+
+from _common import device_name, sync  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,23 +76,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- device helpers ----------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu: {model} ({os.cpu_count()} logical cores)"
-
-
 class PeakMemory:
     """Peak memory of a phase above the memory in use when it started, in MiB.
 
