@@ -135,3 +135,15 @@ def test_streaming_mode_gives_the_batches_a_cache_of_the_same_shards_would_hold(
     assert torch.equal(stream.batch(2), batches[2])  # jumping back recomputes the same batch
     with pytest.raises(ValueError, match="online"):
         stream.batch(13)
+
+
+def test_decoder_bias_init_uses_a_short_cache_without_reading_past_it(tmp_path):
+    from isae.models import SAE, SAEConfig
+    from isae.training import geometric_median, initialise_decoder_bias
+
+    build_cache(tmp_path, SPEC, 2, make_shard, progress=False)
+    stream = ActivationCache(tmp_path).stream(batch_size=8, buffer_rows=16)
+    sae = SAE(SAEConfig(d_in=8, d_sae=16, k=2))
+    initialise_decoder_bias([sae], stream, n_samples=10_000)  # far more than the cache holds
+    every_batch = torch.cat([stream.batch(s) for s in range(stream.steps_per_pass)])
+    torch.testing.assert_close(sae.b_dec.detach(), geometric_median(every_batch))

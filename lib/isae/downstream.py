@@ -84,7 +84,7 @@ def splice_metrics(bridge, tokens: torch.Tensor, mask: torch.Tensor, hook: str,
             logp = logits[:, :-1].float().log_softmax(-1)
             kl = (clean_logp.exp() * (clean_logp - logp)).sum(-1)
             sums[name]["kl"] += (kl * scored).sum().item()
-        count += n
+        count += int(n)
     if count == 0:
         raise ValueError("no scored positions: the mask excludes every (input, target) pair.")
     ce_clean, ce_zero = clean_sum / count, zero_sum / count

@@ -90,10 +90,14 @@ def geometric_median(x: torch.Tensor, n_iter: int = 200, tol: float = 1e-7) -> t
 
 @torch.no_grad()
 def initialise_decoder_bias(saes: Iterable[SAE], stream: Stream, n_samples: int) -> None:
-    """Set every SAE's b_dec to the geometric median of the stream's first ``n_samples`` inputs."""
+    """Set every SAE's b_dec to the geometric median of the stream's first ``n_samples`` inputs.
+
+    A finite stream (one with ``steps_per_pass``) shorter than that contributes all of its batches.
+    """
     batches, n = [], 0
     step = 0
-    while n < n_samples:
+    last = getattr(stream, "steps_per_pass", None)
+    while n < n_samples and (last is None or step < last):
         batches.append(stream.batch(step))
         n += batches[-1].shape[0]
         step += 1
