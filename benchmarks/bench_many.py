@@ -33,11 +33,10 @@ import torch
 
 from isae.data import SyntheticConfig, SyntheticStream
 from isae.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
-from isae.provenance import atomic_write_csv, atomic_write_json, provenance
 import isae.training
 from isae.training import TrainConfig, train_many
 
-from _common import device_name, sync  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import device_name, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 PAPER = {"d_in": 768, "d_sae": 4096, "k": 40, "batch": 2048, "n_atoms": 4096, "data_k": 40}
 
@@ -225,10 +224,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         meta = {"device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                 "d_in": args.d_in, "d_sae": args.d_sae, "k": args.k, "batch": args.batch, "steps": args.steps,
                 "seeds": S, "models": " ".join(args.models), "ratio": ratio, "ratio_no_init": no_init}
-        atomic_write_csv(df.assign(**meta), args.out)
-        atomic_write_json(args.out.with_name(args.out.name + ".provenance.json"), provenance(**{
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}))
-        print(f"wrote {args.out}")
+        write_results(df.assign(**meta), args)
     return df
 
 

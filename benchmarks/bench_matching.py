@@ -38,9 +38,8 @@ import scipy
 import torch
 
 import isae.metrics as metrics
-from isae.provenance import atomic_write_csv, atomic_write_json, provenance
 
-from _common import device_name, sync  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import device_name, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -192,10 +191,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.out is not None:
         meta = {"device": device_name(device), "torch": torch.__version__, "scipy": scipy.__version__,
                 "threads": torch.get_num_threads(), "d_in": args.d_in, "noise": args.noise}
-        atomic_write_csv(df.assign(**meta), args.out)
-        atomic_write_json(args.out.with_name(args.out.name + ".provenance.json"), provenance(**{
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}))
-        print(f"wrote {args.out}")
+        write_results(df.assign(**meta), args)
     return df
 
 

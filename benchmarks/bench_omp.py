@@ -43,9 +43,8 @@ import pandas as pd
 import torch
 
 from isae.metrics import omp
-from isae.provenance import atomic_write_csv, atomic_write_json, provenance
 
-from _common import device_name, sync  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import device_name, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 try:
     import sklearn
@@ -342,10 +341,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                 "d_in": N, "d_sae": K, "k": k, "chunk": chunk, "n": args.n, "n_sklearn": args.n_sklearn,
                 "n_loop": args.n_loop,
                 "sklearn_variant": variant if args.n_sklearn else None, "noise": args.noise}
-        atomic_write_csv(df.assign(**meta), args.out)
-        atomic_write_json(args.out.with_name(args.out.name + ".provenance.json"), provenance(**{
-            k_: (str(v) if isinstance(v, Path) else v) for k_, v in vars(args).items()}))
-        print(f"wrote {args.out}")
+        write_results(df.assign(**meta), args)
     return df
 
 

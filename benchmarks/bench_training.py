@@ -36,11 +36,10 @@ import torch
 from tqdm.auto import tqdm
 
 from isae.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
-from isae.provenance import atomic_write_csv, atomic_write_json, provenance
 from isae.reference import dense_loss
 from isae.training import TrainConfig
 
-from _common import device_name, sync  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import device_name, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -278,10 +277,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                 "dead_frac": n_dead / K, "matmul_gflops": flops / 1e9, "limit_tok_s": limit_tok_s,
                 "memory_measure": mem.label}
         out = df.assign(**meta)
-        atomic_write_csv(out, args.out)
-        atomic_write_json(args.out.with_name(args.out.name + ".provenance.json"), provenance(**{
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}))
-        print(f"wrote {args.out}")
+        write_results(out, args)
     return df
 
 
