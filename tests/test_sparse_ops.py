@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from isae.sparse_ops import gather_preact, rows_dot, sparse_decode
+from isae.sparse_ops import gather_preact, lateral_at, rows_dot, scatter_rows, sparse_decode
 
 TOL = dict(rtol=1e-12, atol=1e-12)  # float64: the sparse and dense sums differ only by summation order
 
@@ -50,8 +50,8 @@ def test_gather_preact_value_and_grads_equal_dense_gather(duplicates):
     up = torch.randn(idx.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
 
     x1, W1 = x.clone().requires_grad_(), W.clone().requires_grad_()
-    pre = (x @ W.T).detach()
-    vals = gather_preact(x1, W1, pre, idx)
+    pre_at_idx = (x @ W.T).gather(1, idx)  # computed without grad, as during the encoder's selection
+    vals = gather_preact(x1, W1, pre_at_idx, idx)
     (vals * up).sum().backward()
 
     x2, W2 = x.clone().requires_grad_(), W.clone().requires_grad_()
@@ -66,7 +66,7 @@ def test_gather_preact_value_and_grads_equal_dense_gather(duplicates):
 def test_gather_preact_gives_zero_gradient_to_unselected_encoder_rows():
     idx, W, x, _, _ = _problem(seed=2, B=3)  # 3 inputs × 6 picks cannot cover all 50 latents
     W1 = W.clone().requires_grad_()
-    gather_preact(x, W1, (x @ W.T), idx).sum().backward()
+    gather_preact(x, W1, (x @ W.T).gather(1, idx), idx).sum().backward()
     unselected = torch.ones(W.shape[0], dtype=torch.bool)
     unselected[idx.unique()] = False
     assert unselected.any()
@@ -74,14 +74,13 @@ def test_gather_preact_gives_zero_gradient_to_unselected_encoder_rows():
     assert torch.all(W1.grad[~unselected].norm(dim=1) > 0)
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 256])
 @pytest.mark.parametrize("duplicates", [False, True])
-def test_rows_dot_value_and_grads_equal_dense_product(chunk, duplicates):
+def test_rows_dot_value_and_grads_equal_dense_product(duplicates):
     idx, W, u, _, _ = _problem(seed=3, duplicates=duplicates)
     up = torch.randn(idx.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
 
     W1, u1 = W.clone().requires_grad_(), u.clone().requires_grad_()
-    out = rows_dot(W1, idx, u1, chunk=chunk)
+    out = rows_dot(W1, idx, u1)
     (out * up).sum().backward()
 
     W2, u2 = W.clone().requires_grad_(), u.clone().requires_grad_()
@@ -121,10 +120,47 @@ def test_sparse_backwards_accept_broadcast_upstream_gradients(reduce):
         return [a.grad for a in args]
 
     for sparse, dense, args in [
-        (lambda x_, W_: gather_preact(x_, W_, x @ W.T, idx), lambda x_, W_: (x_ @ W_.T).gather(1, idx), (x, W)),
+        (lambda x_, W_: gather_preact(x_, W_, (x @ W.T).gather(1, idx), idx), lambda x_, W_: (x_ @ W_.T).gather(1, idx), (x, W)),
         (lambda W_, x_: rows_dot(W_, idx, x_), lambda W_, x_: (x_ @ W_.T).gather(1, idx), (W, x)),
         (lambda v_, W_: sparse_decode(v_, idx, W_), lambda v_, W_: _dense_from_sparse(v_, idx, W.shape[0]) @ W_,
          (vals, W)),
     ]:
         for g_sparse, g_dense in zip(grads(sparse, *args), grads(dense, *args)):
             torch.testing.assert_close(g_sparse, g_dense, **TOL)
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_scatter_rows_equals_dense_transposed_product(duplicates):
+    idx, W, x, vals, _ = _problem(seed=7, duplicates=duplicates)
+    expected = _dense_from_sparse(vals, idx, W.shape[0]).T @ x  # grad[i] = Σ_b G[b, i] x[b]
+    torch.testing.assert_close(scatter_rows(idx, vals, x, W.shape[0]), expected, **TOL)
+
+
+def test_scatter_rows_is_deterministic_and_zero_on_unused_rows():
+    idx, W, x, vals, _ = _problem(seed=8, B=3)
+    a, b = scatter_rows(idx, vals.float(), x.float(), W.shape[0]), scatter_rows(idx, vals.float(), x.float(), W.shape[0])
+    assert torch.equal(a, b)
+    unused = torch.ones(W.shape[0], dtype=torch.bool)
+    unused[idx.unique()] = False
+    assert unused.any() and torch.all(a[unused] == 0)
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_lateral_at_value_and_grads_equal_dense_product(duplicates):
+    idx_prev, _, _, vals, _ = _problem(seed=9, duplicates=duplicates)
+    idx, *_ = _problem(seed=10, duplicates=duplicates)
+    K = 50
+    S = torch.randn(K, K, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    up = torch.randn(idx.shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+
+    v1, S1 = vals.clone().requires_grad_(), S.clone().requires_grad_()
+    out = lateral_at(v1, idx_prev, idx, S1)
+    (out * up).sum().backward()
+
+    v2, S2 = vals.clone().requires_grad_(), S.clone().requires_grad_()
+    dense = (_dense_from_sparse(v2, idx_prev, K) @ S2).gather(1, idx)  # (z_prev S) at the next step's latents
+    (dense * up).sum().backward()
+
+    torch.testing.assert_close(out, dense, **TOL)
+    torch.testing.assert_close(v1.grad, v2.grad, **TOL)
+    torch.testing.assert_close(S1.grad, S2.grad, **TOL)

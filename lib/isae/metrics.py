@@ -150,15 +150,17 @@ def single_metrics(sae: SAE, x: torch.Tensor, chunk: int = 4096) -> dict[str, fl
     for s in range(0, x.shape[0], chunk):
         xs = x[s : s + chunk]
         if sae.cfg.architecture in K_SPARSE:
-            vals, idx, _, _, score = sae.encode_sparse(xs)
-            z = torch.zeros(xs.shape[0], sae.cfg.d_sae, dtype=vals.dtype, device=x.device).scatter(1, idx, vals)
+            code = sae.encode_sparse(xs, with_support=True)
+            z = torch.zeros(xs.shape[0], sae.cfg.d_sae, dtype=code.vals.dtype, device=x.device)
+            z.scatter_(1, code.idx, code.vals)
+            support = code.support
         else:
             z = sae.encode(xs)
-            score = sae.preact(xs - sae.b_dec)
+            support = arip_support(sae.preact(xs - sae.b_dec), sae.cfg.k)
         mse.append((xs - sae.decode(z)).pow(2).sum(1))
         l0.append((z != 0).sum(1).float())
         fired |= (z != 0).any(0)
-        r_s.append(rip_gap_exact(sae.W_dec, arip_support(score, sae.cfg.k)))
+        r_s.append(rip_gap_exact(sae.W_dec, support))
     return {"mse": float(torch.cat(mse).mean()), "l0": float(torch.cat(l0).mean()),
             "dead_frac": float((~fired).float().mean()), "r_s": float(torch.cat(r_s).mean())}
 
@@ -207,8 +209,7 @@ def arip_estimators(sae: SAE, x: torch.Tensor, n_draws: int = 32, seed: int = 0)
 
     Shows that the stochastic regulariser estimates the measured quantity (their expectations agree).
     """
-    _, _, _, _, score = sae.encode_sparse(x)
-    support = arip_support(score, sae.cfg.k)
+    support = sae.encode_sparse(x, with_support=True).support
     gen = torch.Generator(x.device).manual_seed(seed)
     draws = torch.stack([rip_gap_noise(sae.W_dec, support, gen).mean() for _ in range(n_draws)])
     return {"exact": float(rip_gap_exact(sae.W_dec, support).mean()), "noise_mean": float(draws.mean()),

@@ -11,15 +11,15 @@ everything else — selection gradients, decoding, AuxK, aRIP — on the k selec
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 
 from .arip import arip_support, rip_gap_exact, rip_gap_noise
 from .seeding import derive_seed
-from .sparse_ops import gather_preact, sparse_decode
+from .sparse_ops import gather_preact, lateral_at, sparse_decode
 
 #: Architecture name → the paper's display name.
 ARCHITECTURES: dict[str, str] = {
@@ -102,18 +102,54 @@ class SAEConfig:
         return asdict(self)
 
 
+#: Rows per block of the encoder's selection pass on the CPU: d_sae × rows ≈ this many floats (4 MiB), so a
+#: block's pre-activation stays in cache between the matmul that writes it and the topk that reads it, and
+#: no batch × K buffer is allocated (large fresh allocations cost page faults on every step). Our choice,
+#: from timing 128–2048 rows at K = 4096 on the 2-core CPU; on a GPU the whole batch is one block.
+_SELECTION_BLOCK_ELEMENTS = 1 << 20
+
+
+@dataclass
+class _Selection:
+    """The encoder's discrete choices (``SAE._encoder_selection``), all [B, ·] integer or value tensors."""
+
+    idx: list[torch.Tensor]
+    pre_at: list[torch.Tensor]
+    support: torch.Tensor | None
+    aux_idx: torch.Tensor | None
+    aux_pre: torch.Tensor | None
+    n_dead: int
+
+
+class SparseCode(NamedTuple):
+    """A k-sparse code (``SAE.encode_sparse``)."""
+
+    vals: torch.Tensor
+    """[B, k] values of the active latents, differentiable."""
+    idx: torch.Tensor
+    """[B, k] indices of the active latents."""
+    x_c: torch.Tensor
+    """The centred input x − b_dec."""
+    support: torch.Tensor | None = None
+    """[B, 2k] aRIP support: the 2k largest |pre-activations| of the final encoder step (when asked for)."""
+    aux_vals: torch.Tensor | None = None
+    """[B, k_aux] AuxK values of the chosen dead latents, differentiable (when a dead mask was given)."""
+    aux_idx: torch.Tensor | None = None
+    n_dead: int = 0
+
+
 @dataclass
 class SAEOutput:
-    """One forward pass. For k-sparse models ``vals``/``idx`` hold the code; for dense ones ``z`` does."""
+    """One forward pass. For k-sparse models ``vals``/``idx`` hold the code; for dense ones ``z`` and ``pre`` do."""
 
     x_hat: torch.Tensor
-    pre: torch.Tensor
-    """Dense pre-activation W(x − b) (+ b_enc) of the first step, detached."""
-    score: torch.Tensor
-    """Pre-activation of the final sparsification (equals ``pre`` except for iSAE-ME), detached."""
     vals: torch.Tensor | None = None
     idx: torch.Tensor | None = None
+    support: torch.Tensor | None = None
+    """k-sparse models with an aRIP term: the [B, 2k] support it was computed on."""
     z: torch.Tensor | None = None
+    pre: torch.Tensor | None = None
+    """Dense models: the pre-activation W(x − b) + b_enc, detached. k-sparse models never keep it."""
     x_c: torch.Tensor | None = None
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -154,29 +190,84 @@ class SAE(nn.Module):
         """Indices of the k latents kept: largest values (TopK) or largest |values| (AbsTopK family)."""
         return (score.abs() if self.cfg.architecture in SIGNED else score).topk(k, dim=1).indices
 
-    def _gather(self, x_c: torch.Tensor, pre: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        vals = gather_preact(x_c, self.W_enc, pre, idx)  # value includes b_enc; gradient reaches W_enc, x_c
+    def _select_with_support(self, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(active indices [B, k], aRIP support = the 2k largest |score| [B, 2k]).
+
+        For the AbsTopK family the active set is the first k of the support (topk sorts descending), so
+        one topk serves both.
+        """
+        support = arip_support(score, self.cfg.k)
+        if self.cfg.architecture in SIGNED:
+            return support[:, : self.cfg.k], support
+        return self._select(score, self.cfg.k), support
+
+    @torch.no_grad()
+    def _encoder_selection(self, x_c: torch.Tensor, dead_mask: torch.Tensor | None, with_support: bool) -> _Selection:
+        """Every discrete choice of the encoder, made without grad, one block of rows at a time.
+
+        Per block: the dense pre-activation (the one O(B·K·N) product), the k active latents of each
+        encoder step (iSAE-ME: T steps of z ← AbsTopK(S z + pre), S z from the sparse z), the pre-activations
+        at those latents, the aRIP support of the final score and the AuxK choice among dead latents. Only
+        [B, k]-sized results leave the loop: no batch × K tensor outlives its block, and on the CPU a
+        block's pre-activation (``_SELECTION_BLOCK_ELEMENTS`` floats) stays in cache for the topk that reads it.
+        """
+        cfg = self.cfg
+        n_steps = cfg.n_steps if cfg.architecture == "isae_me" else 1
+        k_aux = 0
+        if dead_mask is not None and cfg.aux_coef > 0 and cfg.aux_k > 0:
+            dead_idx = dead_mask.nonzero().squeeze(1)
+            k_aux = min(cfg.aux_k, dead_idx.numel(), cfg.d_sae - cfg.k)
+        rows = x_c.shape[0] if x_c.is_cuda else max(1, _SELECTION_BLOCK_ELEMENTS // cfg.d_sae)
+        parts: dict[str, list[torch.Tensor]] = {}
+
+        def keep(name: str, t: torch.Tensor) -> None:
+            parts.setdefault(name, []).append(t)
+
+        for start in range(0, x_c.shape[0], rows):
+            pre = self.preact(x_c[start : start + rows])
+            score = pre
+            for t in range(n_steps):
+                if t > 0:  # iSAE-ME: lateral input S z from the previous step's sparse code
+                    score = pre + sparse_decode(score.gather(1, idx), idx, self.S)
+                if t == n_steps - 1 and with_support:
+                    idx, support = self._select_with_support(score)
+                    keep("support", support)
+                else:
+                    idx = self._select(score, cfg.k)
+                keep(f"idx{t}", idx)
+                keep(f"pre{t}", pre.gather(1, idx))
+            if k_aux:  # AuxK ranks dead latents by the first step's pre-activation (our choice for iSAE-ME)
+                ranked = pre.index_select(1, dead_idx)
+                aux_idx = dead_idx[(ranked.abs() if cfg.architecture in SIGNED else ranked).topk(k_aux, dim=1).indices]
+                keep("aux_idx", aux_idx)
+                keep("aux_pre", pre.gather(1, aux_idx))
+        cat = {name: torch.cat(ts) for name, ts in parts.items()}
+        return _Selection(idx=[cat[f"idx{t}"] for t in range(n_steps)], pre_at=[cat[f"pre{t}"] for t in range(n_steps)],
+                          support=cat.get("support"), aux_idx=cat.get("aux_idx"), aux_pre=cat.get("aux_pre"),
+                          n_dead=int(dead_mask.sum()) if k_aux else 0)
+
+    def _values(self, x_c: torch.Tensor, pre_at: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Code values at the selected latents, differentiable into W_enc, b_enc and x_c through those latents only."""
+        vals = gather_preact(x_c, self.W_enc, pre_at, idx)  # value includes b_enc
         if self.cfg.has_encoder_bias:  # route the gradient to b_enc without changing the value
             vals = vals + (self.b_enc[idx] - self.b_enc.detach()[idx])
         return vals.relu() if self.cfg.architecture == "topk" else vals
 
-    def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """k-sparse code of x: (vals [B,k], idx [B,k], x_c, pre, score). Differentiable through vals."""
+    def encode_sparse(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None,
+                      with_support: bool = False) -> SparseCode:
+        """k-sparse code of x, differentiable through ``vals`` (see ``SparseCode``).
+
+        ``dead_mask`` (bool [d_sae]) adds AuxK's choice of dead latents; ``with_support`` the aRIP support.
+        """
         if self.cfg.architecture not in K_SPARSE:
             raise ValueError(f"encode_sparse needs a k-sparse architecture, not {self.cfg.architecture!r}.")
         x_c = x - self.b_dec
-        with torch.no_grad():
-            pre = self.preact(x_c)
-        idx = self._select(pre, self.cfg.k)
-        vals = self._gather(x_c, pre, idx)
-        score = pre
-        if self.cfg.architecture == "isae_me":
-            for _ in range(self.cfg.n_steps - 1):  # z⁽ⁱ⁾ = AbsTopK(S z⁽ⁱ⁻¹⁾ + W(x − b)); S z from the sparse z
-                lateral = sparse_decode(vals, idx, self.S)
-                score = pre + lateral.detach()
-                idx = self._select(score, self.cfg.k)
-                vals = self._gather(x_c, pre, idx) + lateral.gather(1, idx)
-        return vals, idx, x_c, pre, score
+        sel = self._encoder_selection(x_c.detach(), dead_mask, with_support)
+        vals = self._values(x_c, sel.pre_at[0], sel.idx[0])
+        for t in range(1, len(sel.idx)):  # iSAE-ME: z⁽ᵗ⁾ = (pre + S z⁽ᵗ⁻¹⁾) at the step's active latents
+            vals = self._values(x_c, sel.pre_at[t], sel.idx[t]) + lateral_at(vals, sel.idx[t - 1], sel.idx[t], self.S)
+        aux_vals = None if sel.aux_idx is None else self._values(x_c, sel.aux_pre, sel.aux_idx)
+        return SparseCode(vals, sel.idx[-1], x_c, sel.support, aux_vals, sel.aux_idx, sel.n_dead)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Dense code z [B, d_sae] for any architecture."""
@@ -213,25 +304,25 @@ class SAE(nn.Module):
             x_hat = self.decode(z)
             mse = self.reconstruction_loss(x, x_hat)
             l1 = z.abs().sum(1).mean()  # atoms are unit norm, so this is the decoder-norm-weighted L1
-            return SAEOutput(x_hat, pre.detach(), pre.detach(), z=z, x_c=x_c,
+            return SAEOutput(x_hat, z=z, pre=pre.detach(), x_c=x_c,
                              losses={"mse": mse, "l1": l1, "total": mse + cfg.l1_coef * l1})
 
-        vals, idx, x_c, pre, score = self.encode_sparse(x)
-        x_hat = self.decode_sparse(vals, idx)
+        code = self.encode_sparse(x, dead_mask=dead_mask, with_support=cfg.arip_coef > 0)
+        x_hat = self.decode_sparse(code.vals, code.idx)
         mse = self.reconstruction_loss(x, x_hat)
         losses = {"mse": mse}
         total = mse
-        if cfg.aux_coef > 0 and cfg.aux_k > 0 and dead_mask is not None and bool(dead_mask.any()):
-            losses["aux"] = self._auxk_loss(x, x_hat, x_c, pre, dead_mask)
+        if code.aux_idx is not None:
+            losses["aux"] = self._auxk_loss(x, x_hat, code)
             total = total + cfg.aux_coef * losses["aux"]
         if cfg.arip_coef > 0:
-            support = arip_support(score, cfg.k)
-            gap = rip_gap_exact if cfg.arip_estimator == "exact" else rip_gap_noise
-            losses["arip"] = (gap(self.W_dec, support) if cfg.arip_estimator == "exact"
-                              else gap(self.W_dec, support, generator)).mean()
+            if cfg.arip_estimator == "exact":
+                losses["arip"] = rip_gap_exact(self.W_dec, code.support).mean()
+            else:
+                losses["arip"] = rip_gap_noise(self.W_dec, code.support, generator).mean()
             total = total + cfg.arip_coef * losses["arip"]
         losses["total"] = total
-        return SAEOutput(x_hat, pre, score, vals=vals, idx=idx, x_c=x_c, losses=losses)
+        return SAEOutput(x_hat, vals=code.vals, idx=code.idx, support=code.support, x_c=code.x_c, losses=losses)
 
     def reconstruction_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         """mean_x ‖Γ(x − x̂)‖², Γ = diag(loss_weight) (P2's weighted loss; Γ = I by default)."""
@@ -243,22 +334,18 @@ class SAE(nn.Module):
             raise ValueError(f"gamma must be positive with shape ({self.cfg.d_in},), got {tuple(gamma.shape)}.")
         self.loss_weight.copy_(gamma)
 
-    def _auxk_loss(self, x, x_hat, x_c, pre, dead_mask) -> torch.Tensor:
+    def _auxk_loss(self, x: torch.Tensor, x_hat: torch.Tensor, code: SparseCode) -> torch.Tensor:
         """Gao et al.'s AuxK: reconstruct the detached residual from the top-k_aux dead latents.
 
         Dead latents are ranked by pre-activation (TopK) or |pre-activation| (AbsTopK family) of the first
         encoder step (our choice for iSAE-ME). Normalised by the residual's variance and scaled by
         min(n_dead / k_aux, 1), as in sparsify.
         """
-        n_dead = int(dead_mask.sum())
-        k_aux = min(self.cfg.aux_k, n_dead, self.cfg.d_sae - self.cfg.k)
-        ranked = pre.abs() if self.cfg.architecture in SIGNED else pre
-        aux_idx = ranked.masked_fill(~dead_mask, -math.inf).topk(k_aux, dim=1).indices
-        aux_vals = self._gather(x_c, pre, aux_idx)
+        k_aux = code.aux_idx.shape[1]
         residual = (x - x_hat).detach()
-        residual_hat = sparse_decode(aux_vals, aux_idx, self.W_dec)
+        residual_hat = sparse_decode(code.aux_vals, code.aux_idx, self.W_dec)
         variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
-        return (residual_hat - residual).pow(2).sum() / variance * min(n_dead / k_aux, 1.0)
+        return (residual_hat - residual).pow(2).sum() / variance * min(code.n_dead / k_aux, 1.0)
 
     # --- recipe helpers ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -106,10 +106,16 @@ def initialise_decoder_bias(saes: Iterable[SAE], stream: Stream, n_samples: int)
         sae.b_dec.copy_(median.to(sae.b_dec.device))
 
 
-def _fired(out) -> torch.Tensor:
-    """Bool [K]: latents that were non-zero for at least one input of the batch."""
+def make_optimizer(sae: SAE, lr: float) -> torch.optim.Adam:
+    """Adam over the SAE's trainable parameters, in torch's fused implementation (one kernel per step
+    instead of a dozen elementwise passes over every parameter: 3× faster on the CPU here at K = 4096)."""
+    return torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=lr, fused=True)
+
+
+def _fired(out, d_sae: int) -> torch.Tensor:
+    """Bool [d_sae]: latents that were non-zero for at least one input of the batch."""
     if out.idx is not None:
-        fired = torch.zeros(out.pre.shape[1], dtype=torch.bool, device=out.pre.device)
+        fired = torch.zeros(d_sae, dtype=torch.bool, device=out.idx.device)
         return fired.index_fill(0, out.idx[out.vals.detach() != 0], True)
     return (out.z.detach() != 0).any(0)
 
@@ -140,8 +146,7 @@ def train_many(
     window = cfg.dead_window()
     for sae in saes.values():
         sae.to(device)
-    opts = {n: torch.optim.Adam([p for p in s.parameters() if p.requires_grad], lr=cfg.learning_rate(s.cfg.d_sae))
-            for n, s in saes.items()}
+    opts = {n: make_optimizer(s, cfg.learning_rate(s.cfg.d_sae)) for n, s in saes.items()}
     # Each model's aRIP noise depends only on its name and seed, not on which models it is trained beside.
     gens = {n: torch.Generator(device).manual_seed(derive_seed(f"arip-noise:{n}", s.seed)) for n, s in saes.items()}
     since_fired = {n: torch.zeros(s.cfg.d_sae, dtype=torch.long, device=device) for n, s in saes.items()}
@@ -195,7 +200,7 @@ def train_many(
             sae.remove_radial_grad()
             opts[name].step()
             sae.normalize_atoms()
-            fired = _fired(out)
+            fired = _fired(out, sae.cfg.d_sae)
             since_fired[name] += x.shape[0]
             since_fired[name][fired] = 0
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.n_steps:

@@ -1,0 +1,192 @@
+"""Our TopK training step against SAELens's, on the CPU, alternating the two so that load drift hits both.
+
+Issue 6, goal 8 (optional). Sizes as ``bench_training.py`` (N = 768, K = 4096, k = 40, batch 2048, float32,
+Adam). Each round times, one after the other:
+
+* ours: ``bench_training.time_training("topk", "fast", ...)`` — the very function ``bench_training.py``
+  times (``SAE.forward`` with the dead mask → backward → ``remove_radial_grad`` → Adam → ``normalize_atoms``),
+  in this process;
+* theirs: ``benchmarks/saelens/time_saelens_step.py`` in the separate environment ``.venv-saelens``
+  (``make bench-saelens-setup``; SAELens needs transformer-lens < 4) as a subprocess: SAELens's
+  ``TopKTrainingSAE`` driven by ``SAETrainer.step``, once per ``--saelens-variants`` entry.
+
+Both sides get the same inputs (unit-norm Gaussian rows and the same dead latents, drawn with the same seed
+and the same torch version; checked through a fingerprint), the same number of torch threads, the same
+warm-up and step counts. For each dead fraction (``--dead-fracs``: 0, as ``bench_training.py --dead-frac 0``,
+so neither side runs AuxK; and 0.1, so both do) it prints every round's tokens/s, the best and median per
+side, and the ratio ours / theirs. This script creates nothing outside ``--out``.
+
+Usage (from the repository root)::
+
+    make bench-saelens-setup                                   # once: builds .venv-saelens
+    .venv/bin/python benchmarks/bench_saelens.py --threads 1
+    .venv/bin/python benchmarks/bench_saelens.py --steps 1 --warmup 1 --rounds 1 --dead-fracs 0   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from isae.training import TrainConfig
+
+from _common import device_name, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from bench_training import PeakMemory, time_training  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SAELENS_SCRIPT = HERE / "saelens" / "time_saelens_step.py"
+SAELENS_PYTHON = ROOT / ".venv-saelens" / "bin" / "python"
+
+sys.path.insert(0, str(SAELENS_SCRIPT.parent))
+from time_saelens_step import inputs_fingerprint, make_inputs  # noqa: E402  (imports no sae_lens)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--d-in", type=int, default=768, help="input dimension N")
+    p.add_argument("--d-sae", type=int, default=4096, help="number of latents K")
+    p.add_argument("--k", type=int, default=40, help="active latents per input")
+    p.add_argument("--batch", type=int, default=2048, help="inputs (tokens) per step")
+    p.add_argument("--steps", type=int, default=5, help="timed optimisation steps per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="alternations ours → theirs (each side is timed once per round)")
+    p.add_argument("--dead-fracs", type=float, nargs="+", default=[0.0, 0.1],
+                   help="fractions of latents marked dead on both sides (0: no AuxK on either side)")
+    p.add_argument("--saelens-variants", nargs="+", default=["dense", "sparse"], choices=["dense", "sparse"],
+                   help="SAELens TopK variants: dense = its default recipe (dense activations, decoder-norm "
+                        "rescaling); sparse = use_sparse_activations=True (COO decoder; no rescaling, see README)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads on both sides (None: torch's choice here, and the same count for SAELens)")
+    p.add_argument("--saelens-python", type=Path, default=SAELENS_PYTHON,
+                   help="python of the SAELens environment")
+    p.add_argument("--out", type=Path, default=None, help="optional CSV of every measurement (written atomically)")
+    args = p.parse_args(argv)
+    for name in ("d_in", "d_sae", "k", "batch", "steps", "rounds"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+    if args.warmup < 0:
+        p.error(f"--warmup must be ≥ 0, got {args.warmup}.")
+    if not 0 < args.k < args.d_sae:
+        p.error(f"--k={args.k} must satisfy 0 < k < d_sae={args.d_sae}.")
+    if not all(0 <= f < 1 for f in args.dead_fracs):
+        p.error(f"--dead-fracs must lie in [0, 1), got {args.dead_fracs}.")
+    return args
+
+
+def check_saelens_env(python: Path) -> None:
+    if not python.exists():
+        raise SystemExit(f"error: {python} not found. The SAELens side runs in its own environment "
+                         "(SAELens needs transformer-lens < 4); create it with `make bench-saelens-setup`.")
+
+
+def run_saelens(args: argparse.Namespace, dead_frac: float, variant: str, lr: float, threads: int) -> dict:
+    """One SAELens measurement in the .venv-saelens subprocess; returns its JSON result."""
+    with tempfile.TemporaryDirectory(prefix="bench_saelens_") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [str(args.saelens_python), str(SAELENS_SCRIPT),
+               "--d-in", str(args.d_in), "--d-sae", str(args.d_sae), "--k", str(args.k),
+               "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--dead-frac", repr(dead_frac), "--lr", repr(lr), "--threads", str(threads), "--out", str(out)]
+        if variant == "sparse":
+            cmd.append("--sparse-activations")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+            raise RuntimeError(f"the SAELens step failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+        print("  " + proc.stdout.strip().splitlines()[-1], file=sys.stderr, flush=True)
+        return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    args = parse_args(argv)
+    check_saelens_env(args.saelens_python)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    device = torch.device("cpu")
+    N, K, B = args.d_in, args.d_sae, args.batch
+
+    print(f"device: {device_name(device)}")
+    print(f"torch {torch.__version__}, threads {threads} on both sides; SAELens side: {args.saelens_python}")
+    if hasattr(os, "getloadavg"):
+        l1, l5, l15 = os.getloadavg()
+        busy = "  WARNING: other processes are using the CPU; timings will be low" if l1 > 0.5 else ""
+        print(f"load average before the run (1/5/15 min): {l1:.2f} {l5:.2f} {l15:.2f}{busy}")
+    print(f"sizes: d_in N={N}, d_sae K={K}, k={args.k}, batch={B}, float32, Adam; {args.steps} timed steps after "
+          f"{args.warmup} warm-up steps per measurement; {args.rounds} round(s) of ours → SAELens "
+          f"({', '.join(args.saelens_variants)})")
+    sys.stdout.flush()
+
+    ns = argparse.Namespace(d_in=N, d_sae=K, k=args.k, batch=B, steps=args.steps, warmup=args.warmup)
+    lr = TrainConfig(n_steps=1, batch_size=B).learning_rate(K)  # as time_training uses for ours
+    mem = PeakMemory(device)
+    rows = []
+    for dead_frac in args.dead_fracs:
+        batches, dead = make_inputs(N, K, B, args.warmup + args.steps, dead_frac)
+        fingerprint = inputs_fingerprint(batches, dead)
+        n_dead = int(dead.sum())
+        for r in range(args.rounds):
+            print(f"[dead {n_dead}/{K}, round {r + 1}/{args.rounds}]", file=sys.stderr, flush=True)
+            ours = time_training("topk", "fast", ns, batches, dead, device, mem)
+            rows.append({"dead_frac": n_dead / K, "round": r + 1, "side": "ours", "variant": "isae",
+                         "tok_s": ours["tok_s"], "ms_step": 1e3 * ours["seconds"] / args.steps,
+                         "loss": ours["loss"]})
+            for variant in args.saelens_variants:
+                theirs = run_saelens(args, dead_frac, variant, lr, threads)
+                if theirs["inputs_fingerprint"] != fingerprint:
+                    raise RuntimeError("the SAELens side drew other inputs than ours "
+                                       f"({theirs['inputs_fingerprint']} vs {fingerprint}); not comparable.")
+                if theirs["threads"] != threads:
+                    raise RuntimeError(f"the SAELens side ran {theirs['threads']} threads, ours {threads}.")
+                rows.append({"dead_frac": n_dead / K, "round": r + 1, "side": "saelens", "variant": variant,
+                             "tok_s": theirs["tok_s"], "ms_step": theirs["ms_step"], "loss": theirs["loss"],
+                             "sae_lens": theirs["sae_lens"]})
+    df = pd.DataFrame(rows)
+
+    print()
+    print("every measurement (tokens/s):")
+    shown = df.assign(tok_s=df["tok_s"].map("{:,.0f}".format), ms_step=df["ms_step"].map("{:,.1f}".format),
+                      loss=df["loss"].map("{:.4f}".format))
+    print(shown[["dead_frac", "round", "side", "variant", "tok_s", "ms_step", "loss"]].to_string(index=False))
+    print()
+    summary = []
+    for dead_frac, g in df.groupby("dead_frac", sort=False):
+        ours = g[g["side"] == "ours"]["tok_s"]
+        for variant in args.saelens_variants:
+            theirs = g[(g["side"] == "saelens") & (g["variant"] == variant)]["tok_s"]
+            summary.append({
+                "dead": f"{100 * dead_frac:.0f}%", "SAELens variant": variant,
+                "ours best tok/s": f"{ours.max():,.0f}", "SAELens best tok/s": f"{theirs.max():,.0f}",
+                "ratio (best)": f"{ours.max() / theirs.max():.2f}×",
+                "ratio (median)": f"{statistics.median(ours) / statistics.median(theirs):.2f}×",
+            })
+    print(pd.DataFrame(summary).to_string(index=False))
+    print()
+    print("ours    = isae TopK: SAE.forward (sparse gather for the k values, sparse decode; AuxK over the dead "
+          "latents when any) → backward → remove_radial_grad → Adam → normalize_atoms")
+    print("SAELens = TopKTrainingSAE via SAETrainer.step: dense encoder, TopK, decoder (dense: activations × "
+          "decoder norms, dense [B,K]@[K,N]; sparse: COO torch.sparse.mm, no norm rescaling), MSE, AuxK over "
+          "dead latents when any, firing statistics → backward → clip_grad_norm_(1) → Adam → LR scheduler")
+    print("ratio   = ours tok/s ÷ SAELens tok/s (> 1: ours is faster); best = fastest round of each side")
+
+    if args.out is not None:
+        out = df.assign(device=device_name(device), torch=torch.__version__, threads=threads, d_in=N, d_sae=K,
+                        k=args.k, batch=B, steps=args.steps, warmup=args.warmup)
+        write_results(out, args)
+    return df
+
+
+if __name__ == "__main__":
+    main()
