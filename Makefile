@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 OUT := outputs/$(PROFILE)
 
-.PHONY: help setup assets reproduce test lab bench clean
+.PHONY: help setup assets reproduce test lab bench bench-saelens-setup bench-saelens clean
 
 help:  ## List the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 	@echo "  PROFILE=smoke|default|paper (now: $(PROFILE)) sizes every notebook; outputs go to outputs/<profile>/"
 
 setup: $(STAMP) assets  ## Create .venv from nothing, install the pinned environment, fetch the assets (idempotent)
@@ -46,6 +46,24 @@ lab: setup  ## Open the notebooks in JupyterLab
 
 bench: setup  ## Time a training step of every model against the naive dense reference
 	$(PY) benchmarks/bench_training.py
+
+# SAELens's TopK step, timed next to ours (benchmarks/bench_saelens.py). SAELens needs transformer-lens < 4, so
+# it gets its own environment; neither `setup` nor CI builds it (about 6.3 GB, the CUDA torch wheel included).
+SAELENS_VENV := .venv-saelens
+SAELENS_STAMP := $(SAELENS_VENV)/.installed
+
+bench-saelens-setup: $(SAELENS_STAMP)  ## Create .venv-saelens (SAELens + its pins, benchmarks/saelens/requirements.txt) for bench-saelens (idempotent)
+
+$(SAELENS_STAMP): benchmarks/saelens/requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, $(PYTHON) is {sys.version.split()[0]}"'
+	test -x $(SAELENS_VENV)/bin/python || $(PYTHON) -m venv $(SAELENS_VENV)
+	$(SAELENS_VENV)/bin/python -m pip install --quiet pip==26.3 setuptools==84.2.1 wheel==0.48.0
+	$(SAELENS_VENV)/bin/python -m pip install --quiet -r benchmarks/saelens/requirements.txt
+	touch $(SAELENS_STAMP)
+
+bench-saelens: setup bench-saelens-setup  ## Time our TopK training step against SAELens's on the CPU (ratio ours/theirs)
+	$(PY) benchmarks/bench_saelens.py
 
 clean:  ## Remove every output (tables, figures, checkpoints, saved SAEs); keeps .venv
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

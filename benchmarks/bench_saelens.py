@@ -12,8 +12,8 @@ Adam). Each round times, one after the other:
 
 Both sides get the same inputs (unit-norm Gaussian rows and the same dead latents, drawn with the same seed
 and the same torch version; checked through a fingerprint), the same number of torch threads, the same
-warm-up and step counts. For each dead fraction (``--dead-fracs``: 0, as ``bench_training.py --dead-frac 0``,
-so neither side runs AuxK; and 0.1, so both do) it prints every round's tokens/s, the best and median per
+warm-up and step counts. For each dead fraction (``--dead-fracs``: 0, a healthy SAE, so neither side runs
+AuxK; and 0.1, so both do) it prints every round's tokens/s, the best and median per
 side, and the ratio ours / theirs. This script creates nothing outside ``--out``.
 
 Usage (from the repository root)::

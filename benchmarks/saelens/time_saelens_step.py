@@ -117,11 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     sae = TopKTrainingSAE(cfg)
     # A dead-feature window longer than the run: no latent becomes dead by itself, so the trainer's mask is
-    # exactly the one set below before every step (none for --dead-frac 0, as our --dead-frac 0 case).
+    # exactly the one set below before every step (none with --dead-frac 0, AuxK then skipped as in ours).
     window = max(1000, n_total + 1)
-    trainer_cfg = SAETrainerConfig(
-        total_training_samples=B * n_total, train_batch_size_samples=B, lr=lr, lr_end=lr / 10,  # runner's default
-        device="cpu",
+    trainer_cfg = SAETrainerConfig(  # lr_end = lr / 10 is the runner's default (unused by the constant schedule)
+        total_training_samples=B * n_total, train_batch_size_samples=B, lr=lr, lr_end=lr / 10, device="cpu",
         autocast=False, dead_feature_window=window, logger=LoggingConfig(log_to_wandb=False))
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=iter(()))
     sae.to("cpu")  # what SAETrainer.fit does first
