@@ -9,6 +9,7 @@ import torch
 
 from conftest import D_IN, D_SAE, K, make_sae, unit_rows
 from isae.arip import arip_support, rip_gap_exact, rip_gap_noise
+from isae import models
 from isae.models import K_SPARSE, SAE, SAEConfig
 from isae.reference import dense_encode, dense_loss
 
@@ -304,9 +305,12 @@ def _dead_mask(n_dead: int = 12) -> torch.Tensor:
     return dead
 
 
+@pytest.mark.parametrize("path", ["dense-over-dead", "sparse"])
 @pytest.mark.parametrize("architecture", ["topk", "abstopk", "isae_me"])
 @pytest.mark.parametrize("aux_k", [5, 256])
-def test_auxk_loss_equals_dense_computation_in_value_and_gradient(architecture, aux_k, x_unit):
+def test_auxk_loss_equals_dense_computation_in_value_and_gradient(architecture, aux_k, path, x_unit, monkeypatch):
+    # both of AuxK's computations (chosen by n_dead / k_aux) against the naive dense one
+    monkeypatch.setattr(models, "_AUXK_DENSE_MAX_DEAD_PER_K", 10**6 if path == "dense-over-dead" else 0)
     sae = _perturbed_sae(architecture, aux_k=aux_k, arip_coef=0.0)
     x, dead = x_unit.double(), _dead_mask()
     aux = sae(x, dead_mask=dead).losses["aux"]

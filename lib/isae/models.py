@@ -102,11 +102,16 @@ class SAEConfig:
         return asdict(self)
 
 
-#: Rows per block of the encoder's selection pass on the CPU: d_sae × rows ≈ this many floats (4 MiB), so a
-#: block's pre-activation stays in cache between the matmul that writes it and the topk that reads it, and
-#: no batch × K buffer is allocated (large fresh allocations cost page faults on every step). Our choice,
-#: from timing 128–2048 rows at K = 4096 on the 2-core CPU; on a GPU the whole batch is one block.
-_SELECTION_BLOCK_ELEMENTS = 1 << 20
+#: Rows per block of the encoder's selection pass on the CPU: d_sae × rows ≈ this many floats (16 MiB), so
+#: no batch × K pre-activation is ever allocated whole. Our choice, from whole-step timings of TopK and
+#: AbsTopK at B = 2048, K = 4096 on the 2-core CPU with blocks of 128–2048 rows: 1024 rows was fastest
+#: (≈ 8% over one 2048-row block, ≈ 10% over 128–256-row blocks). On a GPU the whole batch is one block.
+_SELECTION_BLOCK_ELEMENTS = 1 << 22
+
+#: AuxK uses dense products over the dead latents while n_dead ≤ this × k_aux, else the sparse kernels.
+#: Our choice: at B = 2048, N = 768, K = 4096, k_aux = 256 on the CPU, 410 dead latents took 80 ms densely
+#: against 250 ms sparsely, and the dense cost grows with n_dead while the sparse one does not.
+_AUXK_DENSE_MAX_DEAD_PER_K = 4
 
 
 @dataclass
@@ -118,7 +123,6 @@ class _Selection:
     support: torch.Tensor | None
     aux_idx: torch.Tensor | None
     aux_pre: torch.Tensor | None
-    n_dead: int
 
 
 class SparseCode(NamedTuple):
@@ -132,10 +136,10 @@ class SparseCode(NamedTuple):
     """The centred input x − b_dec."""
     support: torch.Tensor | None = None
     """[B, 2k] aRIP support: the 2k largest |pre-activations| of the final encoder step (when asked for)."""
-    aux_vals: torch.Tensor | None = None
-    """[B, k_aux] AuxK values of the chosen dead latents, differentiable (when a dead mask was given)."""
     aux_idx: torch.Tensor | None = None
-    n_dead: int = 0
+    """[B, k_aux] AuxK's choice of dead latents (when a dead mask with dead latents was given)."""
+    aux_pre: torch.Tensor | None = None
+    """[B, k_aux] their pre-activations, detached."""
 
 
 @dataclass
@@ -243,8 +247,7 @@ class SAE(nn.Module):
                 keep("aux_pre", pre.gather(1, aux_idx))
         cat = {name: torch.cat(ts) for name, ts in parts.items()}
         return _Selection(idx=[cat[f"idx{t}"] for t in range(n_steps)], pre_at=[cat[f"pre{t}"] for t in range(n_steps)],
-                          support=cat.get("support"), aux_idx=cat.get("aux_idx"), aux_pre=cat.get("aux_pre"),
-                          n_dead=int(dead_mask.sum()) if k_aux else 0)
+                          support=cat.get("support"), aux_idx=cat.get("aux_idx"), aux_pre=cat.get("aux_pre"))
 
     def _values(self, x_c: torch.Tensor, pre_at: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Code values at the selected latents, differentiable into W_enc, b_enc and x_c through those latents only."""
@@ -266,8 +269,7 @@ class SAE(nn.Module):
         vals = self._values(x_c, sel.pre_at[0], sel.idx[0])
         for t in range(1, len(sel.idx)):  # iSAE-ME: z⁽ᵗ⁾ = (pre + S z⁽ᵗ⁻¹⁾) at the step's active latents
             vals = self._values(x_c, sel.pre_at[t], sel.idx[t]) + lateral_at(vals, sel.idx[t - 1], sel.idx[t], self.S)
-        aux_vals = None if sel.aux_idx is None else self._values(x_c, sel.aux_pre, sel.aux_idx)
-        return SparseCode(vals, sel.idx[-1], x_c, sel.support, aux_vals, sel.aux_idx, sel.n_dead)
+        return SparseCode(vals, sel.idx[-1], x_c, sel.support, sel.aux_idx, sel.aux_pre)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Dense code z [B, d_sae] for any architecture."""
@@ -313,7 +315,7 @@ class SAE(nn.Module):
         losses = {"mse": mse}
         total = mse
         if code.aux_idx is not None:
-            losses["aux"] = self._auxk_loss(x, x_hat, code)
+            losses["aux"] = self._auxk_loss(x, x_hat, code, dead_mask)
             total = total + cfg.aux_coef * losses["aux"]
         if cfg.arip_coef > 0:
             if cfg.arip_estimator == "exact":
@@ -334,18 +336,33 @@ class SAE(nn.Module):
             raise ValueError(f"gamma must be positive with shape ({self.cfg.d_in},), got {tuple(gamma.shape)}.")
         self.loss_weight.copy_(gamma)
 
-    def _auxk_loss(self, x: torch.Tensor, x_hat: torch.Tensor, code: SparseCode) -> torch.Tensor:
+    def _auxk_loss(self, x: torch.Tensor, x_hat: torch.Tensor, code: SparseCode, dead_mask: torch.Tensor) -> torch.Tensor:
         """Gao et al.'s AuxK: reconstruct the detached residual from the top-k_aux dead latents.
 
         Dead latents are ranked by pre-activation (TopK) or |pre-activation| (AbsTopK family) of the first
         encoder step (our choice for iSAE-ME). Normalised by the residual's variance and scaled by
         min(n_dead / k_aux, 1), as in sparsify.
+
+        Two exact ways to compute it, chosen by cost (our choice, from timing both on the CPU): with few dead
+        latents, dense matrix products over the dead latents only ([B, n_dead] codes, BLAS); with many, the
+        sparse kernels over the k_aux chosen per input (cost independent of n_dead, but per-element slower).
         """
-        k_aux = code.aux_idx.shape[1]
+        dead_idx = dead_mask.nonzero().squeeze(1)
+        n_dead, k_aux = dead_idx.numel(), code.aux_idx.shape[1]
+        if n_dead <= _AUXK_DENSE_MAX_DEAD_PER_K * k_aux:
+            pre = code.x_c @ self.W_enc[dead_idx].T
+            if self.cfg.has_encoder_bias:
+                pre = pre + self.b_enc[dead_idx]
+            position = torch.empty(self.cfg.d_sae, dtype=torch.long, device=dead_idx.device)
+            position[dead_idx] = torch.arange(n_dead, device=dead_idx.device)  # latent → column of pre
+            chosen = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, position[code.aux_idx], True)
+            z = pre * chosen
+            residual_hat = (z.relu() if self.cfg.architecture == "topk" else z) @ self.W_dec[dead_idx]
+        else:
+            residual_hat = sparse_decode(self._values(code.x_c, code.aux_pre, code.aux_idx), code.aux_idx, self.W_dec)
         residual = (x - x_hat).detach()
-        residual_hat = sparse_decode(code.aux_vals, code.aux_idx, self.W_dec)
         variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
-        return (residual_hat - residual).pow(2).sum() / variance * min(code.n_dead / k_aux, 1.0)
+        return (residual_hat - residual).pow(2).sum() / variance * min(n_dead / k_aux, 1.0)
 
     # --- recipe helpers ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -357,5 +374,6 @@ class SAE(nn.Module):
     def remove_radial_grad(self) -> None:
         """Remove the gradient component parallel to each (unit) atom, so a step moves along the sphere."""
         if self.W_dec.grad is not None:
-            g = self.W_dec.grad
-            g.sub_((g * self.W_dec).sum(1, keepdim=True) * self.W_dec)
+            g, atoms = self.W_dec.grad, self.W_dec
+            radial = torch.bmm(g.unsqueeze(1), atoms.unsqueeze(2)).view(-1, 1)  # g_i · d_i, no [K, N] temporary
+            g.addcmul_(radial, atoms, value=-1.0)
