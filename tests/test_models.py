@@ -351,3 +351,25 @@ def test_without_dead_mask_there_is_no_auxk_and_inactive_latents_get_no_encoder_
     out = sae(x, dead_mask=dead)
     (g_enc,) = torch.autograd.grad(out.losses["total"], [sae.W_enc])
     assert (g_enc[dead].norm(dim=1) > 0).any()
+
+
+# --- memory: nothing of size batch × K is kept for the backward -------------------------------------------
+
+@pytest.mark.parametrize("architecture", K_SPARSE)
+def test_training_forward_keeps_no_batch_by_latents_tensor_for_backward(architecture, x_unit):
+    # Every tensor autograd saves for the backward is recorded; none may have batch × d_sae elements or more
+    # (the dense pre-activation and any dense code or gradient would). AuxK and aRIP are both on.
+    sae = make_sae(architecture, arip_coef=0.1)
+    saved: list[tuple[int, ...]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = sae(x_unit, dead_mask=_dead_mask())
+    out.losses["total"].backward()
+    assert "aux" in out.losses and "arip" in out.losses and saved
+    batch_by_latents = x_unit.shape[0] * D_SAE
+    too_big = [s for s in saved if math.prod(s) >= batch_by_latents]
+    assert not too_big, f"tensors of ≥ batch × d_sae elements saved for backward: {too_big}"
