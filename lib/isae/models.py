@@ -4,9 +4,12 @@ All share x̂ = z D + b and z = σ(W (x − b)) with one bias b (``b_dec``) subt
 added after the decoder. Layout: ``W_enc`` and ``W_dec`` are both [d_sae, d_in], one row per latent, so
 the sparse kernels can gather rows; on disk they are written in SAELens's layout (see ``isae.io``).
 
-The k-sparse models compute the dense pre-activation once (the one unavoidable O(B·K·N) product) and do
-everything else — selection gradients, decoding, AuxK, aRIP — on the k selected latents of each input.
-``isae.reference`` holds a naive dense implementation that tests and benchmarks compare against.
+The k-sparse models split the encoder in two. ``SAE._encoder_selection`` makes every discrete choice without
+grad, one block of rows at a time: the dense pre-activation (the one unavoidable O(B·K·N) product), the
+active latents of each encoder step, the aRIP support and AuxK's dead latents. Everything differentiable —
+code values, decoding, AuxK, aRIP — then runs on the selected latents only (``isae.sparse_ops``), so no
+batch × K tensor is kept for the backward (tested). ``isae.reference`` holds a naive dense implementation
+that tests and benchmarks compare against.
 """
 
 from __future__ import annotations
