@@ -373,3 +373,10 @@ def test_training_forward_keeps_no_batch_by_latents_tensor_for_backward(architec
     batch_by_latents = x_unit.shape[0] * D_SAE
     too_big = [s for s in saved if math.prod(s) >= batch_by_latents]
     assert not too_big, f"tensors of ≥ batch × d_sae elements saved for backward: {too_big}"
+
+
+@pytest.mark.parametrize("architecture", ["isae", "isae_me", "topk"])
+def test_arip_support_is_capped_at_d_sae_when_2k_exceeds_it(architecture, x_unit):
+    sae = make_sae(architecture, d_sae=12, k=8, arip_coef=0.1)  # 2k = 16 > d_sae = 12
+    out = sae(x_unit)
+    assert out.support.shape == (x_unit.shape[0], 12) and torch.isfinite(out.losses["total"])

@@ -18,9 +18,13 @@ import torch
 from .sparse_ops import rows_dot, sparse_decode
 
 
-def arip_support(score: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the 2k largest |score| entries of each row ([B, 2k])."""
-    return score.abs().topk(min(2 * k, score.shape[1]), dim=1).indices
+def arip_support(score: torch.Tensor, k: int, is_magnitude: bool = False) -> torch.Tensor:
+    """Indices of the 2k largest |score| entries of each row ([B, min(2k, K)]), largest first.
+
+    ``is_magnitude``: ``score`` already holds |score| (saves a pass and a buffer).
+    """
+    magnitude = score if is_magnitude else score.abs()
+    return magnitude.topk(min(2 * k, score.shape[1]), dim=1).indices
 
 
 def rip_gap_exact(atoms: torch.Tensor, support: torch.Tensor, chunk: int = 512) -> torch.Tensor:

@@ -234,7 +234,7 @@ class SAE(nn.Module):
                     score = torch.add(pre, lateral, out=work["score"][:n])
                 key = torch.abs(score, out=work["key"][:n]) if signed else score
                 if t == n_steps - 1 and with_support:  # the aRIP support: the 2k largest |score|
-                    support = (key if signed else score.abs()).topk(2 * cfg.k, dim=1).indices
+                    support = arip_support(key, cfg.k, is_magnitude=signed)
                     # topk sorts descending, so for the AbsTopK family the active set is its first k
                     idx = support[:, : cfg.k] if signed else key.topk(cfg.k, dim=1).indices
                     keep("support", support)
