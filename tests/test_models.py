@@ -75,6 +75,21 @@ def test_forward_loss_and_gradients_equal_dense_reference(architecture, extra, x
         torch.testing.assert_close(sparse_grads[name], dense_grads[name], **GRAD_TOL, msg=name)
 
 
+@pytest.mark.parametrize("architecture", K_SPARSE)
+def test_forward_equals_dense_reference_at_a_width_where_selection_takes_the_two_pass_topk(architecture, x_unit):
+    # d_sae = 256, k = 4: 4 · TOPK_GROUP ≤ 256 / 4, so the encoder selection and the aRIP support use
+    # isae.sparse_ops.topk_indices' two-pass path rather than torch.topk.
+    sae = _perturbed_sae(architecture, d_sae=256)
+    x = x_unit.double()
+    out = sae(x)
+    ref_loss = dense_loss(sae, x)
+    torch.testing.assert_close(out.losses["total"], ref_loss, **GRAD_TOL)
+    torch.testing.assert_close(sae.encode(x), dense_encode(sae, x)[0], **GRAD_TOL)
+    dense_grads = _grads(sae, ref_loss)
+    for name, g in _grads(sae, out.losses["total"]).items():
+        torch.testing.assert_close(g, dense_grads[name], **GRAD_TOL, msg=name)
+
+
 def test_isae_me_later_steps_change_the_support_in_the_reference_comparison(x_unit):
     # Guards the comparison above: with the perturbed S, the T-step code differs from the one-step code.
     sae = _perturbed_sae("isae_me")

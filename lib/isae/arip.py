@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .sparse_ops import rows_dot, sparse_decode
+from .sparse_ops import rows_dot, sparse_decode, topk_indices
 
 
 def arip_support(score: torch.Tensor, k: int, is_magnitude: bool = False) -> torch.Tensor:
@@ -24,7 +24,7 @@ def arip_support(score: torch.Tensor, k: int, is_magnitude: bool = False) -> tor
     ``is_magnitude``: ``score`` already holds |score| (saves a pass and a buffer).
     """
     magnitude = score if is_magnitude else score.abs()
-    return magnitude.topk(min(2 * k, score.shape[1]), dim=1).indices
+    return topk_indices(magnitude, min(2 * k, score.shape[1]))
 
 
 def rip_gap_exact(atoms: torch.Tensor, support: torch.Tensor, chunk: int = 512) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .arip import arip_support, rip_gap_exact, rip_gap_noise
 from .seeding import derive_seed
-from .sparse_ops import gather_preact, lateral_at, sparse_decode
+from .sparse_ops import gather_preact, lateral_at, sparse_decode, topk_indices
 
 #: Architecture name → the paper's display name.
 ARCHITECTURES: dict[str, str] = {
@@ -235,11 +235,11 @@ class SAE(nn.Module):
                 key = torch.abs(score, out=work["key"][:n]) if signed else score
                 if t == n_steps - 1 and with_support:  # the aRIP support: the 2k largest |score|
                     support = arip_support(key, cfg.k, is_magnitude=signed)
-                    # topk sorts descending, so for the AbsTopK family the active set is its first k
-                    idx = support[:, : cfg.k] if signed else key.topk(cfg.k, dim=1).indices
+                    # the support is sorted descending, so for the AbsTopK family the active set is its first k
+                    idx = support[:, : cfg.k] if signed else topk_indices(key, cfg.k)
                     keep("support", support)
                 else:
-                    idx = key.topk(cfg.k, dim=1).indices
+                    idx = topk_indices(key, cfg.k)
                 keep(f"idx{t}", idx)
                 keep(f"pre{t}", pre.gather(1, idx))
             if k_aux:  # AuxK ranks dead latents by the first step's pre-activation (our choice for iSAE-ME)

@@ -147,3 +147,28 @@ def lateral_at(vals_prev: torch.Tensor, idx_prev: torch.Tensor, idx: torch.Tenso
     through an embedding-bag over rows of S (2.7× faster in a one-off timing at B = 2048, K = 4096, k = 40).
     """
     return _LateralAt.apply(vals_prev, idx_prev, idx, S)
+
+
+#: Elements per group in ``topk_indices``'s first pass (our choice: fastest of 4/8/16/32 at K = 4096, k = 40 and 80).
+TOPK_GROUP = 8
+
+
+def topk_indices(key: torch.Tensor, k: int, group: int = TOPK_GROUP) -> torch.Tensor:
+    """Indices of the k largest entries of each row of ``key`` [B, K], largest first — ``key.topk(k).indices``.
+
+    Two passes, exact: split each row into K/group disjoint groups and take the k groups with the largest
+    maxima; every one of the row's k largest entries lies in one of them (an entry in any other group is
+    beaten by those k group maxima), so a topk over those k·group candidates finds them. torch's CPU topk
+    pays per row as well as per element, and this costs two topks over short rows plus one vectorised max:
+    at B = 1024, K = 4096 on the CPU here 5.3 ms against 6.6 ms for k = 40, and 7.7 against 16.2 for k = 80.
+    Falls back to ``torch.topk`` on a GPU, or where K is not a multiple of ``group`` or k·group > K/4. Tied
+    values may be picked in a different order than ``torch.topk`` picks them.
+    """
+    batch, n = key.shape
+    n_groups = n // group
+    if key.is_cuda or n % group or k * group > n // 4:
+        return key.topk(k, dim=1).indices
+    group_max = key.view(batch, group, n_groups).amax(1)  # group j holds entries j, j + n_groups, …
+    top_groups = group_max.topk(k, dim=1, sorted=False).indices
+    candidates = (top_groups[:, :, None] + n_groups * torch.arange(group, device=key.device)).view(batch, k * group)
+    return candidates.gather(1, key.gather(1, candidates).topk(k, dim=1).indices)
