@@ -27,6 +27,7 @@ import ctypes
 import gc
 import os
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -145,8 +146,15 @@ def matmul_throughput(batch: int, n: int, k: int, device: torch.device, min_seco
 
 
 def time_training(arch: str, path: str, args: argparse.Namespace, batches: list[torch.Tensor],
-                  dead: torch.Tensor, device: torch.device, mem: PeakMemory) -> dict:
-    """Time ``args.steps`` optimisation steps of one model on one path ("fast" or "reference")."""
+                  dead: torch.Tensor | None, device: torch.device, mem: PeakMemory,
+                  probe: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """Time ``args.steps`` optimisation steps of one model on one path ("fast" or "reference").
+
+    Every step is timed on its own. With ``probe`` = (x, W), one encoder-sized product x @ W.T is also
+    timed after every step, so that the roofline fraction compares step and matmul measured moments apart
+    (the machine's speed drifts by several per cent over a run). Returns total seconds and tokens/s over
+    all steps, and the median step and median probe times.
+    """
     mem.start()
     cfg = SAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k, architecture=arch)
     sae = SAE(cfg, seed=0).to(device)
@@ -172,21 +180,30 @@ def time_training(arch: str, path: str, args: argparse.Namespace, batches: list[
     sync(device)
     bar = tqdm(range(args.steps), desc=label, unit="step", leave=False, file=sys.stderr,
                disable=None)  # disable=None: no bar when stderr is not a terminal
-    t0 = time.perf_counter()
+    step_s, probe_s = [], []
     for i in bar:
+        t0 = time.perf_counter()
         loss = step(batches[(args.warmup + i) % len(batches)])
-    sync(device)
-    seconds = time.perf_counter() - t0
+        sync(device)
+        step_s.append(time.perf_counter() - t0)
+        if probe is not None:
+            t0 = time.perf_counter()
+            probe[0] @ probe[1].T
+            sync(device)
+            probe_s.append(time.perf_counter() - t0)
     bar.close()
     peak_mib = mem.stop()
     loss = float(loss)
     if not torch.isfinite(torch.tensor(loss)):
         raise RuntimeError(f"{arch} {path}: the loss became {loss}; the timing is of a broken step.")
+    seconds = sum(step_s)
     tok_s = args.batch * args.steps / seconds
     print(f"  {label} {args.steps} steps in {seconds:7.2f} s → {tok_s:10.0f} tokens/s, "
           f"peak {peak_mib:7.0f} MiB, last loss {loss:.4f}", file=sys.stderr, flush=True)
     del sae, opt
-    return {"seconds": seconds, "tok_s": tok_s, "peak_mib": peak_mib, "loss": loss}
+    return {"seconds": seconds, "tok_s": tok_s, "median_step_s": statistics.median(step_s),
+            "median_probe_s": statistics.median(probe_s) if probe_s else float("nan"),
+            "peak_mib": peak_mib, "loss": loss}
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -227,18 +244,22 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     limit_tok_s = flops / (2.0 * N * K)
 
     mem = PeakMemory(device)
+    gen_probe = torch.Generator().manual_seed(1)
+    probe = (torch.randn(B, N, generator=gen_probe).to(device), torch.randn(K, N, generator=gen_probe).to(device))
     rows = []
     runs_per_model = len(dead_masks) + 1
     for i, arch in enumerate(args.models):
         print(f"[{i + 1}/{len(args.models)}] {ARCHITECTURES[arch]}: {runs_per_model} timings", file=sys.stderr, flush=True)
-        ref = time_training(arch, "reference", args, batches, None, device, mem)
+        ref = time_training(arch, "reference", args, batches, None, device, mem, probe)
         for frac, dead in dead_masks.items():
-            fast = time_training(arch, "fast", args, batches, dead, device, mem)
+            fast = time_training(arch, "fast", args, batches, dead, device, mem, probe)
             rows.append({
                 "model": ARCHITECTURES[arch], "dead_frac": float(dead.float().mean()),
-                "fast_tok_s": fast["tok_s"], "ref_tok_s": ref["tok_s"], "speedup": fast["tok_s"] / ref["tok_s"],
-                "fast_roofline_frac": fast["tok_s"] / limit_tok_s, "ref_roofline_frac": ref["tok_s"] / limit_tok_s,
-                "fast_ms_step": 1e3 * fast["seconds"] / args.steps, "ref_ms_step": 1e3 * ref["seconds"] / args.steps,
+                "fast_tok_s": B / fast["median_step_s"], "ref_tok_s": B / ref["median_step_s"],
+                "speedup": ref["median_step_s"] / fast["median_step_s"],
+                "fast_roofline_frac": fast["median_probe_s"] / fast["median_step_s"],
+                "ref_roofline_frac": ref["median_probe_s"] / ref["median_step_s"],
+                "fast_ms_step": 1e3 * fast["median_step_s"], "ref_ms_step": 1e3 * ref["median_step_s"],
                 "fast_peak_mib": fast["peak_mib"], "ref_peak_mib": ref["peak_mib"],
                 "fast_loss": fast["loss"], "ref_loss": ref["loss"],
             })
@@ -268,7 +289,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           "default) → backward → remove_radial_grad → fused Adam → normalize_atoms")
     print("reference = isae.reference.dense_loss (dense batch×K tensors; EXACT aRIP estimator; no AuxK) → "
           "backward → the same optimiser steps; timed once per model")
-    print("speedup   = fast tok/s ÷ reference tok/s; % roofline = tok/s ÷ the matmul limit above")
+    print("ms/step   = median over the timed steps (each timed on its own); tok/s = batch ÷ median step")
+    print("speedup   = reference median step ÷ fast median step; % roofline = median time of the encoder-sized "
+          "matmul, timed right after every step, ÷ median step time (the matmul limit above is for scale)")
     print(f"peak MiB  = {mem.label}; includes the model, its gradients and Adam state")
     for frac in sorted(df["dead_frac"].unique()):
         part = df[df["dead_frac"] == frac].set_index("model")
