@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from isae.sparse_ops import TOPK_GROUP, gather_preact, lateral_at, rows_dot, scatter_rows, sparse_decode, topk_indices
+from isae.sparse_ops import TOPK_GROUP, gather_preact, multistep_values, rows_dot, scatter_rows, sparse_decode, topk_indices
 
 TOL = dict(rtol=1e-12, atol=1e-12)  # float64: the sparse and dense sums differ only by summation order
 
@@ -145,25 +145,30 @@ def test_scatter_rows_is_deterministic_and_zero_on_unused_rows():
     assert unused.any() and torch.all(a[unused] == 0)
 
 
+@pytest.mark.parametrize("n_steps", [1, 2, 5])
 @pytest.mark.parametrize("duplicates", [False, True])
-def test_lateral_at_value_and_grads_equal_dense_product(duplicates):
-    idx_prev, _, _, vals, _ = _problem(seed=9, duplicates=duplicates)
-    idx, *_ = _problem(seed=10, duplicates=duplicates)
-    K = 50
-    S = torch.randn(K, K, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
-    up = torch.randn(idx.shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+def test_multistep_values_and_grads_equal_dense_recursion(n_steps, duplicates):
+    K, B, k = 50, 37, 6
+    idx = torch.stack([_problem(seed=20 + t, duplicates=duplicates)[0] for t in range(n_steps)], 1)  # [B, T, k]
+    g = torch.Generator().manual_seed(13)
+    base = torch.randn(B, n_steps, k, generator=g, dtype=torch.float64)
+    S = 0.3 * torch.randn(K, K, generator=g, dtype=torch.float64)
+    up = torch.randn(B, k, generator=g, dtype=torch.float64)
 
-    v1, S1 = vals.clone().requires_grad_(), S.clone().requires_grad_()
-    out = lateral_at(v1, idx_prev, idx, S1)
+    b1, S1 = base.clone().requires_grad_(), S.clone().requires_grad_()
+    out = multistep_values(b1, idx, S1)
     (out * up).sum().backward()
 
-    v2, S2 = vals.clone().requires_grad_(), S.clone().requires_grad_()
-    dense = (_dense_from_sparse(v2, idx_prev, K) @ S2).gather(1, idx)  # (z_prev S) at the next step's latents
-    (dense * up).sum().backward()
+    b2, S2 = base.clone().requires_grad_(), S.clone().requires_grad_()
+    z = b2[:, 0]
+    for t in range(1, n_steps):  # dense: z⁽ᵗ⁾ = base_t + (z⁽ᵗ⁻¹⁾ as a dense [B, K] code) S, read at idx_t
+        z = b2[:, t] + (_dense_from_sparse(z, idx[:, t - 1], K) @ S2).gather(1, idx[:, t])
+    (z * up).sum().backward()
 
-    torch.testing.assert_close(out, dense, **TOL)
-    torch.testing.assert_close(v1.grad, v2.grad, **TOL)
-    torch.testing.assert_close(S1.grad, S2.grad, **TOL)
+    torch.testing.assert_close(out, z, **TOL)
+    torch.testing.assert_close(b1.grad, b2.grad, **TOL)
+    if n_steps > 1:
+        torch.testing.assert_close(S1.grad, S2.grad, **TOL)
 
 
 @pytest.mark.parametrize("n,k", [(4096, 40), (4096, 80), (512, 8), (48, 4), (100, 3)])  # last two: fallback

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .arip import arip_support, rip_gap_exact, rip_gap_noise
 from .seeding import derive_seed
-from .sparse_ops import gather_preact, lateral_at, sparse_decode, topk_indices
+from .sparse_ops import gather_preact, multistep_values, sparse_decode, topk_indices
 
 #: Architecture name → the paper's display name.
 ARCHITECTURES: dict[str, str] = {
@@ -269,9 +269,13 @@ class SAE(nn.Module):
             raise ValueError(f"encode_sparse needs a k-sparse architecture, not {self.cfg.architecture!r}.")
         x_c = x - self.b_dec
         sel = self._encoder_selection(x_c.detach(), dead_mask, with_support)
-        vals = self._values(x_c, sel.pre_at[0], sel.idx[0])
-        for t in range(1, len(sel.idx)):  # iSAE-ME: z⁽ᵗ⁾ = (pre + S z⁽ᵗ⁻¹⁾) at the step's active latents
-            vals = self._values(x_c, sel.pre_at[t], sel.idx[t]) + lateral_at(vals, sel.idx[t - 1], sel.idx[t], self.S)
+        if len(sel.idx) == 1:
+            vals = self._values(x_c, sel.pre_at[0], sel.idx[0])
+        else:  # iSAE-ME: every step's encoder values in one sparse gather, then z⁽ᵗ⁾ = those + S z⁽ᵗ⁻¹⁾
+            batch, n_steps = x.shape[0], len(sel.idx)
+            idx = torch.stack(sel.idx, 1)  # [B, T, k]
+            base = self._values(x_c, torch.stack(sel.pre_at, 1).view(batch, -1), idx.view(batch, -1))
+            vals = multistep_values(base.view(batch, n_steps, -1), idx, self.S)
         return SparseCode(vals, sel.idx[-1], x_c, sel.support, sel.aux_idx, sel.aux_pre)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ with a backward made of the other two, so no dense batch × K tensor is ever for
 * ``rows_dot``: W[idx[b, j]] · u[b] (its adjoint, and the encoder restricted to the selected latents);
 * ``scatter_rows``: grad[i] = Σ_{idx[b, j] = i} weights[b, j] · rows[b] (the weight gradient of both).
 
-``lateral_at`` is the k × k block of S that iSAE-ME's multistep encoder reads per input.
+``multistep_values`` runs iSAE-ME's multistep encoder on k × k blocks of S per input.
 
 Why these kernels (measured one op at a time on the 2-core CPU here, batch 2048, N = 768, K = 4096, k = 40,
 float32; whole steps are timed side by side by ``benchmarks/bench_training.py``):
@@ -114,39 +114,54 @@ def gather_preact(x_c: torch.Tensor, W_enc: torch.Tensor, pre_at_idx: torch.Tens
     return _RowsDot.apply(W_enc, idx, x_c, pre_at_idx)
 
 
-class _LateralAt(torch.autograd.Function):
+class _MultistepValues(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, vals_prev, idx_prev, idx, S):  # noqa: D102
-        flat = (idx_prev[:, :, None] * S.shape[1] + idx[:, None, :]).reshape(-1)
-        block = S.reshape(-1).index_select(0, flat).view(idx.shape[0], idx_prev.shape[1], idx.shape[1])  # S[idx_prev[b, i], idx[b, j]]
-        ctx.save_for_backward(vals_prev, flat, block)
-        ctx.S_shape = S.shape
-        return torch.bmm(vals_prev[:, None, :], block)[:, 0]
+    def forward(ctx, base, idx, S):  # noqa: D102
+        n_steps = idx.shape[1]
+        s_flat = S.reshape(-1)
+        vals, flats, blocks = [base[:, 0]], [], []
+        for t in range(1, n_steps):
+            flat = (idx[:, t - 1, :, None] * S.shape[1] + idx[:, t, None, :]).reshape(-1)
+            block = s_flat.index_select(0, flat).view(idx.shape[0], idx.shape[2], idx.shape[2])
+            vals.append(base[:, t] + torch.bmm(vals[-1][:, None, :], block)[:, 0])
+            flats.append(flat)
+            blocks.append(block)
+        ctx.save_for_backward(*vals[:-1], *flats, *blocks)
+        ctx.n_steps, ctx.S_shape = n_steps, S.shape
+        return vals[-1]
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
-        vals_prev, flat, block = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        grad_vals = torch.bmm(block, grad_out[:, :, None])[..., 0] if ctx.needs_input_grad[0] else None
+        n = ctx.n_steps - 1
+        saved = ctx.saved_tensors
+        prev_vals, flats, blocks = saved[:n], saved[n : 2 * n], saved[2 * n :]
+        g = grad_out.contiguous()
+        grad_base, outers = [g], []
+        for t in range(n, 0, -1):  # step t read z⁽ᵗ⁻¹⁾ through blocks[t - 1]
+            outers.append((prev_vals[t - 1][:, :, None] * g[:, None, :]).reshape(-1))
+            g = torch.bmm(blocks[t - 1], g[:, :, None])[..., 0]
+            grad_base.append(g)
+        grad_base = torch.stack(grad_base[::-1], 1) if ctx.needs_input_grad[0] else None
         grad_S = None
-        if ctx.needs_input_grad[3]:
-            outer = (vals_prev[:, :, None] * grad_out[:, None, :]).reshape(-1)
-            # bincount accumulates in a fixed order (deterministic) and zeroes its own output: 37 ms
-            # against 56 ms for zeros + index_add_ at B = 2048, K = 4096, k = 40 on the CPU here.
-            grad_S = torch.bincount(flat, weights=outer, minlength=ctx.S_shape.numel())
+        if ctx.needs_input_grad[2] and n > 0:
+            # One bincount over every step's B·k² entries: it zeroes its output once and accumulates in a fixed
+            # order (deterministic); per step, zeros + index_add_ took 56 ms and bincount 37 ms (K = 4096).
+            grad_S = torch.bincount(torch.cat(flats), weights=torch.cat(outers[::-1]), minlength=ctx.S_shape.numel())
             grad_S = grad_S.to(grad_out.dtype).view(ctx.S_shape)
-        return grad_vals, None, None, grad_S
+        return grad_base, None, grad_S
 
 
-def lateral_at(vals_prev: torch.Tensor, idx_prev: torch.Tensor, idx: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
-    """(z_prev S)[b, idx[b, j]] = Σ_i vals_prev[b, i] · S[idx_prev[b, i], idx[b, j]] for a k-sparse z_prev.
+def multistep_values(base: torch.Tensor, idx: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """Final code values of iSAE-ME's multistep encoder, given its discrete choices.
 
-    The lateral input of iSAE-ME's multistep encoder, read only where the next step is active: it gathers
-    a [k, k] block of S per input (B·k² entries) instead of forming the dense [B, K] product z_prev S, and
-    its backward scatters B·k² entries into S's gradient instead of passing a dense [B, K] gradient
-    through an embedding-bag over rows of S (2.7× faster in a one-off timing at B = 2048, K = 4096, k = 40).
+    ``base`` [B, T, k]: each step's encoder values (pre-activation at that step's active latents);
+    ``idx`` [B, T, k]: each step's active latents. Returns z⁽ᵀ⁾ at idx[:, T-1], where
+    z⁽¹⁾ = base[:, 0] and z⁽ᵗ⁾[b, j] = base[b, t, j] + Σ_i z⁽ᵗ⁻¹⁾[b, i] · S[idx[b, t-1, i], idx[b, t, j]]: the
+    lateral input (z⁽ᵗ⁻¹⁾ S) read only where step t is active. Each step gathers a k × k block of S per input
+    (B·k² entries) instead of forming the dense [B, K] product, and the backward scatters all steps' blocks
+    into S's gradient at once, so no [B, K] tensor (and one K × K gradient) is formed.
     """
-    return _LateralAt.apply(vals_prev, idx_prev, idx, S)
+    return _MultistepValues.apply(base, idx, S)
 
 
 #: Elements per group in ``topk_indices``'s first pass (our choice: fastest of 4/8/16/32 at K = 4096, k = 40 and 80).
