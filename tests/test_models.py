@@ -402,3 +402,29 @@ def test_arip_support_is_capped_at_d_sae_when_2k_exceeds_it(architecture, x_unit
     sae = make_sae(architecture, d_sae=12, k=8, arip_coef=0.1)  # 2k = 16 > d_sae = 12
     out = sae(x_unit)
     assert out.support.shape == (x_unit.shape[0], 12) and torch.isfinite(out.losses["total"])
+
+
+# --- bfloat16 selection ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("architecture", K_SPARSE)
+def test_bf16_selection_keeps_float32_values_and_nearly_the_same_latents(architecture):
+    # The ranking product in bfloat16 may reorder near-ties only; every value is float32 pre-activation.
+    sae = make_sae(architecture, d_in=64, d_sae=512, k=8)
+    x = unit_rows(torch.randn(256, 64, generator=torch.Generator().manual_seed(5)))
+    dead = torch.zeros(512, dtype=torch.bool)
+    dead[::7] = True
+    with torch.no_grad():
+        exact = sae.encode_sparse(x, dead_mask=dead, with_support=True)
+        fast = sae.encode_sparse(x, dead_mask=dead, with_support=True, bf16_selection=True)
+        pre = (x - sae.b_dec) @ sae.W_enc.T
+    if architecture != "isae_me":  # (iSAE-ME's values add the lateral input; compared through the agreement below)
+        torch.testing.assert_close(fast.vals, pre.gather(1, fast.idx).relu() if architecture == "topk"
+                                   else pre.gather(1, fast.idx), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast.aux_pre, pre.gather(1, fast.aux_idx), rtol=1e-5, atol=1e-6)
+
+    def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+        same = (a[:, :, None] == b[:, None, :]).any(2).float()
+        return float(same.mean())
+
+    for name in ("idx", "support", "aux_idx"):
+        assert agreement(getattr(fast, name), getattr(exact, name)) > 0.97, name

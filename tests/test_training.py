@@ -66,9 +66,11 @@ class RecordingStream:
 
 # --- learning and determinism -----------------------------------------------------------------------
 
-def test_training_lowers_the_reconstruction_loss():
+@pytest.mark.parametrize("bf16_selection", [False, True])
+def test_training_lowers_the_reconstruction_loss(bf16_selection):
     saes = _models()
-    log = train_many(saes, _stream(), _cfg(n_steps=40, lr=1e-2, log_every=1, checkpoint_every=1000), progress=False)
+    cfg = _cfg(n_steps=40, lr=1e-2, log_every=1, checkpoint_every=1000, bf16_selection=bf16_selection)
+    log = train_many(saes, _stream(), cfg, progress=False)
     assert set(log.columns) >= {"model", "step", "loss", "mse", "l0", "dead_frac"}
     for name in saes:
         rows = log[log.model == name].sort_values("step")
@@ -89,10 +91,11 @@ def test_atoms_stay_unit_norm_and_b_dec_starts_at_the_geometric_median():
     assert (saes["a"].b_dec - median).abs().max() < 1.5 * cfg.lr
 
 
-def test_same_seeds_give_identical_parameters_across_runs():
+@pytest.mark.parametrize("bf16_selection", [False, True])
+def test_same_seeds_give_identical_parameters_across_runs(bf16_selection):
     a, b = _models(), _models()
-    log_a = train_many(a, _stream(), _cfg(), progress=False)
-    log_b = train_many(b, _stream(), _cfg(), progress=False)
+    log_a = train_many(a, _stream(), _cfg(bf16_selection=bf16_selection), progress=False)
+    log_b = train_many(b, _stream(), _cfg(bf16_selection=bf16_selection), progress=False)
     _assert_same_params(a, b)
     pd.testing.assert_frame_equal(log_a, log_b)
     c = {"topk": make_sae("topk", d_sae=D_SAE, k=K, seed=99)}

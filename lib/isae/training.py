@@ -52,6 +52,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     device: str | None = None
     """"cuda" when available, else "cpu" (None picks)."""
+    bf16_selection: bool = False
+    """k-sparse models: rank latents with a bfloat16 encoder product, code values still float32 (our option;
+    faster, approximate only at near-ties; see ``SAE._encoder_selection``). Off: everything in float32."""
 
     def __post_init__(self) -> None:
         if self.n_steps <= 0:
@@ -189,7 +192,9 @@ def train_many(
         x = stream.batch(step).to(device)
         for name, sae in saes.items():
             dead = since_fired[name] >= window
-            out = sae(x, dead_mask=dead if sae.cfg.architecture in K_SPARSE else None, generator=gens[name])
+            k_sparse = sae.cfg.architecture in K_SPARSE
+            out = sae(x, dead_mask=dead if k_sparse else None, generator=gens[name],
+                      bf16_selection=cfg.bf16_selection and k_sparse)
             loss = out.losses["total"]
             if not torch.isfinite(loss):
                 where = f"the last good checkpoint is kept at {ckpt_path}" if ckpt_path else "no checkpoint was kept"
