@@ -9,10 +9,15 @@ batch 2048) on the current device, this times two full optimisation steps:
 * reference: ``isae.reference.dense_loss`` (every tensor batch × K; the *exact* aRIP estimator; no AuxK)
   → backward → the same optimiser steps.
 
-It prints tokens/s (batch · steps / seconds) for both and their ratio; a roofline line from the measured
-throughput of the one unavoidable dense encoder product ([batch, N] × [N, K], 2·batch·N·K flop), and each
-model's fraction of the limit it sets (throughput / (2·N·K) tokens/s); the iSAE-ME overhead over iSAE; and
-the peak memory of every measurement.
+With ``--bf16-selection`` (on by default) the fast path is timed a second time with
+``TrainConfig.bf16_selection`` (latents ranked by a bfloat16 encoder product, values recomputed in float32),
+and the share of chosen latents it has in common with the float32 selection is printed.
+
+Every step is timed on its own, with one encoder-sized float32 matmul timed right after it. It prints the
+median step time, tokens/s (batch ÷ median step) and the speed-up over the reference; each step's fraction
+of the roofline (median matmul time ÷ median step time: 100% would be a step that costs only the one
+unavoidable dense encoder product, 2·batch·N·K flop, in float32); the iSAE-ME overhead over iSAE; and the
+peak memory of every measurement.
 
 Usage (from the repository root)::
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import itertools
 import os
 import resource
 import statistics
@@ -57,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dead-fracs", type=float, nargs="+", default=[0.0, 0.1],
                    help="fractions of latents marked dead in the fast path, one timing each: 0 is a healthy "
                         "SAE (AuxK idle), > 0 exercises AuxK on that many dead latents")
+    p.add_argument("--bf16-selection", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the fast path with TrainConfig.bf16_selection (latents ranked by a bfloat16 "
+                        "encoder product, values in float32) and report how many chosen latents it shares with "
+                        "the float32 selection")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device to time on")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch's choice)")
@@ -147,7 +157,7 @@ def matmul_throughput(batch: int, n: int, k: int, device: torch.device, min_seco
 
 def time_training(arch: str, path: str, args: argparse.Namespace, batches: list[torch.Tensor],
                   dead: torch.Tensor | None, device: torch.device, mem: PeakMemory,
-                  probe: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+                  probe: tuple[torch.Tensor, torch.Tensor] | None = None, bf16_selection: bool = False) -> dict:
     """Time ``args.steps`` optimisation steps of one model on one path ("fast" or "reference").
 
     Every step is timed on its own. With ``probe`` = (x, W), one encoder-sized product x @ W.T is also
@@ -165,7 +175,7 @@ def time_training(arch: str, path: str, args: argparse.Namespace, batches: list[
     def step(x: torch.Tensor) -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
         if path == "fast":
-            loss = sae(x, dead_mask=dead, generator=gen).losses["total"]
+            loss = sae(x, dead_mask=dead, generator=gen, bf16_selection=bf16_selection).losses["total"]
         else:
             loss = dense_loss(sae, x)
         loss.backward()
@@ -174,7 +184,7 @@ def time_training(arch: str, path: str, args: argparse.Namespace, batches: list[
         sae.normalize_atoms()
         return loss.detach()
 
-    label = f"{ARCHITECTURES[arch]:>7} {path:<9}"
+    label = f"{ARCHITECTURES[arch]:>7} {path + (' bf16-sel' if bf16_selection else ''):<9}"
     for i in range(args.warmup):
         step(batches[i % len(batches)])
     sync(device)
@@ -204,6 +214,15 @@ def time_training(arch: str, path: str, args: argparse.Namespace, batches: list[
     return {"seconds": seconds, "tok_s": tok_s, "median_step_s": statistics.median(step_s),
             "median_probe_s": statistics.median(probe_s) if probe_s else float("nan"),
             "peak_mib": peak_mib, "loss": loss}
+
+
+@torch.no_grad()
+def selection_agreement(arch: str, args: argparse.Namespace, x: torch.Tensor, device: torch.device) -> float:
+    """Fraction of the latents chosen with bf16_selection that the float32 selection also chooses (same SAE, same x)."""
+    sae = SAE(SAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k, architecture=arch), seed=0).to(device)
+    fp32 = sae.encode_sparse(x).idx
+    bf16 = sae.encode_sparse(x, bf16_selection=True).idx
+    return float((bf16[:, :, None] == fp32[:, None, :]).any(2).float().mean())
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -251,10 +270,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for i, arch in enumerate(args.models):
         print(f"[{i + 1}/{len(args.models)}] {ARCHITECTURES[arch]}: {runs_per_model} timings", file=sys.stderr, flush=True)
         ref = time_training(arch, "reference", args, batches, None, device, mem, probe)
-        for frac, dead in dead_masks.items():
-            fast = time_training(arch, "fast", args, batches, dead, device, mem, probe)
+        for (frac, dead), bf16 in itertools.product(dead_masks.items(), [False, True] if args.bf16_selection else [False]):
+            fast = time_training(arch, "fast", args, batches, dead, device, mem, probe, bf16_selection=bf16)
             rows.append({
                 "model": ARCHITECTURES[arch], "dead_frac": float(dead.float().mean()),
+                "selection": "bfloat16" if bf16 else "float32",
+                "shared_latents": selection_agreement(arch, args, batches[0], device) if bf16 else 1.0,
                 "fast_tok_s": B / fast["median_step_s"], "ref_tok_s": B / ref["median_step_s"],
                 "speedup": ref["median_step_s"] / fast["median_step_s"],
                 "fast_roofline_frac": fast["median_probe_s"] / fast["median_step_s"],
@@ -268,6 +289,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     shown = pd.DataFrame({
         "model": df["model"],
         "dead": (100 * df["dead_frac"]).map("{:.0f}%".format),
+        "selection": df["selection"].map({"float32": "fp32", "bfloat16": "bf16"}),
         "fast tok/s": df["fast_tok_s"].map("{:,.0f}".format),
         "ref tok/s": df["ref_tok_s"].map("{:,.0f}".format),
         "speedup": df["speedup"].map("{:.1f}×".format),
@@ -293,8 +315,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print("speedup   = reference median step ÷ fast median step; % roofline = median time of the encoder-sized "
           "matmul, timed right after every step, ÷ median step time (the matmul limit above is for scale)")
     print(f"peak MiB  = {mem.label}; includes the model, its gradients and Adam state")
+    if args.bf16_selection:
+        print("selection = fp32: every product in float32; bf16: latents ranked by a bfloat16 encoder product, "
+              "values recomputed in float32 (TrainConfig.bf16_selection). Chosen latents shared with the fp32 "
+              "selection on the first batch, at init: " + ", ".join(
+                  f"{m} {100 * v:.2f}%" for m, v in df[df["selection"] == "bfloat16"].groupby("model", sort=False)
+                  ["shared_latents"].first().items()))
     for frac in sorted(df["dead_frac"].unique()):
-        part = df[df["dead_frac"] == frac].set_index("model")
+        part = df[(df["dead_frac"] == frac) & (df["selection"] == "float32")].set_index("model")
         if {"iSAE", "iSAE-ME"} <= set(part.index):
             a, b = part.loc["iSAE"], part.loc["iSAE-ME"]
             print(f"iSAE-ME overhead over iSAE at {100 * frac:.0f}% dead (step time ratio): "
