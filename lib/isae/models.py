@@ -227,6 +227,9 @@ class SAE(nn.Module):
             parts.setdefault(name, []).append(t)
 
         W_bf16 = self.W_enc.to(torch.bfloat16) if bf16_selection else None
+        # iSAE-ME's lateral input S z only ranks latents here (values are recomputed in float32 later), so with
+        # bf16_selection it is bfloat16 as well: the embedding-bag over rows of S ran 2.2× faster that way.
+        S_rank = None if n_steps == 1 else self.S.to(torch.bfloat16) if bf16_selection else self.S
 
         def pre_at(block: torch.Tensor, pre: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             """The pre-activations at idx, in float32 (recomputed when the ranking product was bfloat16)."""
@@ -250,7 +253,7 @@ class SAE(nn.Module):
             score = pre
             for t in range(n_steps):
                 if t > 0:  # iSAE-ME: lateral input S z from the previous step's sparse code
-                    lateral = sparse_decode(score.gather(1, idx), idx, self.S)
+                    lateral = sparse_decode(score.gather(1, idx).to(S_rank.dtype), idx, S_rank)
                     score = torch.add(pre, lateral, out=work["score"][:n])
                 key = torch.abs(score, out=work["key"][:n]) if signed else score
                 if t == n_steps - 1 and with_support:  # the aRIP support: the 2k largest |score|
