@@ -165,7 +165,7 @@ def multistep_values(base: torch.Tensor, idx: torch.Tensor, S: torch.Tensor) -> 
     z⁽¹⁾ = base[:, 0] and z⁽ᵗ⁾[b, j] = base[b, t, j] + Σ_i z⁽ᵗ⁻¹⁾[b, i] · S[idx[b, t-1, i], idx[b, t, j]]: the
     lateral input (z⁽ᵗ⁻¹⁾ S) read only where step t is active. Each step gathers a k × k block of S per input
     (B·k² entries) instead of forming the dense [B, K] product, and the backward scatters all steps' blocks
-    into S's gradient at once, so no [B, K] tensor (and one K × K gradient) is formed.
+    into S's gradient at once: no [B, K] tensor is formed, and S's gradient is built once.
     """
     return _MultistepValues.apply(base, idx, S)
 
@@ -189,7 +189,7 @@ def topk_indices(key: torch.Tensor, k: int, group: int = TOPK_GROUP) -> torch.Te
     n_groups = n // group
     if key.is_cuda or n % group or k * group > n // 4:
         return key.topk(k, dim=1).indices
-    group_max = key.view(batch, group, n_groups).amax(1)  # group j holds entries j, j + n_groups, …
+    group_max = key.reshape(batch, group, n_groups).amax(1)  # group j holds entries j, j + n_groups, …
     top_groups = group_max.topk(k, dim=1, sorted=False).indices
     candidates = (top_groups[:, :, None] + n_groups * torch.arange(group, device=key.device)).view(batch, k * group)
     return candidates.gather(1, key.gather(1, candidates).topk(k, dim=1).indices)
