@@ -23,7 +23,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from isae.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
 import isae.training
 from isae.training import TrainConfig, train_many
 
-from _common import device_name, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 PAPER = {"d_in": 768, "d_sae": 4096, "k": 40, "batch": 2048, "n_atoms": 4096, "data_k": 40}
 
@@ -140,21 +139,12 @@ def run(saes: dict[str, SAE], stream: SyntheticStream, cfg: TrainConfig, device:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu.")
+    device = setup_device(args)
     S, M = args.seeds, len(args.models)
 
     print(f"device: {device_name(device)}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    if hasattr(os, "getloadavg"):
-        load = os.getloadavg()
-        busy = "  WARNING: other processes are using the CPU; timings will be noisy" if load[0] > 0.5 else ""
-        if load[0] > (os.cpu_count() or 1) and torch.get_num_threads() > 1:
-            busy += " (more load than cores: consider --threads 1, see benchmarks/README.md)"
-        print(f"load averages before the run (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}{busy}")
+    print_load()
     print(f"sizes: d_in N={args.d_in}, d_sae K={args.d_sae}, k={args.k}, batch={args.batch}, {args.steps} steps; "
           f"stream: {args.n_atoms} ground-truth atoms, {args.data_k}-sparse codes; b_dec from {args.gm_samples} inputs")
     print(f"S={S} seeds × M={M} models ({', '.join(ARCHITECTURES[a] for a in args.models)}) = {S * M} SAEs")

@@ -27,7 +27,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 
 import isae.metrics as metrics
 
-from _common import device_name, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,21 +97,12 @@ def make_pair(pair: str, K: int, N: int, noise: float, gen: torch.Generator):
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu.")
+    device = setup_device(args)
 
     print(f"device: {device_name(device)}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; numpy {np.__version__}, "
           f"scipy {scipy.__version__}")
-    if hasattr(os, "getloadavg"):
-        load = os.getloadavg()
-        busy = "  WARNING: other processes are using the CPU; timings will be noisy" if load[0] > 0.5 else ""
-        if load[0] > (os.cpu_count() or 1) and torch.get_num_threads() > 1:
-            busy += " (more load than cores: consider --threads 1, see benchmarks/README.md)"
-        print(f"load averages before the run (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}{busy}")
+    print_load()
     print(f"sizes: K in {args.sizes}, N={args.d_in}; pairs {args.pairs} (near-identical noise {args.noise})")
     sys.stdout.flush()
 

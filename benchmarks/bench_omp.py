@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import sys
 import time
 import warnings
@@ -44,7 +43,7 @@ import torch
 
 from isae.metrics import omp
 
-from _common import device_name, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 try:
     import sklearn
@@ -177,11 +176,7 @@ def supports_agree(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu.")
+    device = setup_device(args)
     if sklearn is None and args.n_sklearn:
         print("scikit-learn is not installed (pip install -r benchmarks/requirements.txt): skipping it.")
         args.n_sklearn = 0
@@ -192,12 +187,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           f"scikit-learn {sklearn.__version__ if sklearn else 'not installed'}")
     chunk_kw = {} if args.chunk is None else {"chunk": args.chunk}
     chunk = args.chunk or inspect.signature(omp).parameters["chunk"].default
-    if hasattr(os, "getloadavg"):
-        load = os.getloadavg()
-        busy = "  WARNING: other processes are using the CPU; timings will be noisy" if load[0] > 0.5 else ""
-        if load[0] > (os.cpu_count() or 1) and torch.get_num_threads() > 1:
-            busy += " (more load than cores: consider --threads 1, see benchmarks/README.md)"
-        print(f"load averages before the run (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}{busy}")
+    print_load()
     print(f"sizes: K={K} unit atoms in N={N} dimensions, k={k}; omp on {args.n} inputs per kind (chunk "
           f"{chunk}), scikit-learn on {args.n_sklearn}, per-input loop on {args.n_loop}")
     sys.stdout.flush()

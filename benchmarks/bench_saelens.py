@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,8 @@ import torch
 
 from isae.training import TrainConfig
 
-from _common import device_name, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    add_size_args, check_size_args, device_name, inputs_fingerprint, make_inputs, print_load, write_results)
 from bench_training import PeakMemory, time_training  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -47,19 +47,11 @@ ROOT = HERE.parent
 SAELENS_SCRIPT = HERE / "saelens" / "time_saelens_step.py"
 SAELENS_PYTHON = ROOT / ".venv-saelens" / "bin" / "python"
 
-sys.path.insert(0, str(SAELENS_SCRIPT.parent))
-from time_saelens_step import inputs_fingerprint, make_inputs  # noqa: E402  (imports no sae_lens)
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--d-in", type=int, default=768, help="input dimension N")
-    p.add_argument("--d-sae", type=int, default=4096, help="number of latents K")
-    p.add_argument("--k", type=int, default=40, help="active latents per input")
-    p.add_argument("--batch", type=int, default=2048, help="inputs (tokens) per step")
-    p.add_argument("--steps", type=int, default=5, help="timed optimisation steps per measurement")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
+    add_size_args(p, steps_help="timed optimisation steps per measurement")
     p.add_argument("--rounds", type=int, default=2,
                    help="alternations ours → theirs (each side is timed once per round)")
     p.add_argument("--dead-fracs", type=float, nargs="+", default=[0.0, 0.1],
@@ -73,13 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="python of the SAELens environment")
     p.add_argument("--out", type=Path, default=None, help="optional CSV of every measurement (written atomically)")
     args = p.parse_args(argv)
-    for name in ("d_in", "d_sae", "k", "batch", "steps", "rounds"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
-    if args.warmup < 0:
-        p.error(f"--warmup must be ≥ 0, got {args.warmup}.")
-    if not 0 < args.k < args.d_sae:
-        p.error(f"--k={args.k} must satisfy 0 < k < d_sae={args.d_sae}.")
+    check_size_args(p, args, positive=("rounds",))
     if not all(0 <= f < 1 for f in args.dead_fracs):
         p.error(f"--dead-fracs must lie in [0, 1), got {args.dead_fracs}.")
     return args
@@ -120,10 +106,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     print(f"device: {device_name(device)}")
     print(f"torch {torch.__version__}, threads {threads} on both sides; SAELens side: {args.saelens_python}")
-    if hasattr(os, "getloadavg"):
-        l1, l5, l15 = os.getloadavg()
-        busy = "  WARNING: other processes are using the CPU; timings will be low" if l1 > 0.5 else ""
-        print(f"load average before the run (1/5/15 min): {l1:.2f} {l5:.2f} {l15:.2f}{busy}")
+    print_load()
     print(f"sizes: d_in N={N}, d_sae K={K}, k={args.k}, batch={B}, float32, Adam; {args.steps} timed steps after "
           f"{args.warmup} warm-up steps per measurement; {args.rounds} round(s) of ours → SAELens "
           f"({', '.join(args.saelens_variants)})")

@@ -31,7 +31,6 @@ import argparse
 import ctypes
 import gc
 import itertools
-import os
 import resource
 import statistics
 import sys
@@ -46,18 +45,14 @@ from isae.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
 from isae.reference import dense_loss
 from isae.training import TrainConfig, make_optimizer
 
-from _common import device_name, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    add_size_args, check_size_args, device_name, make_inputs, print_load, setup_device, sync, write_results)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--d-in", type=int, default=768, help="input dimension N")
-    p.add_argument("--d-sae", type=int, default=4096, help="number of latents K")
-    p.add_argument("--k", type=int, default=40, help="active latents per input")
-    p.add_argument("--batch", type=int, default=2048, help="inputs (tokens) per step")
-    p.add_argument("--steps", type=int, default=5, help="timed optimisation steps per model and path")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+    add_size_args(p, steps_help="timed optimisation steps per model and path")
     p.add_argument("--models", nargs="+", default=list(K_SPARSE), choices=list(K_SPARSE),
                    help="architectures to time")
     p.add_argument("--dead-fracs", type=float, nargs="+", default=[0.0, 0.1],
@@ -74,13 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="minimum time spent measuring the roofline matmul")
     p.add_argument("--out", type=Path, default=None, help="optional CSV of the results (written atomically)")
     args = p.parse_args(argv)
-    for name in ("d_in", "d_sae", "k", "batch", "steps"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
-    if args.warmup < 0:
-        p.error(f"--warmup must be ≥ 0, got {args.warmup}.")
-    if not 0 < args.k < args.d_sae:
-        p.error(f"--k={args.k} must satisfy 0 < k < d_sae={args.d_sae}.")
+    check_size_args(p, args)
     if not all(0 <= f < 1 for f in args.dead_fracs):
         p.error(f"--dead-fracs must each be in [0, 1), got {args.dead_fracs}.")
     return args
@@ -233,36 +222,22 @@ def selection_agreement(arch: str, args: argparse.Namespace, x: torch.Tensor, de
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu.")
+    device = setup_device(args)
     N, K, B = args.d_in, args.d_sae, args.batch
 
     print(f"device: {device_name(device)}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"float32 matmul precision {torch.get_float32_matmul_precision()!r}")
-    if device.type == "cpu" and hasattr(os, "getloadavg"):
-        load = os.getloadavg()[0]
-        busy = "  WARNING: other processes are using the CPU; timings will be low" if load > 0.5 else ""
-        print(f"1-minute load average before the run: {load:.2f}{busy}")
+    if device.type == "cpu":
+        print_load()
     print(f"sizes: d_in N={N}, d_sae K={K}, k={args.k}, batch={B}; {args.steps} timed steps after "
           f"{args.warmup} warm-up steps per model and path")
     sys.stdout.flush()
 
-    # Unit-norm inputs (Gaussian rows, normalised), shared by every model and path.
-    gen = torch.Generator().manual_seed(0)
-    batches = []
-    for _ in range(min(args.warmup + args.steps, 4)):
-        x = torch.randn(B, N, generator=gen)
-        batches.append((x / x.norm(dim=1, keepdim=True)).to(device))
-    perm = torch.randperm(K, generator=gen)
-    dead_masks = {}
-    for frac in args.dead_fracs:
-        mask = torch.zeros(K, dtype=torch.bool)
-        mask[perm[: round(frac * K)]] = True
-        dead_masks[frac] = mask.to(device)
+    # Unit-norm inputs (Gaussian rows, normalised), shared by every model and path; nested dead masks.
+    batches = [x.to(device) for x in make_inputs(N, K, B, args.warmup + args.steps, 0.0)[0]]
+    dead_masks = {frac: make_inputs(N, K, B, args.warmup + args.steps, frac)[1].to(device)
+                  for frac in args.dead_fracs}
 
     print("measuring the roofline matmul ...", file=sys.stderr, flush=True)
     flops = matmul_throughput(B, N, K, device, args.matmul_seconds)

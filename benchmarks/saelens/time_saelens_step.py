@@ -14,10 +14,9 @@ statistics, ``backward``, ``clip_grad_norm_(1.0)``, Adam, ``zero_grad`` and the 
 SAELens does not renormalise the decoder after the step (``rescale_acts_by_decoder_norm`` divides by the
 norms inside every forward instead), so there is no such step to time.
 
-The inputs are built exactly as ``benchmarks/bench_training.py`` builds its own (``make_inputs`` below;
-same seed, same torch version, hence the same numbers): unit-norm Gaussian rows. The latents marked dead are
-drawn the same way. This module imports nothing from sae_lens at import time, so the project's benchmark
-can import ``make_inputs`` from it.
+The inputs come from ``benchmarks/_common.make_inputs``, the function ``bench_training.py`` and
+``bench_saelens.py`` use too (same seed, same torch version, hence the same numbers): unit-norm Gaussian rows
+and the latents marked dead.
 """
 
 from __future__ import annotations
@@ -30,16 +29,14 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common (torch only, no isae)
+from _common import add_size_args, check_size_args, inputs_fingerprint, make_inputs  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--d-in", type=int, default=768, help="input dimension N")
-    p.add_argument("--d-sae", type=int, default=4096, help="number of latents K")
-    p.add_argument("--k", type=int, default=40, help="active latents per input")
-    p.add_argument("--batch", type=int, default=2048, help="inputs (tokens) per step")
-    p.add_argument("--steps", type=int, default=5, help="timed optimisation steps")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+    add_size_args(p)
     p.add_argument("--dead-frac", type=float, default=0.0,
                    help="fraction of latents kept marked dead in the trainer, so AuxK runs (0: AuxK skipped)")
     p.add_argument("--sparse-activations", action="store_true",
@@ -51,40 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="optional JSON file for the result")
     args = p.parse_args(argv)
-    for name in ("d_in", "d_sae", "k", "batch", "steps"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
-    if args.warmup < 0:
-        p.error(f"--warmup must be ≥ 0, got {args.warmup}.")
-    if not 0 < args.k < args.d_sae:
-        p.error(f"--k={args.k} must satisfy 0 < k < d_sae={args.d_sae}.")
+    check_size_args(p, args)
     if not 0 <= args.dead_frac < 1:
         p.error(f"--dead-frac must be in [0, 1), got {args.dead_frac}.")
     return args
-
-
-def make_inputs(d_in: int, d_sae: int, batch: int, n_steps: int, dead_frac: float):
-    """(batches, dead) exactly as benchmarks/bench_training.py draws them.
-
-    min(n_steps, 4) batches of unit-norm Gaussian rows [batch, d_in] from ``Generator().manual_seed(0)``,
-    then, from the same generator, a boolean mask [d_sae] with round(dead_frac · d_sae) latents set.
-    """
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    batches = []
-    for _ in range(min(n_steps, 4)):
-        x = torch.randn(batch, d_in, generator=gen)
-        batches.append(x / x.norm(dim=1, keepdim=True))
-    n_dead = round(dead_frac * d_sae)
-    dead = torch.zeros(d_sae, dtype=torch.bool)
-    dead[torch.randperm(d_sae, generator=gen)[:n_dead]] = True
-    return batches, dead
-
-
-def inputs_fingerprint(batches, dead) -> list[float]:
-    """Float64 sums of each batch and of the dead latents' indices: equal on both sides ⇔ the same inputs."""
-    return [float(b.double().sum()) for b in batches] + [float(dead.nonzero().sum())]
 
 
 def main(argv: list[str] | None = None) -> dict:

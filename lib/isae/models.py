@@ -188,11 +188,11 @@ class SAE(nn.Module):
                     self.W_enc.mul_(step)
 
     # --- encoder -------------------------------------------------------------------------------------
-    def preact(self, x_c: torch.Tensor) -> torch.Tensor:
-        """Dense pre-activation x_c W_encᵀ + b_enc (differentiable)."""
+    def preact(self, x_c: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense pre-activation x_c W_encᵀ + b_enc (differentiable; ``out``: a buffer to write it into, without grad)."""
         if self.cfg.has_encoder_bias:
-            return torch.addmm(self.b_enc, x_c, self.W_enc.T)
-        return x_c @ self.W_enc.T  # b_enc is zero and frozen: skip a batch × K addition
+            return torch.addmm(self.b_enc, x_c, self.W_enc.T, out=out)
+        return torch.mm(x_c, self.W_enc.T, out=out)  # b_enc is zero and frozen: skip a batch × K addition
 
     @torch.no_grad()
     def _encoder_selection(self, x_c: torch.Tensor, dead_mask: torch.Tensor | None, with_support: bool,
@@ -246,10 +246,8 @@ class SAE(nn.Module):
                 pre.copy_(torch.mm(block.to(torch.bfloat16), W_bf16.T))
                 if cfg.has_encoder_bias:
                     pre.add_(self.b_enc)
-            elif cfg.has_encoder_bias:
-                torch.addmm(self.b_enc, block, self.W_enc.T, out=pre)
             else:
-                torch.mm(block, self.W_enc.T, out=pre)
+                self.preact(block, out=pre)
             score = pre
             for t in range(n_steps):
                 if t > 0:  # iSAE-ME: lateral input S z from the previous step's sparse code
