@@ -105,8 +105,10 @@ def test_isae_me_with_zero_S_equals_abstopk_with_same_seed(x_unit):
     assert torch.equal(me.S, torch.zeros(D_SAE, D_SAE))
     out_me, out_abs = me(x_unit), abs_(x_unit)
     assert torch.equal(me.encode(x_unit), abs_.encode(x_unit))
-    assert torch.equal(out_me.x_hat, out_abs.x_hat)
-    assert torch.equal(out_me.losses["mse"], out_abs.losses["mse"])
+    # Same code; the decoder may sum the k atoms in another order (iSAE-ME's active set comes sorted from its
+    # aRIP support, AbsTopK's unsorted), so the reconstructions agree to float32 rounding, not bit for bit.
+    torch.testing.assert_close(out_me.x_hat, out_abs.x_hat)
+    torch.testing.assert_close(out_me.losses["mse"], out_abs.losses["mse"])
 
 
 def test_isae_me_iht_init_runs_iterative_hard_thresholding(x_unit):

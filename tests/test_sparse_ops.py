@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from isae.sparse_ops import TOPK_GROUP, gather_preact, multistep_values, rows_dot, scatter_rows, sparse_decode, topk_indices
+from isae.sparse_ops import (TOPK_GROUP, LatentMajor, add_sparse_decode, gather_preact, multistep_values, rows_dot,
+                             scatter_rows, sparse_decode, topk_indices)
 
 TOL = dict(rtol=1e-12, atol=1e-12)  # float64: the sparse and dense sums differ only by summation order
 
@@ -61,6 +62,54 @@ def test_gather_preact_value_and_grads_equal_dense_gather(duplicates):
     torch.testing.assert_close(vals, dense, **TOL)
     torch.testing.assert_close(x1.grad, x2.grad, **TOL)
     torch.testing.assert_close(W1.grad, W2.grad, **TOL)
+
+
+@pytest.mark.parametrize("x_needs_grad", [False, True])
+def test_gather_preact_with_a_shift_equals_the_dense_gather_of_the_shifted_input(x_needs_grad):
+    # The SAE's use: values of (x − b_dec) W_encᵀ at idx. b_dec's gradient comes from per-latent sums when x needs
+    # none, and from x's [B, N] gradient when it does; both must equal autograd through the dense product.
+    idx, W, x, _, _ = _problem(seed=11, duplicates=True)
+    shift = torch.randn(W.shape[1], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    up = torch.randn(idx.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    x1, W1, s1 = x.clone().requires_grad_(x_needs_grad), W.clone().requires_grad_(), shift.clone().requires_grad_()
+    vals = gather_preact(x1, W1, ((x - shift) @ W.T).gather(1, idx), idx, shift=s1)
+    (vals * up).sum().backward()
+
+    x2, W2, s2 = x.clone().requires_grad_(x_needs_grad), W.clone().requires_grad_(), shift.clone().requires_grad_()
+    dense = ((x2 - s2) @ W2.T).gather(1, idx)
+    (dense * up).sum().backward()
+
+    torch.testing.assert_close(vals, dense, **TOL)
+    torch.testing.assert_close(W1.grad, W2.grad, **TOL)
+    torch.testing.assert_close(s1.grad, s2.grad, **TOL)
+    if x_needs_grad:
+        torch.testing.assert_close(x1.grad, x2.grad, **TOL)
+
+
+def test_a_shared_latent_major_layout_gives_the_same_gradients_as_separate_ones():
+    # The SAE builds one LatentMajor per step for the encoder's and the decoder's weight gradients.
+    idx, W, x, vals, upstream = _problem(seed=12, duplicates=True)
+
+    def grads(shared: bool):
+        We, Wd, v = W.clone().requires_grad_(), W.clone().requires_grad_(), vals.clone().requires_grad_()
+        layout = LatentMajor(idx, W.shape[0]) if shared else None
+        enc = gather_preact(x, We, (x @ W.T).gather(1, idx), idx, layout=layout)
+        out = sparse_decode(v * enc, idx, Wd, layout)
+        (out * upstream).sum().backward()
+        return We.grad, Wd.grad, v.grad
+
+    for a, b in zip(grads(True), grads(False)):
+        assert torch.equal(a, b)
+
+
+def test_add_sparse_decode_equals_base_plus_sparse_decode():
+    # Column tiles that do not divide the width, and a tile wider than it.
+    idx, W, _, vals, upstream = _problem(seed=13, K=50, N=37)
+    for tile in (16, 128):
+        out = torch.empty_like(upstream)
+        add_sparse_decode(upstream, vals, idx, W, out=out, tile=tile)
+        torch.testing.assert_close(out, upstream + sparse_decode(vals, idx, W), **TOL)
 
 
 def test_gather_preact_gives_zero_gradient_to_unselected_encoder_rows():
@@ -176,6 +225,13 @@ def test_multistep_values_and_grads_equal_dense_recursion(n_steps, duplicates):
 def test_topk_indices_equals_torch_topk(n, k, dtype):
     key = torch.randn(33, n, generator=torch.Generator().manual_seed(n + k), dtype=dtype)
     torch.testing.assert_close(topk_indices(key, k), key.topk(k, dim=1).indices, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n,k", [(4096, 40), (48, 4)])  # two-pass path and fallback
+def test_unsorted_topk_indices_pick_the_same_latents(n, k):
+    key = torch.randn(33, n, generator=torch.Generator().manual_seed(n))
+    picked = topk_indices(key, k, sorted=False)
+    assert torch.equal(picked.sort(1).values, key.topk(k, dim=1).indices.sort(1).values)
 
 
 def test_topk_indices_is_exact_when_the_largest_entries_share_one_group():

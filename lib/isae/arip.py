@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .sparse_ops import rows_dot, sparse_decode, topk_indices
+from .sparse_ops import LatentMajor, rows_dot, sparse_decode, topk_indices
 
 
 def arip_support(score: torch.Tensor, k: int, is_magnitude: bool = False) -> torch.Tensor:
@@ -47,6 +47,7 @@ def rip_gap_noise(atoms: torch.Tensor, support: torch.Tensor, generator: torch.G
     O(B·|S|·N) through the sparse decode and its adjoint, never forming G_S.
     """
     noise = torch.randn(support.shape, generator=generator, device=support.device, dtype=atoms.dtype)
-    u = sparse_decode(noise, support, atoms)  # D_S n, [B, N]
-    g_n = rows_dot(atoms, support, u)  # D_Sᵀ D_S n, [B, s]
+    layout = LatentMajor(support, atoms.shape[0])  # both products' weight gradients scatter through the support
+    u = sparse_decode(noise, support, atoms, layout)  # D_S n, [B, N]
+    g_n = rows_dot(atoms, support, u, layout)  # D_Sᵀ D_S n, [B, s]
     return g_n.pow(2).sum(1) / support.shape[1] - 1.0

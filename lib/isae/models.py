@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .arip import arip_support, rip_gap_exact, rip_gap_noise
 from .seeding import derive_seed
-from .sparse_ops import gather_preact, multistep_values, rows_dot, sparse_decode, topk_indices
+from .sparse_ops import LatentMajor, add_sparse_decode, gather_preact, multistep_values, rows_dot, sparse_decode, topk_indices
 
 #: Architecture name → the paper's display name.
 ARCHITECTURES: dict[str, str] = {
@@ -144,6 +144,8 @@ class SparseCode(NamedTuple):
     """[B, k_aux] AuxK's choice of dead latents (when a dead mask with dead latents was given)."""
     aux_pre: torch.Tensor | None = None
     """[B, k_aux] their pre-activations, detached."""
+    layout: LatentMajor | None = None
+    """``idx`` grouped by latent, shared by the encoder's and the decoder's sparse weight gradients."""
 
 
 @dataclass
@@ -250,17 +252,16 @@ class SAE(nn.Module):
                 self.preact(block, out=pre)
             score = pre
             for t in range(n_steps):
-                if t > 0:  # iSAE-ME: lateral input S z from the previous step's sparse code
-                    lateral = sparse_decode(score.gather(1, idx).to(S_rank.dtype), idx, S_rank)
-                    score = torch.add(pre, lateral, out=work["score"][:n])
+                if t > 0:  # iSAE-ME: score = pre + S z, the lateral input from the previous step's sparse code
+                    score = add_sparse_decode(pre, score.gather(1, idx).to(S_rank.dtype), idx, S_rank, out=work["score"][:n])
                 key = torch.abs(score, out=work["key"][:n]) if signed else score
                 if t == n_steps - 1 and with_support:  # the aRIP support: the 2k largest |score|
                     support = arip_support(key, cfg.k, is_magnitude=signed)
                     # the support is sorted descending, so for the AbsTopK family the active set is its first k
-                    idx = support[:, : cfg.k] if signed else topk_indices(key, cfg.k)
+                    idx = support[:, : cfg.k] if signed else topk_indices(key, cfg.k, sorted=False)
                     keep("support", support)
-                else:
-                    idx = topk_indices(key, cfg.k)
+                else:  # the order of the active latents is never used: skip sorting them
+                    idx = topk_indices(key, cfg.k, sorted=False)
                 keep(f"idx{t}", idx)
                 keep(f"pre{t}", pre_at(block, pre, idx))
             if k_aux:  # AuxK ranks dead latents by the first step's pre-activation (our choice for iSAE-ME)
@@ -273,9 +274,11 @@ class SAE(nn.Module):
         return _Selection(idx=[cat[f"idx{t}"] for t in range(n_steps)], pre_at=[cat[f"pre{t}"] for t in range(n_steps)],
                           support=cat.get("support"), aux_idx=cat.get("aux_idx"), aux_pre=cat.get("aux_pre"))
 
-    def _values(self, x_c: torch.Tensor, pre_at: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Code values at the selected latents, differentiable into W_enc, b_enc and x_c through those latents only."""
-        vals = gather_preact(x_c, self.W_enc, pre_at, idx)  # value includes b_enc
+    def _values(self, x: torch.Tensor, pre_at: torch.Tensor, idx: torch.Tensor,
+                layout: LatentMajor | None = None) -> torch.Tensor:
+        """Code values at the selected latents, differentiable into W_enc, b_enc, b_dec and x through those latents
+        only. b_dec's gradient comes from per-latent sums, not from a [B, N] gradient of x − b_dec."""
+        vals = gather_preact(x, self.W_enc, pre_at, idx, shift=self.b_dec, layout=layout)  # value includes b_enc
         if self.cfg.has_encoder_bias:  # route the gradient to b_enc without changing the value
             vals = vals + (self.b_enc[idx] - self.b_enc.detach()[idx])
         return vals.relu() if self.cfg.architecture == "topk" else vals
@@ -291,14 +294,16 @@ class SAE(nn.Module):
             raise ValueError(f"encode_sparse needs a k-sparse architecture, not {self.cfg.architecture!r}.")
         x_c = x - self.b_dec
         sel = self._encoder_selection(x_c.detach(), dead_mask, with_support, bf16_selection)
+        # The encoder's and the decoder's weight gradients scatter through the same active latents: one layout
+        layout = LatentMajor(sel.idx[-1], self.cfg.d_sae)
         if len(sel.idx) == 1:
-            vals = self._values(x_c, sel.pre_at[0], sel.idx[0])
+            vals = self._values(x, sel.pre_at[0], sel.idx[0], layout)
         else:  # iSAE-ME: every step's encoder values in one sparse gather, then z⁽ᵗ⁾ = those + S z⁽ᵗ⁻¹⁾
             batch, n_steps = x.shape[0], len(sel.idx)
             idx = torch.stack(sel.idx, 1)  # [B, T, k]
-            base = self._values(x_c, torch.stack(sel.pre_at, 1).view(batch, -1), idx.view(batch, -1))
+            base = self._values(x, torch.stack(sel.pre_at, 1).view(batch, -1), idx.view(batch, -1))
             vals = multistep_values(base.view(batch, n_steps, -1), idx, self.S)
-        return SparseCode(vals, sel.idx[-1], x_c, sel.support, sel.aux_idx, sel.aux_pre)
+        return SparseCode(vals, sel.idx[-1], x_c, sel.support, sel.aux_idx, sel.aux_pre, layout)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Dense code z [B, d_sae] for any architecture."""
@@ -314,8 +319,8 @@ class SAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.W_dec + self.b_dec
 
-    def decode_sparse(self, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return sparse_decode(vals, idx, self.W_dec) + self.b_dec
+    def decode_sparse(self, vals: torch.Tensor, idx: torch.Tensor, layout: LatentMajor | None = None) -> torch.Tensor:
+        return sparse_decode(vals, idx, self.W_dec, layout) + self.b_dec
 
     # --- training forward ----------------------------------------------------------------------------
     def forward(
@@ -343,7 +348,7 @@ class SAE(nn.Module):
                              losses={"mse": mse, "l1": l1, "total": mse + cfg.l1_coef * l1})
 
         code = self.encode_sparse(x, dead_mask=dead_mask, with_support=cfg.arip_coef > 0, bf16_selection=bf16_selection)
-        x_hat = self.decode_sparse(code.vals, code.idx)
+        x_hat = self.decode_sparse(code.vals, code.idx, code.layout)
         mse = self.reconstruction_loss(x, x_hat)
         losses = {"mse": mse}
         total = mse
@@ -402,7 +407,7 @@ class SAE(nn.Module):
             z = pre * chosen
             residual_hat = (z.relu() if self.cfg.architecture == "topk" else z) @ self.W_dec[dead_idx]
         else:
-            residual_hat = sparse_decode(self._values(code.x_c, code.aux_pre, code.aux_idx), code.aux_idx, self.W_dec)
+            residual_hat = sparse_decode(self._values(x, code.aux_pre, code.aux_idx), code.aux_idx, self.W_dec)
         residual = (x - x_hat).detach()
         variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
         return (residual_hat - residual).pow(2).sum() / variance * min(n_dead / k_aux, 1.0)
@@ -418,5 +423,5 @@ class SAE(nn.Module):
         """Remove the gradient component parallel to each (unit) atom, so a step moves along the sphere."""
         if self.W_dec.grad is not None:
             g, atoms = self.W_dec.grad, self.W_dec
-            radial = torch.bmm(g.unsqueeze(1), atoms.unsqueeze(2)).view(-1, 1)  # g_i · d_i, no [K, N] temporary
-            g.addcmul_(radial, atoms, value=-1.0)
+            radial = torch.linalg.vecdot(g, atoms)  # g_i · d_i: 0.6 ms against 2.0 for a batched bmm at K = 4096
+            g.addcmul_(radial[:, None], atoms, value=-1.0)
