@@ -323,18 +323,22 @@ def _dead_mask(n_dead: int = 12) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("path", ["dense-over-dead", "sparse"])
-@pytest.mark.parametrize("architecture", ["topk", "abstopk", "isae_me"])
+@pytest.mark.parametrize("architecture,encoder_bias", [("topk", False), ("abstopk", False), ("isae_me", False),
+                                                       ("topk", True)])
 @pytest.mark.parametrize("aux_k", [5, 256])
-def test_auxk_loss_equals_dense_computation_in_value_and_gradient(architecture, aux_k, path, x_unit, monkeypatch):
+def test_auxk_loss_equals_dense_computation_in_value_and_gradient(architecture, encoder_bias, aux_k, path, x_unit,
+                                                                  monkeypatch):
     # both of AuxK's computations (chosen by n_dead / k_aux) against the naive dense one
     monkeypatch.setattr(models, "_AUXK_DENSE_MAX_DEAD_PER_K", 10**6 if path == "dense-over-dead" else 0)
-    sae = _perturbed_sae(architecture, aux_k=aux_k, arip_coef=0.0)
+    sae = _perturbed_sae(architecture, aux_k=aux_k, arip_coef=0.0, encoder_bias=encoder_bias)
     x, dead = x_unit.double(), _dead_mask()
+    code = sae.encode_sparse(x, dead_mask=dead)
+    assert (code.aux_dead_pre is not None) == (path == "dense-over-dead")
     aux = sae(x, dead_mask=dead).losses["aux"]
     ref = _dense_auxk(sae, x, dead)
     torch.testing.assert_close(aux, ref, **GRAD_TOL)
     g_sparse, g_dense = _grads(sae, aux), _grads(sae, ref)
-    for name in ("W_enc", "W_dec", "b_dec"):
+    for name in ("W_enc", "W_dec", "b_dec") + (("b_enc",) if encoder_bias else ()):
         torch.testing.assert_close(g_sparse[name], g_dense[name], **GRAD_TOL, msg=name)
 
 
@@ -422,7 +426,9 @@ def test_bf16_selection_keeps_float32_values_and_nearly_the_same_latents(archite
     if architecture != "isae_me":  # (iSAE-ME's values add the lateral input; compared through the agreement below)
         torch.testing.assert_close(fast.vals, pre.gather(1, fast.idx).relu() if architecture == "topk"
                                    else pre.gather(1, fast.idx), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(fast.aux_pre, pre.gather(1, fast.aux_idx), rtol=1e-5, atol=1e-6)
+    # 74 dead latents ≤ 4 · k_aux: AuxK takes its dense path, which reads pre at every dead latent
+    assert fast.aux_pre is None
+    torch.testing.assert_close(fast.aux_dead_pre, pre[:, dead.nonzero().squeeze(1)], rtol=1e-5, atol=1e-6)
 
     def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
         same = (a[:, :, None] == b[:, None, :]).any(2).float()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from isae.sparse_ops import (TOPK_GROUP, LatentMajor, add_sparse_decode, gather_preact, multistep_values, rows_dot,
+from isae.sparse_ops import (TOPK_GROUP, LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values, rows_dot,
                              scatter_rows, sparse_decode, topk_indices)
 
 TOL = dict(rtol=1e-12, atol=1e-12)  # float64: the sparse and dense sums differ only by summation order
@@ -81,6 +81,28 @@ def test_gather_preact_with_a_shift_equals_the_dense_gather_of_the_shifted_input
     (dense * up).sum().backward()
 
     torch.testing.assert_close(vals, dense, **TOL)
+    torch.testing.assert_close(W1.grad, W2.grad, **TOL)
+    torch.testing.assert_close(s1.grad, s2.grad, **TOL)
+    if x_needs_grad:
+        torch.testing.assert_close(x1.grad, x2.grad, **TOL)
+
+
+@pytest.mark.parametrize("x_needs_grad", [False, True])
+def test_columns_preact_equals_autograd_through_the_dense_columns(x_needs_grad):
+    idx, W, x, _, _ = _problem(seed=14)
+    cols = torch.tensor([3, 17, 4, 40, 22])  # distinct, unsorted
+    shift = torch.randn(W.shape[1], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    up = torch.randn(x.shape[0], cols.numel(), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+
+    x1, W1, s1 = x.clone().requires_grad_(x_needs_grad), W.clone().requires_grad_(), shift.clone().requires_grad_()
+    pre = columns_preact(x1, W1, cols, (x - shift) @ W[cols].T, shift=s1)
+    (pre * up).sum().backward()
+
+    x2, W2, s2 = x.clone().requires_grad_(x_needs_grad), W.clone().requires_grad_(), shift.clone().requires_grad_()
+    dense = (x2 - s2) @ W2[cols].T
+    (dense * up).sum().backward()
+
+    torch.testing.assert_close(pre, dense, **TOL)
     torch.testing.assert_close(W1.grad, W2.grad, **TOL)
     torch.testing.assert_close(s1.grad, s2.grad, **TOL)
     if x_needs_grad:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .arip import arip_support, rip_gap_exact, rip_gap_noise
 from .seeding import derive_seed
-from .sparse_ops import LatentMajor, add_sparse_decode, gather_preact, multistep_values, rows_dot, sparse_decode, topk_indices
+from .sparse_ops import LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values, rows_dot, sparse_decode, topk_indices
 
 #: Architecture name → the paper's display name.
 ARCHITECTURES: dict[str, str] = {
@@ -127,6 +127,7 @@ class _Selection:
     support: torch.Tensor | None
     aux_idx: torch.Tensor | None
     aux_pre: torch.Tensor | None
+    aux_dead_pre: torch.Tensor | None
 
 
 class SparseCode(NamedTuple):
@@ -143,7 +144,9 @@ class SparseCode(NamedTuple):
     aux_idx: torch.Tensor | None = None
     """[B, k_aux] AuxK's choice of dead latents (when a dead mask with dead latents was given)."""
     aux_pre: torch.Tensor | None = None
-    """[B, k_aux] their pre-activations, detached."""
+    """[B, k_aux] their pre-activations, detached (when AuxK takes its sparse path)."""
+    aux_dead_pre: torch.Tensor | None = None
+    """[B, n_dead] the pre-activations at every dead latent, detached (when AuxK takes its dense path)."""
     layout: LatentMajor | None = None
     """``idx`` grouped by latent, shared by the encoder's and the decoder's sparse weight gradients."""
 
@@ -220,6 +223,7 @@ class SAE(nn.Module):
         if dead_mask is not None and cfg.aux_coef > 0 and cfg.aux_k > 0:
             dead_idx = dead_mask.nonzero().squeeze(1)
             k_aux = min(cfg.aux_k, dead_idx.numel(), cfg.d_sae - cfg.k)
+            aux_dense = dead_idx.numel() <= _AUXK_DENSE_MAX_DEAD_PER_K * k_aux
         rows = x_c.shape[0] if x_c.is_cuda else max(1, _SELECTION_BLOCK_ELEMENTS // cfg.d_sae)
         work = {name: torch.empty(min(rows, x_c.shape[0]), cfg.d_sae, dtype=x_c.dtype, device=x_c.device)
                 for name in ("pre", "key") + (("score",) if n_steps > 1 else ())}
@@ -269,10 +273,17 @@ class SAE(nn.Module):
                 chosen = (ranked.abs() if signed else ranked).topk(k_aux, dim=1, sorted=False).indices  # is 2.8× faster
                 aux_idx = dead_idx[chosen]
                 keep("aux_idx", aux_idx)
-                keep("aux_pre", pre_at(block, pre, aux_idx))
+                if not aux_dense:
+                    keep("aux_pre", pre_at(block, pre, aux_idx))
+                elif not bf16_selection:  # the dense AuxK path reads every dead latent's pre-activation
+                    keep("aux_dead_pre", ranked)
+                else:  # the ranking product was bfloat16: the values in float32
+                    exact = torch.mm(block, self.W_enc[dead_idx].T)
+                    keep("aux_dead_pre", exact + self.b_enc[dead_idx] if cfg.has_encoder_bias else exact)
         cat = {name: torch.cat(ts) for name, ts in parts.items()}
         return _Selection(idx=[cat[f"idx{t}"] for t in range(n_steps)], pre_at=[cat[f"pre{t}"] for t in range(n_steps)],
-                          support=cat.get("support"), aux_idx=cat.get("aux_idx"), aux_pre=cat.get("aux_pre"))
+                          support=cat.get("support"), aux_idx=cat.get("aux_idx"), aux_pre=cat.get("aux_pre"),
+                          aux_dead_pre=cat.get("aux_dead_pre"))
 
     def _values(self, x: torch.Tensor, pre_at: torch.Tensor, idx: torch.Tensor,
                 layout: LatentMajor | None = None) -> torch.Tensor:
@@ -303,7 +314,7 @@ class SAE(nn.Module):
             idx = torch.stack(sel.idx, 1)  # [B, T, k]
             base = self._values(x, torch.stack(sel.pre_at, 1).view(batch, -1), idx.view(batch, -1))
             vals = multistep_values(base.view(batch, n_steps, -1), idx, self.S)
-        return SparseCode(vals, sel.idx[-1], x_c, sel.support, sel.aux_idx, sel.aux_pre, layout)
+        return SparseCode(vals, sel.idx[-1], x_c, sel.support, sel.aux_idx, sel.aux_pre, sel.aux_dead_pre, layout)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Dense code z [B, d_sae] for any architecture."""
@@ -397,10 +408,10 @@ class SAE(nn.Module):
         """
         dead_idx = dead_mask.nonzero().squeeze(1)
         n_dead, k_aux = dead_idx.numel(), code.aux_idx.shape[1]
-        if n_dead <= _AUXK_DENSE_MAX_DEAD_PER_K * k_aux:
-            pre = code.x_c @ self.W_enc[dead_idx].T
-            if self.cfg.has_encoder_bias:
-                pre = pre + self.b_enc[dead_idx]
+        if code.aux_dead_pre is not None:  # dense path (the selection chose it and kept pre at the dead latents)
+            pre = columns_preact(x, self.W_enc, dead_idx, code.aux_dead_pre, shift=self.b_dec)  # includes b_enc
+            if self.cfg.has_encoder_bias:  # route the gradient to b_enc without changing the value
+                pre = pre + (self.b_enc[dead_idx] - self.b_enc.detach()[dead_idx])
             position = torch.empty(self.cfg.d_sae, dtype=torch.long, device=dead_idx.device)
             position[dead_idx] = torch.arange(n_dead, device=dead_idx.device)  # latent → column of pre
             chosen = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, position[code.aux_idx], True)

@@ -186,6 +186,39 @@ def gather_preact(x: torch.Tensor, W_enc: torch.Tensor, pre_at_idx: torch.Tensor
     return _RowsDot.apply(W_enc, idx, x, shift, pre_at_idx, layout)
 
 
+class _ColumnsPreact(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, cols, x, shift, values):  # noqa: D102
+        ctx.save_for_backward(weight, cols, x if shift is None else x - shift)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        weight, cols, x_c = ctx.saved_tensors
+        w_cols = weight.index_select(0, cols)
+        grad_w = None
+        if ctx.needs_input_grad[0]:  # cols are distinct: each row of the gradient is written once
+            grad_w = torch.zeros_like(weight).index_copy_(0, cols, grad_out.T @ x_c)
+        grad_x = grad_out @ w_cols if ctx.needs_input_grad[2] else None
+        grad_shift = None
+        if ctx.needs_input_grad[3]:  # −Σ_b grad_x[b], from the column sums: a [n_cols] × [n_cols, N] product
+            grad_shift = -grad_x.sum(0) if grad_x is not None else -(grad_out.sum(0) @ w_cols)
+        return grad_w, None, grad_x, grad_shift, None
+
+
+def columns_preact(x: torch.Tensor, weight: torch.Tensor, cols: torch.Tensor, pre_at_cols: torch.Tensor,
+                   shift: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense pre-activations ((x − shift) weightᵀ)[:, cols] for distinct ``cols``, given their value.
+
+    The dense counterpart of ``gather_preact`` for AuxK over a few hundred dead latents: ``pre_at_cols``
+    [B, len(cols)] is the selection's product read at those columns, returned as the value; the backward
+    is dense over the columns (BLAS), and ``shift``'s gradient comes from column sums, so of the three
+    products that autograd through ``(x − shift) @ weight[cols].T`` would cost, only the weight gradient's
+    remains (the forward one was done by the selection, and x's is skipped unless x needs a gradient).
+    """
+    return _ColumnsPreact.apply(weight, cols, x, shift, pre_at_cols)
+
+
 class _MultistepValues(torch.autograd.Function):
     @staticmethod
     def forward(ctx, base, idx, S):  # noqa: D102
