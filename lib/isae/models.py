@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from .arip import arip_support, rip_gap_exact, rip_gap_noise
 from .seeding import derive_seed
-from .sparse_ops import LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values, rows_dot, sparse_decode, topk_indices
+from .sparse_ops import (LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values, rows_dot,
+                         sparse_decode, topk_indices)
 
 #: Architecture name → the paper's display name.
 ARCHITECTURES: dict[str, str] = {
@@ -257,7 +258,8 @@ class SAE(nn.Module):
             score = pre
             for t in range(n_steps):
                 if t > 0:  # iSAE-ME: score = pre + S z, the lateral input from the previous step's sparse code
-                    score = add_sparse_decode(pre, score.gather(1, idx).to(S_rank.dtype), idx, S_rank, out=work["score"][:n])
+                    z_prev = score.gather(1, idx).to(S_rank.dtype)
+                    score = add_sparse_decode(pre, z_prev, idx, S_rank, out=work["score"][:n])
                 key = torch.abs(score, out=work["key"][:n]) if signed else score
                 if t == n_steps - 1 and with_support:  # the aRIP support: the 2k largest |score|
                     support = arip_support(key, cfg.k, is_magnitude=signed)

@@ -6,19 +6,24 @@ with a backward made of the other two, so no dense batch × K tensor is ever for
 
 * ``sparse_decode``: Σ_j vals[b, j] · W[idx[b, j]] (an embedding-bag: the decoder of sparsify);
 * ``rows_dot``: W[idx[b, j]] · u[b] (its adjoint, and the encoder restricted to the selected latents);
-* ``scatter_rows``: grad[i] = Σ_{idx[b, j] = i} weights[b, j] · rows[b] (the weight gradient of both).
+* ``scatter_rows``: grad[i] = Σ_{idx[b, j] = i} weights[b, j] · rows[b] (the weight gradient of both), through
+  a ``LatentMajor`` layout of idx that products over the same idx share.
 
-``multistep_values`` runs iSAE-ME's multistep encoder on k × k blocks of S per input, and
-``add_sparse_decode`` computes its dense lateral input during the selection, one cache-sized tile at a time.
+``gather_preact`` and ``columns_preact`` give the encoder's values at latents the selection chose (sparse,
+and dense over a few hundred columns for AuxK) a gradient without recomputing them. ``multistep_values``
+runs iSAE-ME's multistep encoder on k × k blocks of S per input, and ``add_sparse_decode`` computes its
+dense lateral input during the selection, one cache-sized tile of S at a time.
 
 Why these kernels (measured one op at a time on the 2-core CPU here, batch 2048, N = 768, K = 4096, k = 40,
 float32; whole steps are timed side by side by ``benchmarks/bench_training.py``):
 
-* ``scatter_rows`` is a CSR sparse × dense product (latent-major, built with one stable argsort). Alone it
-  took 9 ms against 4.3 ms for embedding_bag's own weight-gradient kernel called directly, yet inside
-  whole TopK/iSAE training steps (A/B, same process, alternating) the CSR version was as fast or up to 5%
-  faster; both beat that kernel reached through autograd (12 ms: it also fills a dummy K × N weight),
-  the dense ``Gᵀ x`` product (71 ms) and ``index_add`` over materialised outer products (275 ms);
+* ``scatter_rows`` is a CSR sparse × dense product (latent-major, built with one stable argsort, int32
+  indices, written by ``addmm(beta=0, out=)`` into an uninitialised output). Inside whole TopK/iSAE training
+  steps (A/B, same process, alternating) the CSR version was as fast as embedding_bag's own weight-gradient
+  kernel called directly, or up to 5% faster; both beat that kernel reached through autograd (12 ms: it also
+  fills a dummy K × N weight), the dense ``Gᵀ x`` product (71 ms) and ``index_add`` over materialised outer
+  products (275 ms). Alone it takes 2–3 ms here, but 3–5 ms inside a step, where its K × N output is
+  fresh memory: a first touch of a 4 KiB page costs about 1 µs on this virtual machine;
 * ``rows_dot`` calls embedding_bag's per-sample-weights backward kernel (a private but long-stable
   ``torch.ops.aten`` op), which is exactly this product: 3.3 ms, against 55 ms for ``bmm`` over gathered
   [chunk, k, N] blocks.
