@@ -413,7 +413,7 @@ def test_arip_support_is_capped_at_d_sae_when_2k_exceeds_it(architecture, x_unit
 # --- bfloat16 selection ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("architecture", K_SPARSE)
-def test_bf16_selection_keeps_float32_values_and_nearly_the_same_latents(architecture):
+def test_bf16_selection_keeps_float32_values_and_nearly_the_same_latents(architecture, monkeypatch):
     # The ranking product in bfloat16 may reorder near-ties only; every value is float32 pre-activation.
     sae = make_sae(architecture, d_in=64, d_sae=512, k=8)
     x = unit_rows(torch.randn(256, 64, generator=torch.Generator().manual_seed(5)))
@@ -429,6 +429,11 @@ def test_bf16_selection_keeps_float32_values_and_nearly_the_same_latents(archite
     # 74 dead latents ≤ 4 · k_aux: AuxK takes its dense path, which reads pre at every dead latent
     assert fast.aux_pre is None
     torch.testing.assert_close(fast.aux_dead_pre, pre[:, dead.nonzero().squeeze(1)], rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(models, "_AUXK_DENSE_MAX_DEAD_PER_K", 0)  # its sparse path reads pre at its choice only
+    with torch.no_grad():
+        sparse = sae.encode_sparse(x, dead_mask=dead, with_support=True, bf16_selection=True)
+    assert sparse.aux_dead_pre is None
+    torch.testing.assert_close(sparse.aux_pre, pre.gather(1, sparse.aux_idx), rtol=1e-5, atol=1e-6)
 
     def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
         same = (a[:, :, None] == b[:, None, :]).any(2).float()
