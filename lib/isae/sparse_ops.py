@@ -77,7 +77,7 @@ class LatentMajor:
             return torch.addmm(out, g, rows.contiguous(), beta=0, out=out)
 
     def latent_sums(self, weights: torch.Tensor) -> torch.Tensor:
-        """[n_rows] Σ_{(b, j): idx[b, j] = i} weights[b, j] (not differentiable; float64 accumulation)."""
+        """[n_rows] Σ_{(b, j): idx[b, j] = i} weights[b, j] (not differentiable; summed in a fixed order)."""
         flat = self.idx.reshape(-1)
         return torch.bincount(flat, weights=weights.reshape(-1), minlength=self.n_rows).to(weights.dtype)
 
