@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also time the fast path with TrainConfig.bf16_selection (latents ranked by a bfloat16 "
                         "encoder product, values in float32) and report how many chosen latents it shares with "
                         "the float32 selection")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the fast path's SAE.forward through torch.compile (default mode); its compilation "
+                        "happens during the warm-up steps, which must then be at least 2 (forward, then backward)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device to time on")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch's choice)")
@@ -72,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_size_args(p, args)
     if not all(0 <= f < 1 for f in args.dead_fracs):
         p.error(f"--dead-fracs must each be in [0, 1), got {args.dead_fracs}.")
+    if args.compile and args.warmup < 2:
+        p.error(f"--compile needs --warmup ≥ 2 so that compilation stays out of the timed steps, got {args.warmup}.")
     return args
 
 
@@ -166,11 +171,12 @@ def time_training(arch: str, path: str, args: argparse.Namespace, batches: list[
     lr = TrainConfig(n_steps=1, batch_size=args.batch).learning_rate(cfg.d_sae)
     opt = make_optimizer(sae, lr)
     gen = torch.Generator(device).manual_seed(10_007)
+    model = torch.compile(sae) if args.compile and path == "fast" else sae
 
     def step(x: torch.Tensor) -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
         if path == "fast":
-            loss = sae(x, dead_mask=dead, generator=gen, bf16_selection=bf16_selection).losses["total"]
+            loss = model(x, dead_mask=dead, generator=gen, bf16_selection=bf16_selection).losses["total"]
         else:
             loss = dense_loss(sae, x)
         loss.backward()
@@ -205,7 +211,7 @@ def time_training(arch: str, path: str, args: argparse.Namespace, batches: list[
     tok_s = args.batch * args.steps / seconds
     print(f"  {label} {args.steps} steps in {seconds:7.2f} s → {tok_s:10.0f} tokens/s, "
           f"peak {peak_mib:7.0f} MiB, last loss {loss:.4f}", file=sys.stderr, flush=True)
-    del sae, opt
+    del sae, opt, model
     return {"seconds": seconds, "tok_s": tok_s, "median_step_s": statistics.median(step_s),
             "median_probe_s": statistics.median(probe_s) if probe_s else float("nan"),
             "peak_mib": peak_mib, "loss": loss}
@@ -231,7 +237,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if device.type == "cpu":
         print_load()
     print(f"sizes: d_in N={N}, d_sae K={K}, k={args.k}, batch={B}; {args.steps} timed steps after "
-          f"{args.warmup} warm-up steps per model and path")
+          f"{args.warmup} warm-up steps per model and path"
+          + ("; fast path through torch.compile" if args.compile else ""))
     sys.stdout.flush()
 
     # Unit-norm inputs (Gaussian rows, normalised), shared by every model and path; nested dead masks.
@@ -314,6 +321,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     if args.out is not None:
         meta = {"device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "compiled": args.compile,
                 "d_in": N, "d_sae": K, "k": args.k, "batch": B, "steps": args.steps, "warmup": args.warmup,
                 "matmul_gflops": flops / 1e9, "limit_tok_s": limit_tok_s,
                 "memory_measure": mem.label}
