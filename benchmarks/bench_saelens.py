@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           f"({', '.join(args.saelens_variants)})")
     sys.stdout.flush()
 
-    ns = argparse.Namespace(d_in=N, d_sae=K, k=args.k, batch=B, steps=args.steps, warmup=args.warmup)
+    ns = argparse.Namespace(d_in=N, d_sae=K, k=args.k, batch=B, steps=args.steps, warmup=args.warmup, compile=False)
     lr = TrainConfig(n_steps=1, batch_size=B).learning_rate(K)  # as time_training uses for ours
     mem = PeakMemory(device)
     rows = []
