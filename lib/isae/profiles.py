@@ -20,6 +20,16 @@ def check_profile(profile: str) -> str:
     return profile
 
 
+def sizes_at(table: dict, profile: str, what: str, **overrides):
+    """``table[profile]`` (a frozen dataclass with ``to_dict``) with fields overridden: None values are ignored,
+    lists become tuples, and unknown names are refused with the valid ones (``what`` names the experiment)."""
+    base = table[check_profile(profile)]
+    unknown = set(overrides) - set(base.to_dict())
+    if unknown:
+        raise ValueError(f"unknown {what} parameter(s) {sorted(unknown)}; valid: {sorted(base.to_dict())}.")
+    return replace(base, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None})
+
+
 @dataclass(frozen=True)
 class SyntheticProfile:
     """Sizes of P1's synthetic experiment (Table 1)."""
@@ -68,11 +78,7 @@ SYNTHETIC: dict[str, SyntheticProfile] = {
 
 def synthetic_profile(profile: str, **overrides) -> SyntheticProfile:
     """The synthetic-experiment sizes of ``profile``, with any field overridden (None values ignored)."""
-    base = SYNTHETIC[check_profile(profile)]
-    unknown = set(overrides) - set(base.to_dict())
-    if unknown:
-        raise ValueError(f"unknown synthetic parameter(s) {sorted(unknown)}; valid: {sorted(base.to_dict())}.")
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    return sizes_at(SYNTHETIC, profile, "synthetic", **overrides)
 
 
 @dataclass(frozen=True)
@@ -129,8 +135,4 @@ REAL: dict[str, RealProfile] = {
 
 def real_profile(profile: str, **overrides) -> RealProfile:
     """The real-activation sizes of ``profile``, with any field overridden (None values ignored)."""
-    base = REAL[check_profile(profile)]
-    unknown = set(overrides) - set(base.to_dict())
-    if unknown:
-        raise ValueError(f"unknown real-data parameter(s) {sorted(unknown)}; valid: {sorted(base.to_dict())}.")
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    return sizes_at(REAL, profile, "real-data", **overrides)

@@ -41,7 +41,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .metrics import match_atoms
-from .profiles import check_profile
+from .profiles import sizes_at
 from .seeding import derive_seed
 
 ACTIVATIONS = ("none", "relu", "jumprelu", "topk")
@@ -520,11 +520,7 @@ TOY_PROFILES: dict[str, ToyProfile] = {
 
 def toy_profile(profile: str, **overrides) -> ToyProfile:
     """The toy-experiment sizes of ``profile`` with fields overridden (None values ignored)."""
-    base = TOY_PROFILES[check_profile(profile)]
-    unknown = set(overrides) - set(base.to_dict())
-    if unknown:
-        raise ValueError(f"unknown toy parameter(s) {sorted(unknown)}; valid: {sorted(base.to_dict())}.")
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    return sizes_at(TOY_PROFILES, profile, "toy", **overrides)
 
 
 @dataclass

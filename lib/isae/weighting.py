@@ -22,7 +22,7 @@ is **our choice**, marked so here and in the notebook:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -33,7 +33,7 @@ import torch
 
 from . import interpretability as interp
 from .models import SAE, SAEConfig
-from .profiles import check_profile
+from .profiles import sizes_at
 from .training import TrainConfig, train_many
 
 ALPHAS = (0.0, 0.5, 1.0)
@@ -109,11 +109,7 @@ WEIGHTED: dict[str, WeightedProfile] = {
 
 def weighted_profile(profile: str, **overrides) -> WeightedProfile:
     """The weighted-SAE sizes of ``profile``, with any field overridden (None values ignored)."""
-    base = WEIGHTED[check_profile(profile)]
-    unknown = set(overrides) - set(base.to_dict())
-    if unknown:
-        raise ValueError(f"unknown weighted-SAE parameter(s) {sorted(unknown)}; valid: {sorted(base.to_dict())}.")
-    wp = replace(base, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None})
+    wp = sizes_at(WEIGHTED, profile, "weighted-SAE", **overrides)
     if wp.n_seeds < 2:
         raise ValueError(f"n_seeds={wp.n_seeds}: at least 2 seeds are needed for a seed spread.")
     if 0.0 not in wp.alphas:
