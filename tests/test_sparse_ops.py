@@ -64,6 +64,23 @@ def test_gather_preact_value_and_grads_equal_dense_gather(duplicates):
     torch.testing.assert_close(W1.grad, W2.grad, **TOL)
 
 
+def _assert_shifted_product_matches_dense(sparse, dense, x, W, shift, up, x_needs_grad: bool) -> None:
+    """sparse(x, W, shift) equals dense(x, W, shift) — a product of x − shift with W — in value and in the
+    gradients of W, shift and (when it needs one) x, for the upstream gradient ``up``."""
+    results = []
+    for fn in (sparse, dense):
+        args = (x.clone().requires_grad_(x_needs_grad), W.clone().requires_grad_(), shift.clone().requires_grad_())
+        out = fn(*args)
+        (out * up).sum().backward()
+        results.append((out, *args))
+    (out1, x1, W1, s1), (out2, x2, W2, s2) = results
+    torch.testing.assert_close(out1, out2, **TOL)
+    torch.testing.assert_close(W1.grad, W2.grad, **TOL)
+    torch.testing.assert_close(s1.grad, s2.grad, **TOL)
+    if x_needs_grad:
+        torch.testing.assert_close(x1.grad, x2.grad, **TOL)
+
+
 @pytest.mark.parametrize("x_needs_grad", [False, True])
 def test_gather_preact_with_a_shift_equals_the_dense_gather_of_the_shifted_input(x_needs_grad):
     # The SAE's use: values of (x − b_dec) W_encᵀ at idx. b_dec's gradient comes from per-latent sums when x needs
@@ -72,19 +89,9 @@ def test_gather_preact_with_a_shift_equals_the_dense_gather_of_the_shifted_input
     shift = torch.randn(W.shape[1], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     up = torch.randn(idx.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
 
-    x1, W1, s1 = x.clone().requires_grad_(x_needs_grad), W.clone().requires_grad_(), shift.clone().requires_grad_()
-    vals = gather_preact(x1, W1, ((x - shift) @ W.T).gather(1, idx), idx, shift=s1)
-    (vals * up).sum().backward()
-
-    x2, W2, s2 = x.clone().requires_grad_(x_needs_grad), W.clone().requires_grad_(), shift.clone().requires_grad_()
-    dense = ((x2 - s2) @ W2.T).gather(1, idx)
-    (dense * up).sum().backward()
-
-    torch.testing.assert_close(vals, dense, **TOL)
-    torch.testing.assert_close(W1.grad, W2.grad, **TOL)
-    torch.testing.assert_close(s1.grad, s2.grad, **TOL)
-    if x_needs_grad:
-        torch.testing.assert_close(x1.grad, x2.grad, **TOL)
+    _assert_shifted_product_matches_dense(
+        lambda x_, W_, s_: gather_preact(x_, W_, ((x - shift) @ W.T).gather(1, idx), idx, shift=s_),
+        lambda x_, W_, s_: ((x_ - s_) @ W_.T).gather(1, idx), x, W, shift, up, x_needs_grad)
 
 
 @pytest.mark.parametrize("x_needs_grad", [False, True])
@@ -94,19 +101,9 @@ def test_columns_preact_equals_autograd_through_the_dense_columns(x_needs_grad):
     shift = torch.randn(W.shape[1], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     up = torch.randn(x.shape[0], cols.numel(), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
 
-    x1, W1, s1 = x.clone().requires_grad_(x_needs_grad), W.clone().requires_grad_(), shift.clone().requires_grad_()
-    pre = columns_preact(x1, W1, cols, (x - shift) @ W[cols].T, shift=s1)
-    (pre * up).sum().backward()
-
-    x2, W2, s2 = x.clone().requires_grad_(x_needs_grad), W.clone().requires_grad_(), shift.clone().requires_grad_()
-    dense = (x2 - s2) @ W2[cols].T
-    (dense * up).sum().backward()
-
-    torch.testing.assert_close(pre, dense, **TOL)
-    torch.testing.assert_close(W1.grad, W2.grad, **TOL)
-    torch.testing.assert_close(s1.grad, s2.grad, **TOL)
-    if x_needs_grad:
-        torch.testing.assert_close(x1.grad, x2.grad, **TOL)
+    _assert_shifted_product_matches_dense(
+        lambda x_, W_, s_: columns_preact(x_, W_, cols, (x - shift) @ W[cols].T, shift=s_),
+        lambda x_, W_, s_: (x_ - s_) @ W_[cols].T, x, W, shift, up, x_needs_grad)
 
 
 def test_a_shared_latent_major_layout_gives_the_same_gradients_as_separate_ones():
