@@ -176,6 +176,16 @@ def test_sparse_ops_match_dense_in_float32_within_float_tolerance():
     torch.testing.assert_close(rows_dot(W, idx, x), (x @ W.T).gather(1, idx), rtol=1e-5, atol=1e-5)
 
 
+def test_rows_dot_fallback_kernel_equals_the_sampled_product():
+    # float32/float64 on the CPU take torch.sparse.sampled_addmm; other dtypes (and the GPU) embedding_bag's kernel
+    idx, W, x, _, _ = _problem(seed=7, duplicates=True)
+    exact = rows_dot(W, idx, x)
+    torch.testing.assert_close(exact, (x @ W.T).gather(1, idx), **TOL)
+    fallback = rows_dot(W.bfloat16(), idx, x.bfloat16())
+    assert fallback.dtype == torch.bfloat16
+    torch.testing.assert_close(fallback.double(), exact, rtol=0.05, atol=0.05)
+
+
 @pytest.mark.parametrize("reduce", ["sum", "mean", "one_column"])
 def test_sparse_backwards_accept_broadcast_upstream_gradients(reduce):
     # .sum()/.mean() hand the backward an expanded (stride-0) gradient; the kernels must read it correctly
