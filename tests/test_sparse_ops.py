@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from isae.sparse_ops import (TOPK_GROUP, LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values, rows_dot,
+from isae.kselect import GROUP
+from isae.sparse_ops import (LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values, rows_dot,
                              scatter_rows, sparse_decode, topk_indices)
 
 TOL = dict(rtol=1e-12, atol=1e-12)  # float64: the sparse and dense sums differ only by summation order
@@ -249,14 +250,14 @@ def test_multistep_values_and_grads_equal_dense_recursion(n_steps, duplicates):
         torch.testing.assert_close(S1.grad, S2.grad, **TOL)
 
 
-@pytest.mark.parametrize("n,k", [(4096, 40), (4096, 80), (512, 8), (48, 4), (100, 3)])  # last two: fallback
+@pytest.mark.parametrize("n,k", [(4096, 40), (4096, 80), (512, 8), (48, 4), (100, 3)])  # last two: torch.topk
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_topk_indices_equals_torch_topk(n, k, dtype):
     key = torch.randn(33, n, generator=torch.Generator().manual_seed(n + k), dtype=dtype)
     torch.testing.assert_close(topk_indices(key, k), key.topk(k, dim=1).indices, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("n,k", [(4096, 40), (48, 4)])  # two-pass path and fallback
+@pytest.mark.parametrize("n,k", [(4096, 40), (48, 4)])  # numba kernel and torch.topk
 def test_unsorted_topk_indices_pick_the_same_latents(n, k):
     key = torch.randn(33, n, generator=torch.Generator().manual_seed(n))
     picked = topk_indices(key, k, sorted=False)
@@ -268,7 +269,7 @@ def test_topk_indices_is_exact_when_the_largest_entries_share_one_group():
     # and row 1's k largest are spread one per group.
     n, k = 1024, 8
     key = torch.rand(2, n, generator=torch.Generator().manual_seed(0))
-    same_group = 5 + (n // TOPK_GROUP) * torch.arange(TOPK_GROUP)
+    same_group = 5 + (n // GROUP) * torch.arange(GROUP)
     key[0, same_group] += 10
     key[0, 700] += 9  # the 9th largest, in another group
     key[1, torch.arange(k) * 3] += 10
