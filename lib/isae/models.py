@@ -436,5 +436,7 @@ class SAE(nn.Module):
         """Remove the gradient component parallel to each (unit) atom, so a step moves along the sphere."""
         if self.W_dec.grad is not None:
             g, atoms = self.W_dec.grad, self.W_dec
-            radial = torch.linalg.vecdot(g, atoms)  # g_i · d_i: 0.6 ms against 2.0 for a batched bmm at K = 4096
-            g.addcmul_(radial[:, None], atoms, value=-1.0)
+            # g_i · d_i as a sampled product on the diagonal (rows_dot with idx[i] = [i]): no K × N temporary,
+            # 0.22 against 0.44 ms for torch.linalg.vecdot (a product, then a sum) and 2.0 for a batched bmm here
+            rows = torch.arange(atoms.shape[0], device=atoms.device)[:, None]
+            g.addcmul_(rows_dot(atoms, rows, g), atoms, value=-1.0)
