@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from isae.kselect import GROUP
+from isae import kernels
+from isae.kernels import GROUP
 from isae.sparse_ops import (LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values, rows_dot,
                              scatter_rows, sparse_decode, topk_indices)
 
@@ -226,7 +227,10 @@ def test_scatter_rows_is_deterministic_and_zero_on_unused_rows():
 
 @pytest.mark.parametrize("n_steps", [1, 2, 5])
 @pytest.mark.parametrize("duplicates", [False, True])
-def test_multistep_values_and_grads_equal_dense_recursion(n_steps, duplicates):
+@pytest.mark.parametrize("numba", [True, False])  # False: the index_select/bincount path a GPU takes
+def test_multistep_values_and_grads_equal_dense_recursion(n_steps, duplicates, numba, monkeypatch):
+    if not numba:
+        monkeypatch.setattr(kernels, "multistep_supports", lambda S: False)
     K, B, k = 50, 37, 6
     idx = torch.stack([_problem(seed=20 + t, duplicates=duplicates)[0] for t in range(n_steps)], 1)  # [B, T, k]
     g = torch.Generator().manual_seed(13)

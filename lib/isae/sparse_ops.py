@@ -39,7 +39,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from . import kselect
+from . import kernels
 
 
 class LatentMajor:
@@ -247,43 +247,56 @@ class _MultistepValues(torch.autograd.Function):
     @staticmethod
     def forward(ctx, base, idx, S):  # noqa: D102
         batch, n_steps, k = idx.shape
-        n = S.shape[1]
-        # Flat positions idx[b, t-1, i] · n + idx[b, t, j] of every step's block, written into one buffer (no
-        # concatenation later); int32 where K² fits, which halves the memory traffic of building them.
-        index_dtype = torch.int32 if S.numel() < 2**31 else torch.long
-        idx_n = idx.to(index_dtype)
-        flat = torch.empty(max(n_steps - 1, 0), batch, k, k, dtype=index_dtype, device=idx.device)
-        s_flat = S.reshape(-1)
-        vals, blocks = [base[:, 0]], []
-        for t in range(1, n_steps):
-            torch.add(idx_n[:, t - 1, :, None] * n, idx_n[:, t, None, :], out=flat[t - 1])
-            block = s_flat.index_select(0, flat[t - 1].view(-1)).view(batch, k, k)  # S[idx[b,t-1,i], idx[b,t,j]]
-            vals.append(base[:, t] + torch.bmm(vals[-1][:, None, :], block)[:, 0])
-            blocks.append(block)
-        ctx.save_for_backward(flat, *vals[:-1], *blocks)
-        ctx.S_shape = S.shape
+        layout = None
+        if n_steps == 1:
+            blocks = base.new_empty(0, batch, k, k)
+        elif kernels.multistep_supports(S):  # gathered one row of S at a time (see isae.kernels)
+            layout = kernels.row_layout(idx, S.shape[0])
+            blocks = kernels.multistep_blocks(idx, S, layout)
+        else:
+            flat = _block_positions(idx, S.shape[1], S.numel())
+            blocks = S.reshape(-1).index_select(0, flat.view(-1)).view(n_steps - 1, batch, k, k)
+        vals = [base[:, 0]]
+        for t in range(1, n_steps):  # z⁽ᵗ⁾ = base_t + z⁽ᵗ⁻¹⁾ · block, block[i, j] = S[idx[b,t-1,i], idx[b,t,j]]
+            vals.append(base[:, t] + torch.bmm(vals[-1][:, None, :], blocks[t - 1])[:, 0])
+        ctx.save_for_backward(idx, blocks, *vals[:-1])
+        ctx.layout, ctx.S_shape = layout, S.shape
         return vals[-1]
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
-        flat, *saved = ctx.saved_tensors
-        n = flat.shape[0]
-        prev_vals, blocks = saved[:n], saved[n:]
+        idx, blocks, *prev_vals = ctx.saved_tensors
+        n = len(prev_vals)
         g = grad_out.contiguous()
-        grad_base = [g]
-        outer = torch.empty(flat.shape, dtype=g.dtype, device=g.device)
+        grads = [g]  # upstream gradient of z⁽ᵗ⁾ at idx[:, t], for t = T − 1 … 0
         for t in range(n, 0, -1):  # step t read z⁽ᵗ⁻¹⁾ through blocks[t - 1]
-            torch.mul(prev_vals[t - 1][:, :, None], g[:, None, :], out=outer[t - 1])
             g = torch.bmm(blocks[t - 1], g[:, :, None])[..., 0]
-            grad_base.append(g)
-        grad_base = torch.stack(grad_base[::-1], 1) if ctx.needs_input_grad[0] else None
+            grads.append(g)
+        grads = grads[::-1]
+        grad_base = torch.stack(grads, 1) if ctx.needs_input_grad[0] else None
         grad_S = None
         if ctx.needs_input_grad[2] and n > 0:
-            # One bincount over every step's B·k² entries: it zeroes its output once and accumulates in a fixed
-            # order (deterministic); per step, zeros + index_add_ took 56 ms and bincount 37 ms (K = 4096).
-            grad_S = torch.bincount(flat.view(-1), weights=outer.view(-1), minlength=ctx.S_shape.numel())
-            grad_S = grad_S.to(grad_out.dtype).view(ctx.S_shape)
+            prev, up = torch.stack(prev_vals), torch.stack(grads[1:])  # [T − 1, B, k] each
+            if ctx.layout is not None:
+                grad_S = kernels.multistep_grad_S(idx, prev, up, ctx.layout)
+            else:  # every step's k × k outer products summed by one bincount (accumulates with atomics on a GPU)
+                flat = _block_positions(idx, ctx.S_shape[1], ctx.S_shape.numel())
+                outer = prev[:, :, :, None] * up[:, :, None, :]
+                grad_S = torch.bincount(flat.view(-1), weights=outer.view(-1), minlength=ctx.S_shape.numel())
+                grad_S = grad_S.to(grad_out.dtype).view(ctx.S_shape)
         return grad_base, None, grad_S
+
+
+def _block_positions(idx: torch.Tensor, n: int, numel: int) -> torch.Tensor:
+    """[T − 1, B, k, k] flat positions idx[b, t − 1, i] · n + idx[b, t, j] of every step's k × k block of S;
+    int32 where they fit, which halves the memory traffic of building them."""
+    batch, n_steps, k = idx.shape
+    index_dtype = torch.int32 if numel < 2**31 else torch.long
+    idx_n = idx.to(index_dtype)
+    flat = torch.empty(max(n_steps - 1, 0), batch, k, k, dtype=index_dtype, device=idx.device)
+    for t in range(1, n_steps):
+        torch.add(idx_n[:, t - 1, :, None] * n, idx_n[:, t, None, :], out=flat[t - 1])
+    return flat
 
 
 def multistep_values(base: torch.Tensor, idx: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
@@ -293,8 +306,9 @@ def multistep_values(base: torch.Tensor, idx: torch.Tensor, S: torch.Tensor) -> 
     ``idx`` [B, T, k]: each step's active latents. Returns z⁽ᵀ⁾ at idx[:, T-1], where
     z⁽¹⁾ = base[:, 0] and z⁽ᵗ⁾[b, j] = base[b, t, j] + Σ_i z⁽ᵗ⁻¹⁾[b, i] · S[idx[b, t-1, i], idx[b, t, j]]: the
     lateral input (z⁽ᵗ⁻¹⁾ S) read only where step t is active. Each step gathers a k × k block of S per input
-    (B·k² entries) instead of forming the dense [B, K] product, and the backward scatters all steps' blocks
-    into S's gradient at once: no [B, K] tensor is formed, and S's gradient is built once.
+    (B·k² entries) instead of forming the dense [B, K] product, and the backward adds every step's outer
+    products into S's gradient at once (``kernels.multistep_grad_S`` on the CPU, one row of S per thread at a
+    time): no [B, K] tensor is formed, and S's gradient is built once.
     """
     return _MultistepValues.apply(base, idx, S)
 
@@ -302,11 +316,11 @@ def multistep_values(base: torch.Tensor, idx: torch.Tensor, S: torch.Tensor) -> 
 def topk_indices(key: torch.Tensor, k: int, sorted: bool = True) -> torch.Tensor:  # noqa: A002
     """Indices of the k largest entries of each row of ``key`` [B, K] — ``key.topk(k, sorted=sorted).indices``.
 
-    On the CPU (float32/float64, K a multiple of ``kselect.GROUP`` and k ≤ K / (4 · GROUP)) this is the exact
-    numba kernel ``isae.kselect``: 1.2 against 6.4 ms for ``torch.topk`` at B = 1024, K = 4096, k = 40 here.
+    On the CPU (float32/float64, K a multiple of ``kernels.GROUP`` and k ≤ K / (4 · GROUP)) this is the exact
+    numba kernel in ``isae.kernels``: 1.2 against 6.4 ms for ``torch.topk`` at B = 1024, K = 4096, k = 40 here.
     Elsewhere (a GPU, other shapes and dtypes) it is ``torch.topk``. Tied values may be picked in a different
     order than ``torch.topk`` picks them. ``sorted=False``: the k indices in no particular order (cheaper).
     """
-    if kselect.supports(key, k):
-        return kselect.topk_indices_cpu(key, k, sorted=sorted)
+    if kernels.topk_supports(key, k):
+        return kernels.topk_indices_cpu(key, k, sorted=sorted)
     return key.topk(k, dim=1, sorted=sorted).indices

@@ -1,9 +1,13 @@
-"""Exact row-wise top-k selection on the CPU, compiled with numba: the selection step of every k-sparse encoder.
+"""The CPU kernels compiled with numba, each where torch has no fast enough building block.
 
-Why a kernel of our own: after the encoder product, picking the k largest of K pre-activations per input is
-the largest remaining cost of a TopK training step on the CPU, and torch's CPU topk costs about 4 ns per
-element (it partially sorts a copy of each row). This kernel reads each row once and sorts nothing. Measured
-on the 2-core CPU here (float32, 1024 rows; ``benchmarks/bench_training.py`` times whole steps):
+All run in parallel over torch's thread count, give results that do not depend on the number of threads, and
+are compiled on first use and then cached on disk by numba (a later process loads them in about 0.1 s).
+Measured on the 2-core CPU here; ``benchmarks/bench_training.py`` times whole training steps.
+
+**Top-k selection** (``topk_indices_cpu``, behind ``sparse_ops.topk_indices``). After the encoder product,
+picking the k largest of K pre-activations per input was the largest remaining cost of a TopK training step,
+and torch's CPU topk costs about 4 ns per element (it partially sorts a copy of each row). This kernel reads
+each row once and sorts nothing. Float32, 1024 rows:
 
 * K = 4096, random normal rows: 1.2–1.4 ms against 4.8–5.0 ms for our former two-pass torch topk (group
   maxima, then topk over the winning groups) and 6.4 ms for ``torch.topk``; 2.0–2.2 against 6.5–7.0 ms at
@@ -26,9 +30,22 @@ The method (exact for any threshold; the threshold only decides the speed):
 The result depends only on the row (not on tau, the thread count or the row's neighbours), so it is
 deterministic. Ties at the k-th value are broken by position in the scan (group, then member), which may
 differ from ``torch.topk``'s choice. Rows with NaN are left to ``torch.topk`` (see ``topk_indices_cpu``).
+
+**iSAE-ME's k × k blocks of S** (``multistep_blocks`` and ``multistep_grad_S``, behind
+``sparse_ops.multistep_values``). Every input and encoder step t reads a k × k block of S at random rows and
+columns, S[idx[b, t − 1, i], idx[b, t, j]], and its backward adds a k × k outer product into S's gradient at
+the same places: B·(T − 1)·k² = 13M entries of a 64 MiB matrix at the paper's sizes. Both kernels group the
+entries by row of S (``row_layout``: one stable argsort of B·(T − 1)·k row indices, shared by the forward and
+the backward) and let each thread own whole rows, so every read and update lands in a 16 KiB row held in
+cache, and no two threads write the same place. Against index_select over flat positions (14 ms to build them,
+57 ms to gather) the forward's gathers take a fraction of the time (the whole ``multistep_values`` forward:
+36 against 101 ms); the gradient takes 31 ms against 95 ms for forming the outer products and summing them with
+``torch.bincount`` (13 + 82 ms), with the same sums in the same order (bit-identical in float64 in our check).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -68,7 +85,7 @@ def _kth_largest(a, n, kk):
     return a[lo]
 
 
-@njit(parallel=True, cache=True, boundscheck=False, nogil=True)  # compiled on first use, then cached on disk
+@njit(parallel=True, cache=True, boundscheck=False, nogil=True)
 def _topk_rows(key, k, group, slack, n_chunks, out, failed):
     """out[b] = the k largest entries of key[b] (steps 1–3 above); failed[chunk] = rows of that chunk with NaN."""
     batch, width = key.shape
@@ -134,15 +151,19 @@ def _topk_rows(key, k, group, slack, n_chunks, out, failed):
         failed[chunk] = n_failed
 
 
-def supports(key: torch.Tensor, k: int, group: int = GROUP) -> bool:
+def topk_supports(key: torch.Tensor, k: int, group: int = GROUP) -> bool:
     """Whether ``topk_indices_cpu`` handles this input (else use ``torch.topk``)."""
     return (key.device.type == "cpu" and key.dtype in (torch.float32, torch.float64) and key.dim() == 2
             and key.shape[0] > 0 and k >= 1 and key.shape[1] % group == 0 and 4 * k * group <= key.shape[1])
 
 
-def topk_indices_cpu(key: torch.Tensor, k: int, sorted: bool = True, group: int = GROUP) -> torch.Tensor:  # noqa: A002
-    """Indices [B, k] of the k largest entries of each row of ``key`` [B, K] (``supports`` must hold)."""
+def _use_torch_threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def topk_indices_cpu(key: torch.Tensor, k: int, sorted: bool = True, group: int = GROUP) -> torch.Tensor:  # noqa: A002
+    """Indices [B, k] of the k largest entries of each row of ``key`` [B, K] (``topk_supports`` must hold)."""
+    _use_torch_threads()
     key = key.detach().contiguous()
     out = torch.empty(key.shape[0], k, dtype=torch.long)
     n_chunks = numba.get_num_threads()
@@ -153,4 +174,80 @@ def topk_indices_cpu(key: torch.Tensor, k: int, sorted: bool = True, group: int 
     if sorted:
         order = key.gather(1, out).argsort(dim=1, descending=True, stable=True)
         out = out.gather(1, order)
+    return out
+
+
+@njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+def _blocks_by_row(order, row_start, idx, S, blocks):
+    """blocks[t − 1, b, i, j] = S[idx[b, t − 1, i], idx[b, t, j]], one row of S per thread at a time."""
+    batch, _, k = idx.shape
+    for r in prange(S.shape[0]):
+        row = S[r]
+        for q in range(row_start[r], row_start[r + 1]):
+            e = order[q]
+            bt = e // k
+            b, t = bt % batch, bt // batch + 1
+            block_row = blocks[t - 1, b, e % k]
+            for j in range(k):
+                block_row[j] = row[idx[b, t, j]]
+
+
+@njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+def _grad_S_by_row(order, row_start, idx, prev_vals, grads, out):
+    """out[r] = Σ over the entries e of row r of z_e · g⁽ᵗ⁾[b] scattered at step t's latents."""
+    batch, _, k = idx.shape
+    for r in prange(out.shape[0]):
+        row = out[r]
+        row[:] = 0.0
+        for q in range(row_start[r], row_start[r + 1]):
+            e = order[q]
+            bt = e // k
+            b, t = bt % batch, bt // batch + 1
+            z = prev_vals[t - 1, b, e % k]
+            for j in range(k):
+                row[idx[b, t, j]] += z * grads[t - 1, b, j]
+
+
+def multistep_supports(S: torch.Tensor) -> bool:
+    """Whether the multistep kernels handle this S (else ``sparse_ops`` uses index_select and torch.bincount)."""
+    return S.device.type == "cpu" and S.dtype in (torch.float32, torch.float64)
+
+
+class RowLayout(NamedTuple):
+    """The entries (t − 1, b, i) of iSAE-ME's steps t = 1 … T − 1, entry e = ((t − 1)·B + b)·k + i, grouped by
+    the row idx[b, t − 1, i] of S they read: order[row_start[r]:row_start[r + 1]] are row r's (stable order)."""
+
+    order: torch.Tensor
+    row_start: torch.Tensor
+
+
+def row_layout(idx: torch.Tensor, n: int) -> RowLayout:
+    """``RowLayout`` of idx [B, T, k] for an n × n S."""
+    rows = idx[:, :-1].permute(1, 0, 2).reshape(-1)
+    row_start = torch.zeros(n + 1, dtype=torch.long)
+    torch.cumsum(torch.bincount(rows, minlength=n), 0, out=row_start[1:])
+    return RowLayout(rows.argsort(stable=True), row_start)
+
+
+def multistep_blocks(idx: torch.Tensor, S: torch.Tensor, layout: RowLayout) -> torch.Tensor:
+    """[T − 1, B, k, k] blocks with blocks[t − 1, b, i, j] = S[idx[b, t − 1, i], idx[b, t, j]] (not differentiable)."""
+    batch, n_steps, k = idx.shape
+    blocks = torch.empty(n_steps - 1, batch, k, k, dtype=S.dtype)
+    _use_torch_threads()
+    _blocks_by_row(layout.order.numpy(), layout.row_start.numpy(), idx.contiguous().numpy(),
+                   S.detach().contiguous().numpy(), blocks.numpy())
+    return blocks
+
+
+def multistep_grad_S(idx: torch.Tensor, prev_vals: torch.Tensor, grads: torch.Tensor, layout: RowLayout) -> torch.Tensor:
+    """S's gradient in iSAE-ME's multistep encoder: Σ_t Σ_b z⁽ᵗ⁻¹⁾[b] ⊗ g⁽ᵗ⁾[b], each at its step's latents.
+
+    ``idx`` [B, T, k]: each step's active latents; ``prev_vals`` [T − 1, B, k]: z⁽ᵗ⁻¹⁾ at idx[:, t − 1];
+    ``grads`` [T − 1, B, k]: the upstream gradient of z⁽ᵗ⁾ at idx[:, t], for t = 1 … T − 1.
+    """
+    n = layout.row_start.shape[0] - 1
+    out = torch.empty(n, n, dtype=grads.dtype)
+    _use_torch_threads()
+    _grad_S_by_row(layout.order.numpy(), layout.row_start.numpy(), idx.contiguous().numpy(),
+                   prev_vals.contiguous().numpy(), grads.contiguous().numpy(), out.numpy())
     return out
