@@ -40,3 +40,16 @@ def test_bench_training_fast_and_naive_paths_reach_the_same_loss(bench_training,
 def test_bench_training_refuses_compile_without_enough_warmup(bench_training):
     with pytest.raises(SystemExit):
         bench_training.main(["--compile", "--warmup", "1"])
+
+
+def test_bench_training_runs_every_model_through_torch_compile(bench_training):
+    # --compile is the option a GPU session times (issue 6, goal 6). The numba kernels and the sparse CSR
+    # products cannot be traced, so they must run eagerly inside the compiled forward instead of failing it.
+    # d_sae = 512, k = 8: wide enough for the numba top-k kernel (2k = 16 for the aRIP support) to be used.
+    df = bench_training.main(["--d-in", "32", "--d-sae", "512", "--k", "8", "--batch", "64", "--steps", "1",
+                              "--warmup", "2", "--compile", "--dead-fracs", "0", "0.1", "--no-bf16-selection",
+                              "--device", "cpu", "--matmul-seconds", "0.01"])
+    assert sorted(set(df["model"])) == ["AbsTopK", "TopK", "iSAE", "iSAE-ME"]
+    assert (df["fast_ms_step"] > 0).all()
+    healthy = df[(df["dead_frac"] == 0) & df["model"].isin(["TopK", "AbsTopK"])]
+    assert healthy["fast_loss"].tolist() == pytest.approx(healthy["ref_loss"].tolist(), rel=1e-4)

@@ -161,6 +161,7 @@ def _use_torch_threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
+@torch.compiler.disable  # numba's dispatcher cannot be traced: torch.compile runs this eagerly
 def topk_indices_cpu(key: torch.Tensor, k: int, sorted: bool = True, group: int = GROUP) -> torch.Tensor:  # noqa: A002
     """Indices [B, k] of the k largest entries of each row of ``key`` [B, K] (``topk_supports`` must hold)."""
     _use_torch_threads()
@@ -229,6 +230,7 @@ def row_layout(idx: torch.Tensor, n: int) -> RowLayout:
     return RowLayout(rows.argsort(stable=True), row_start)
 
 
+@torch.compiler.disable  # numba's dispatcher cannot be traced: torch.compile runs this eagerly
 def multistep_blocks(idx: torch.Tensor, S: torch.Tensor, layout: RowLayout) -> torch.Tensor:
     """[T − 1, B, k, k] blocks with blocks[t − 1, b, i, j] = S[idx[b, t − 1, i], idx[b, t, j]] (not differentiable)."""
     batch, n_steps, k = idx.shape
@@ -239,6 +241,7 @@ def multistep_blocks(idx: torch.Tensor, S: torch.Tensor, layout: RowLayout) -> t
     return blocks
 
 
+@torch.compiler.disable  # numba's dispatcher cannot be traced: torch.compile runs this eagerly
 def multistep_grad_S(idx: torch.Tensor, prev_vals: torch.Tensor, grads: torch.Tensor, layout: RowLayout) -> torch.Tensor:
     """S's gradient in iSAE-ME's multistep encoder: Σ_t Σ_b z⁽ᵗ⁻¹⁾[b] ⊗ g⁽ᵗ⁾[b], each at its step's latents.
 

@@ -101,21 +101,28 @@ def _rows_dot(weight: torch.Tensor, idx: torch.Tensor, u: torch.Tensor) -> torch
     columns idx[b]; its kernel computes each entry on its own, so the columns need not be sorted); elsewhere
     embedding_bag's per-sample-weights backward kernel, which computes the same product.
     """
-    batch, k = idx.shape
     if not weight.is_cuda and weight.dtype in (torch.float32, torch.float64) and u.dtype == weight.dtype:
-        index_dtype = torch.int32 if idx.numel() < 2**31 else torch.long
-        crow = torch.arange(0, batch * k + 1, k, dtype=index_dtype, device=idx.device)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
-            warnings.simplefilter("ignore", UserWarning)
-            pattern = torch.sparse_csr_tensor(crow, idx.reshape(-1).to(index_dtype),
-                                              torch.zeros(batch * k, dtype=weight.dtype, device=idx.device),
-                                              (batch, weight.shape[0]), check_invariants=False)
-            return torch.sparse.sampled_addmm(pattern, u.contiguous(), weight.T, beta=0.0).values().view(batch, k)
+        return _rows_dot_sampled(weight, idx, u)
+    batch, k = idx.shape
     offsets = torch.arange(0, batch * k, k, device=idx.device)
     offset2bag = torch.arange(batch, device=idx.device).repeat_interleave(k)
     out = torch.ops.aten._embedding_bag_per_sample_weights_backward(
         u.contiguous(), weight, idx.reshape(-1), offsets, offset2bag, 0, -1)  # mode 0 = sum, no padding index
     return out.view(batch, k)
+
+
+@torch.compiler.disable  # torch.compile cannot trace sparse CSR tensors: it runs this eagerly
+def _rows_dot_sampled(weight: torch.Tensor, idx: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    batch, k = idx.shape
+    index_dtype = torch.int32 if idx.numel() < 2**31 else torch.long
+    crow = torch.arange(0, batch * k + 1, k, dtype=index_dtype, device=idx.device)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(crow, idx.reshape(-1).to(index_dtype),
+                                          torch.zeros(batch * k, dtype=weight.dtype, device=idx.device),
+                                          (batch, weight.shape[0]), check_invariants=False)
+        out = torch.sparse.sampled_addmm(pattern, u.contiguous(), weight.T, beta=0.0)
+    return out.values().view(batch, k).clone()  # a tensor of its own: dynamo could not wrap a view of the values
 
 
 def _decode(vals: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
