@@ -102,3 +102,19 @@ def test_multistep_grad_S_equals_summed_outer_products_for_any_thread_count():
         torch.set_num_threads(threads)
     torch.testing.assert_close(one.double(), expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(one, kernels.multistep_grad_S(idx, prev, up, layout))
+
+
+@pytest.mark.parametrize("sorted_", [True, False])
+def test_magnitude_ranks_by_absolute_value_like_torch_topk_of_abs(sorted_):
+    g = torch.Generator().manual_seed(6)
+    key = torch.randn(129, 2048, generator=g) * 10.0 ** torch.randint(-2, 3, (129, 1), generator=g)
+    with_nan = key.clone()
+    with_nan[5, 3] = float("nan")  # a NaN sends the whole call to torch.topk, which must rank |key| as well
+    for x in (key, with_nan):
+        for k in (8, 40):
+            picked = kernels.topk_indices_cpu(x, k, sorted=sorted_, magnitude=True)
+            expected = x.abs().topk(k, dim=1, sorted=sorted_).indices
+            if sorted_:
+                assert torch.equal(picked, expected)
+            else:
+                assert _same_sets(picked, expected)

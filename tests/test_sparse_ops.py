@@ -256,9 +256,11 @@ def test_multistep_values_and_grads_equal_dense_recursion(n_steps, duplicates, n
 
 @pytest.mark.parametrize("n,k", [(4096, 40), (4096, 80), (512, 8), (48, 4), (100, 3)])  # last two: torch.topk
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_topk_indices_equals_torch_topk(n, k, dtype):
+@pytest.mark.parametrize("magnitude", [False, True])
+def test_topk_indices_equals_torch_topk(n, k, dtype, magnitude):
     key = torch.randn(33, n, generator=torch.Generator().manual_seed(n + k), dtype=dtype)
-    torch.testing.assert_close(topk_indices(key, k), key.topk(k, dim=1).indices, rtol=0, atol=0)
+    expected = (key.abs() if magnitude else key).topk(k, dim=1).indices
+    torch.testing.assert_close(topk_indices(key, k, magnitude=magnitude), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("n,k", [(4096, 40), (48, 4)])  # numba kernel and torch.topk

@@ -18,13 +18,9 @@ import torch
 from .sparse_ops import LatentMajor, rows_dot, sparse_decode, topk_indices
 
 
-def arip_support(score: torch.Tensor, k: int, is_magnitude: bool = False) -> torch.Tensor:
-    """Indices of the 2k largest |score| entries of each row ([B, min(2k, K)]), largest first.
-
-    ``is_magnitude``: ``score`` already holds |score| (saves a pass and a buffer).
-    """
-    magnitude = score if is_magnitude else score.abs()
-    return topk_indices(magnitude, min(2 * k, score.shape[1]))
+def arip_support(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the 2k largest |score| entries of each row ([B, min(2k, K)]), largest first."""
+    return topk_indices(score, min(2 * k, score.shape[1]), magnitude=True)
 
 
 def rip_gap_exact(atoms: torch.Tensor, support: torch.Tensor, chunk: int = 512) -> torch.Tensor:

@@ -86,7 +86,7 @@ def _kth_largest(a, n, kk):
 
 
 @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
-def _topk_rows(key, k, group, slack, n_chunks, out, failed):
+def _topk_rows(key, k, group, slack, n_chunks, magnitude, out, failed):
     """out[b] = the k largest entries of key[b] (steps 1–3 above); failed[chunk] = rows of that chunk with NaN."""
     batch, width = key.shape
     n_groups = width // group
@@ -108,9 +108,15 @@ def _topk_rows(key, k, group, slack, n_chunks, out, failed):
             if has_nan:  # leave the row to torch.topk, which ranks NaN highest
                 n_failed += 1
                 continue
-            gmax[:] = row[:n_groups]
-            for s in range(1, group):
-                np.maximum(gmax, row[s * n_groups:(s + 1) * n_groups], gmax)
+            if magnitude:  # rank by |key|, without a pass that writes |key| out
+                np.abs(row[:n_groups], gmax)
+                for s in range(1, group):
+                    np.abs(row[s * n_groups:(s + 1) * n_groups], scratch)
+                    np.maximum(gmax, scratch, gmax)
+            else:
+                gmax[:] = row[:n_groups]
+                for s in range(1, group):
+                    np.maximum(gmax, row[s * n_groups:(s + 1) * n_groups], gmax)
             n_sel = 0
             for j in range(n_groups):  # branch-free compaction of the groups whose maximum reaches tau
                 chosen[n_sel] = j
@@ -131,7 +137,7 @@ def _topk_rows(key, k, group, slack, n_chunks, out, failed):
             for q in range(n_sel):
                 j = chosen[q]
                 for s in range(group):
-                    v = row[j + s * n_groups]
+                    v = abs(row[j + s * n_groups]) if magnitude else row[j + s * n_groups]
                     cand[n_cand] = v
                     cand_idx[n_cand] = j + s * n_groups
                     n_cand += v >= tau
@@ -162,18 +168,21 @@ def _use_torch_threads() -> None:
 
 
 @torch.compiler.disable  # numba's dispatcher cannot be traced: torch.compile runs this eagerly
-def topk_indices_cpu(key: torch.Tensor, k: int, sorted: bool = True, group: int = GROUP) -> torch.Tensor:  # noqa: A002
-    """Indices [B, k] of the k largest entries of each row of ``key`` [B, K] (``topk_supports`` must hold)."""
+def topk_indices_cpu(key: torch.Tensor, k: int, sorted: bool = True, magnitude: bool = False,  # noqa: A002
+                     group: int = GROUP) -> torch.Tensor:
+    """Indices [B, k] of the k largest entries of each row of ``key`` [B, K], or of |key| with ``magnitude``
+    (1.5 against 2.3 ms for |key| written out first, at B = 1024, K = 4096, k = 40); ``topk_supports`` must hold."""
     _use_torch_threads()
     key = key.detach().contiguous()
     out = torch.empty(key.shape[0], k, dtype=torch.long)
     n_chunks = numba.get_num_threads()
     failed = np.zeros(n_chunks, np.int64)
-    _topk_rows(key.numpy(), k, group, k // 2, n_chunks, out.numpy(), failed)
+    _topk_rows(key.numpy(), k, group, k // 2, n_chunks, magnitude, out.numpy(), failed)
     if failed.any():  # NaN in some row: torch.topk ranks NaN highest; keep its semantics
-        return key.topk(k, dim=1, sorted=sorted).indices
+        return (key.abs() if magnitude else key).topk(k, dim=1, sorted=sorted).indices
     if sorted:
-        order = key.gather(1, out).argsort(dim=1, descending=True, stable=True)
+        chosen = key.gather(1, out)
+        order = (chosen.abs() if magnitude else chosen).argsort(dim=1, descending=True, stable=True)
         out = out.gather(1, order)
     return out
 

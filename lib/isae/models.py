@@ -227,7 +227,7 @@ class SAE(nn.Module):
             aux_dense = dead_idx.numel() <= _AUXK_DENSE_MAX_DEAD_PER_K * k_aux
         rows = x_c.shape[0] if x_c.is_cuda else max(1, _SELECTION_BLOCK_ELEMENTS // cfg.d_sae)
         work = {name: torch.empty(min(rows, x_c.shape[0]), cfg.d_sae, dtype=x_c.dtype, device=x_c.device)
-                for name in ("pre", "key") + (("score",) if n_steps > 1 else ())}
+                for name in ("pre",) + (("score",) if n_steps > 1 else ())}
         parts: dict[str, list[torch.Tensor]] = {}
 
         def keep(name: str, t: torch.Tensor) -> None:
@@ -260,14 +260,13 @@ class SAE(nn.Module):
                 if t > 0:  # iSAE-ME: score = pre + S z, the lateral input from the previous step's sparse code
                     z_prev = score.gather(1, idx).to(S_rank.dtype)
                     score = add_sparse_decode(pre, z_prev, idx, S_rank, out=work["score"][:n])
-                key = torch.abs(score, out=work["key"][:n]) if signed else score
                 if t == n_steps - 1 and with_support:  # the aRIP support: the 2k largest |score|
-                    support = arip_support(key, cfg.k, is_magnitude=signed)
+                    support = arip_support(score, cfg.k)
                     # the support is sorted descending, so for the AbsTopK family the active set is its first k
-                    idx = support[:, : cfg.k] if signed else topk_indices(key, cfg.k, sorted=False)
+                    idx = support[:, : cfg.k] if signed else topk_indices(score, cfg.k, sorted=False)
                     keep("support", support)
                 else:  # the order of the active latents is never used: skip sorting them
-                    idx = topk_indices(key, cfg.k, sorted=False)
+                    idx = topk_indices(score, cfg.k, sorted=False, magnitude=signed)
                 keep(f"idx{t}", idx)
                 keep(f"pre{t}", pre_at(block, pre, idx))
             if k_aux:  # AuxK ranks dead latents by the first step's pre-activation (our choice for iSAE-ME)
