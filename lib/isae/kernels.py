@@ -187,6 +187,13 @@ def topk_indices_cpu(key: torch.Tensor, k: int, sorted: bool = True, magnitude: 
     return out
 
 
+@njit(inline="always")
+def _entry(e, batch, k):
+    """(b, t, i) of entry e = ((t − 1)·B + b)·k + i of a ``RowLayout``."""
+    bt = e // k
+    return bt % batch, bt // batch + 1, e % k
+
+
 @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
 def _blocks_by_row(order, row_start, idx, S, blocks):
     """blocks[t − 1, b, i, j] = S[idx[b, t − 1, i], idx[b, t, j]], one row of S per thread at a time."""
@@ -194,10 +201,8 @@ def _blocks_by_row(order, row_start, idx, S, blocks):
     for r in prange(S.shape[0]):
         row = S[r]
         for q in range(row_start[r], row_start[r + 1]):
-            e = order[q]
-            bt = e // k
-            b, t = bt % batch, bt // batch + 1
-            block_row = blocks[t - 1, b, e % k]
+            b, t, i = _entry(order[q], batch, k)
+            block_row = blocks[t - 1, b, i]
             for j in range(k):
                 block_row[j] = row[idx[b, t, j]]
 
@@ -210,10 +215,8 @@ def _grad_S_by_row(order, row_start, idx, prev_vals, grads, out):
         row = out[r]
         row[:] = 0.0
         for q in range(row_start[r], row_start[r + 1]):
-            e = order[q]
-            bt = e // k
-            b, t = bt % batch, bt // batch + 1
-            z = prev_vals[t - 1, b, e % k]
+            b, t, i = _entry(order[q], batch, k)
+            z = prev_vals[t - 1, b, i]
             for j in range(k):
                 row[idx[b, t, j]] += z * grads[t - 1, b, j]
 
