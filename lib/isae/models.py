@@ -209,8 +209,8 @@ class SAE(nn.Module):
         encoder step (iSAE-ME: T steps of z ← AbsTopK(S z + pre), S z from the sparse z), the pre-activations
         at those latents, the aRIP support of the final score and the AuxK choice among dead latents. Only
         [B, k]-sized results leave the loop; the block-sized work tensors are allocated once per call and
-        reused (a fresh multi-MiB allocation per block costs page faults: |score| took 3 ms that way against
-        0.3 ms into a reused buffer).
+        reused (a fresh multi-MiB allocation per block costs page faults: writing |score| took 3 ms that way
+        against 0.3 ms into a reused buffer, in an earlier version that still wrote it).
 
         ``bf16_selection``: the dense product that ranks the latents is computed in bfloat16 (4.8× faster than
         float32 on the 2-core CPU here; tensor cores on a GPU); the pre-activations of the chosen latents are

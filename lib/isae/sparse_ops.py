@@ -42,6 +42,19 @@ import torch.nn.functional as F
 from . import kernels
 
 
+def _index_dtype(numel: int) -> torch.dtype:
+    """int32 where the indices fit (MKL's own index type, and half the memory traffic), else int64."""
+    return torch.int32 if numel < 2**31 else torch.long
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A CSR matrix over a pattern built here (so not re-checked), without torch's "sparse CSR support is in
+    beta" warning: the products used on it (addmm, sampled_addmm) are stable."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
 class LatentMajor:
     """The (b, j) pairs of idx [B, k] grouped by latent: the CSR pattern of the [n_rows, B] matrix G with
     G[idx[b, j], b] = weights[b, j], built on first use and shared by every weight gradient scattered through
@@ -62,7 +75,7 @@ class LatentMajor:
             batch, k = self.idx.shape
             flat = self.idx.reshape(-1)
             order = flat.argsort(stable=True)
-            index_dtype = torch.int32 if flat.numel() < 2**31 else torch.long  # MKL's own index type
+            index_dtype = _index_dtype(flat.numel())
             crow = torch.zeros(self.n_rows + 1, dtype=index_dtype, device=flat.device)
             torch.cumsum(torch.bincount(flat, minlength=self.n_rows), 0, out=crow[1:])
             col = torch.div(order, k, rounding_mode="floor").to(index_dtype)  # the input b of each (b, j) pair
@@ -74,10 +87,8 @@ class LatentMajor:
         order, crow, col = self._csr()
         vals = weights.reshape(-1)[order].to(rows.dtype)
         out = torch.empty(self.n_rows, rows.shape[1], dtype=rows.dtype, device=rows.device)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
-            warnings.simplefilter("ignore", UserWarning)
-            g = torch.sparse_csr_tensor(crow, col, vals, (self.n_rows, self.idx.shape[0]), check_invariants=False)
-            return torch.addmm(out, g, rows.contiguous(), beta=0, out=out)
+        g = _csr(crow, col, vals, (self.n_rows, self.idx.shape[0]))
+        return torch.addmm(out, g, rows.contiguous(), beta=0, out=out)
 
     def latent_sums(self, weights: torch.Tensor) -> torch.Tensor:
         """[n_rows] Σ_{(b, j): idx[b, j] = i} weights[b, j] (not differentiable; summed in a fixed order)."""
@@ -114,14 +125,11 @@ def _rows_dot(weight: torch.Tensor, idx: torch.Tensor, u: torch.Tensor) -> torch
 @torch.compiler.disable  # torch.compile cannot trace sparse CSR tensors: it runs this eagerly
 def _rows_dot_sampled(weight: torch.Tensor, idx: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     batch, k = idx.shape
-    index_dtype = torch.int32 if idx.numel() < 2**31 else torch.long
+    index_dtype = _index_dtype(idx.numel())
     crow = torch.arange(0, batch * k + 1, k, dtype=index_dtype, device=idx.device)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
-        warnings.simplefilter("ignore", UserWarning)
-        pattern = torch.sparse_csr_tensor(crow, idx.reshape(-1).to(index_dtype),
-                                          torch.zeros(batch * k, dtype=weight.dtype, device=idx.device),
-                                          (batch, weight.shape[0]), check_invariants=False)
-        out = torch.sparse.sampled_addmm(pattern, u.contiguous(), weight.T, beta=0.0)
+    pattern = _csr(crow, idx.reshape(-1).to(index_dtype), torch.zeros(batch * k, dtype=weight.dtype, device=idx.device),
+                   (batch, weight.shape[0]))
+    out = torch.sparse.sampled_addmm(pattern, u.contiguous(), weight.T, beta=0.0)
     return out.values().view(batch, k).clone()  # a tensor of its own: dynamo could not wrap a view of the values
 
 
@@ -287,7 +295,7 @@ class _MultistepValues(torch.autograd.Function):
             if ctx.layout is not None:
                 grad_S = kernels.multistep_grad_S(idx, prev, up, ctx.layout)
             else:  # every step's k × k outer products summed by one bincount (accumulates with atomics on a GPU)
-                flat = _block_positions(idx, ctx.S_shape[1], ctx.S_shape.numel())
+                flat = _block_positions(idx, ctx.S_shape[1], ctx.S_shape.numel())  # rebuilt, not kept: B·T·k² ints
                 outer = prev[:, :, :, None] * up[:, :, None, :]
                 grad_S = torch.bincount(flat.view(-1), weights=outer.view(-1), minlength=ctx.S_shape.numel())
                 grad_S = grad_S.to(grad_out.dtype).view(ctx.S_shape)
@@ -295,10 +303,9 @@ class _MultistepValues(torch.autograd.Function):
 
 
 def _block_positions(idx: torch.Tensor, n: int, numel: int) -> torch.Tensor:
-    """[T − 1, B, k, k] flat positions idx[b, t − 1, i] · n + idx[b, t, j] of every step's k × k block of S;
-    int32 where they fit, which halves the memory traffic of building them."""
+    """[T − 1, B, k, k] flat positions idx[b, t − 1, i] · n + idx[b, t, j] of every step's k × k block of S."""
     batch, n_steps, k = idx.shape
-    index_dtype = torch.int32 if numel < 2**31 else torch.long
+    index_dtype = _index_dtype(numel)
     idx_n = idx.to(index_dtype)
     flat = torch.empty(max(n_steps - 1, 0), batch, k, k, dtype=index_dtype, device=idx.device)
     for t in range(1, n_steps):
