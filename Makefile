@@ -29,7 +29,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 reproduce: setup  ## Execute every notebook with papermill at PROFILE into outputs/<profile>/ (tables, figures, notebooks)
 	@mkdir -p $(OUT)/notebooks
-	@$(PY) -c 'from isae.profiles import check_profile; check_profile("$(PROFILE)")'
+	@$(PY) -c 'from isae.experiments.profiles import check_profile; check_profile("$(PROFILE)")'
 	@for nb in $(NOTEBOOKS); do \
 	  name=$$(basename $$nb); echo "== $$name (profile $(PROFILE))"; \
 	  $(PY) -m papermill --cwd notebooks -k python3 -p profile $(PROFILE) $$nb $(OUT)/notebooks/$$name || exit 1; \

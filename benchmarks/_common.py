@@ -29,7 +29,7 @@ def write_results(df, args) -> None:
     """Write a benchmark's table to ``args.out`` atomically, with a provenance JSON of its arguments beside it."""
     from pathlib import Path
 
-    from isae.provenance import write_with_provenance
+    from isae.core.provenance import write_with_provenance
 
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     write_with_provenance(args.out, lambda p: df.to_csv(p, index=False), **params)

@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from isae.activations import LMRequest, _lm_shard_fn, lm_spec, lm_windows
-from isae.cache import build_cache
-from isae.lm import load_language_model, residual_activations
+from isae.data.activations import LMRequest, _lm_shard_fn, lm_spec, lm_windows
+from isae.data.cache import build_cache
+from isae.data.lm import load_language_model, residual_activations
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """S seeds × M models trained together from one data stream, next to S·M separate runs of one model each.
 
-Both sides call ``isae.training.train_many`` on the same ``SyntheticStream`` for the same number of steps:
+Both sides call ``isae.train.trainer.train_many`` on the same ``SyntheticStream`` for the same number of steps:
 
 * together: ONE call with all S·M models (every batch is produced once and fed to every model in turn);
 * separate: S·M calls with one model each (every call produces the whole stream again, including the
@@ -30,10 +30,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from isae.data import SyntheticConfig, SyntheticStream
-from isae.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
-import isae.training
-from isae.training import TrainConfig, train_many
+from isae.data.synthetic import SyntheticConfig, SyntheticStream
+from isae.core.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
+import isae.train.trainer
+from isae.train.trainer import TrainConfig, train_many
 
 from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -112,9 +112,9 @@ def make_saes(args: argparse.Namespace) -> dict[str, SAE]:
 
 def run(saes: dict[str, SAE], stream: SyntheticStream, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     """Train ``saes`` in one train_many call; returns its seconds, the stream's seconds and calls, and the
-    seconds of the b_dec initialisation (timed by wrapping ``isae.training.initialise_decoder_bias``)."""
+    seconds of the b_dec initialisation (timed by wrapping ``isae.train.trainer.initialise_decoder_bias``)."""
     timed = TimedStream(stream)
-    original = isae.training.initialise_decoder_bias
+    original = isae.train.trainer.initialise_decoder_bias
 
     def timed_init(saes_, stream_, n_samples):
         before = timed.seconds
@@ -124,7 +124,7 @@ def run(saes: dict[str, SAE], stream: SyntheticStream, cfg: TrainConfig, device:
         timed.init_seconds += time.perf_counter() - t0
         timed.init_stream_seconds += timed.seconds - before
 
-    isae.training.initialise_decoder_bias = timed_init
+    isae.train.trainer.initialise_decoder_bias = timed_init
     try:
         sync(device)
         t0 = time.perf_counter()
@@ -132,7 +132,7 @@ def run(saes: dict[str, SAE], stream: SyntheticStream, cfg: TrainConfig, device:
         sync(device)
         seconds = time.perf_counter() - t0
     finally:
-        isae.training.initialise_decoder_bias = original
+        isae.train.trainer.initialise_decoder_bias = original
     return {"seconds": seconds, "stream_seconds": timed.seconds, "batch_calls": timed.calls,
             "init_seconds": timed.init_seconds, "init_stream_seconds": timed.init_stream_seconds}
 

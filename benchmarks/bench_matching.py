@@ -1,4 +1,4 @@
-"""Time of atom matching (``isae.metrics.match_atoms``): the cosine matrix and the Hungarian step.
+"""Time of atom matching (``isae.eval.metrics.match_atoms``): the cosine matrix and the Hungarian step.
 
 For each dictionary size K (4096 and 16384 by default; N = 768) and two pairs of dictionaries:
 
@@ -7,7 +7,7 @@ For each dictionary size K (4096 and 16384 by default; N = 768) and two pairs of
 * near-identical: B is a random signed permutation of A plus a little noise (``--noise`` relative norm per
   atom), what two well-converged seeds of an identifiable SAE look like (one clear match per atom);
 
-it calls ``isae.metrics.match_atoms`` and ``isae.metrics.pw_mcc`` (``pair_metrics`` calls both, so every
+it calls ``isae.eval.metrics.match_atoms`` and ``isae.eval.metrics.pw_mcc`` (``pair_metrics`` calls both, so every
 pair of SAEs pays two assignments) with scipy's ``linear_sum_assignment`` wrapped by a timer, and reports:
 
 * the Hungarian step: scipy's ``linear_sum_assignment`` on |cos| (``match_atoms``) and on signed cos
@@ -36,7 +36,7 @@ import pandas as pd
 import scipy
 import torch
 
-import isae.metrics as metrics
+import isae.eval.metrics as metrics
 
 from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # --- device helpers (as in bench_training.py) ----------------------------------------------------------
 class TimedAssignment:
-    """Stands in for scipy's linear_sum_assignment inside isae.metrics and records the seconds of each call."""
+    """Stands in for scipy's linear_sum_assignment inside isae.eval.metrics and records the seconds of each call."""
 
     def __init__(self, solver):
         self.solver = solver

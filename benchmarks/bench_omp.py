@@ -1,4 +1,4 @@
-"""Batched OMP (``isae.metrics.omp``) next to scikit-learn's OMP and a straightforward per-input torch loop.
+"""Batched OMP (``isae.eval.metrics.omp``) next to scikit-learn's OMP and a straightforward per-input torch loop.
 
 At the paper's sizes (K = 4096 unit atoms in N = 768 dimensions, sparsity k = 40) on the current device,
 for two kinds of inputs:
@@ -10,7 +10,7 @@ for two kinds of inputs:
 
 It times, measured in the same run:
 
-* ``isae.metrics.omp`` on ``--n`` inputs (its Gram-matrix build included, once per call);
+* ``isae.eval.metrics.omp`` on ``--n`` inputs (its Gram-matrix build included, once per call);
 * scikit-learn's OMP on the first ``--n-sklearn`` inputs, in the fastest of its settings found by a short
   calibration (``orthogonal_mp`` with and without the precomputed Gram matrix, float32 and float64; the
   Gram variant is called as ``orthogonal_mp_gram`` with the Gram matrix built once, outside the timing);
@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from isae.metrics import omp
+from isae.eval.metrics import omp
 
 from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -60,14 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--d-sae", type=int, default=4096, help="number of atoms K")
     p.add_argument("--k", type=int, default=40, help="OMP sparsity (and the sparsity of the sparse inputs)")
     p.add_argument("--n", type=int, default=10_000 if cuda else 4096,
-                   help="inputs of each kind given to isae.metrics.omp (default: 10k on cuda, 4096 on cpu, "
+                   help="inputs of each kind given to isae.eval.metrics.omp (default: 10k on cuda, 4096 on cpu, "
                         "where the whole run takes about 2-3 minutes)")
     p.add_argument("--n-sklearn", type=int, default=200, help="inputs of each kind given to scikit-learn (≤ --n)")
     p.add_argument("--n-loop", type=int, default=200, help="inputs of each kind given to the per-input loop (≤ --n)")
     p.add_argument("--noise", type=float, default=0.01,
                    help="sparse inputs: Gaussian noise of norm ≈ this fraction of the clean input's norm")
     p.add_argument("--chunk", type=int, default=None,
-                   help="isae.metrics.omp's chunk (inputs per batch); None: omp's own default")
+                   help="isae.eval.metrics.omp's chunk (inputs per batch); None: omp's own default")
     p.add_argument("--sklearn-variant", default="auto",
                    choices=["auto", "gram-float32", "gram-float64", "plain-float32", "plain-float64"],
                    help="scikit-learn setting; auto: the fastest in a short calibration")
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         # R rounds, interleaved so that a burst of load hits every method alike: omp on all n inputs, then
         # the loop and scikit-learn on the round's share of their subsets. Per-input time: the fastest round.
         for r in range(R):
-            print(f"[{kind} {r + 1}/{R}] isae.metrics.omp on {args.n} inputs ...", file=sys.stderr, flush=True)
+            print(f"[{kind} {r + 1}/{R}] isae.eval.metrics.omp on {args.n} inputs ...", file=sys.stderr, flush=True)
             codes, t = timed(lambda: omp(atoms_dev, x_dev, k, **chunk_kw), device)
             t_fast.append(t / args.n)
             lo, hi = r * args.n_loop // R, (r + 1) * args.n_loop // R
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print()
     print(pd.DataFrame(shown).to_string(index=False))
     print()
-    print(f"omp     = isae.metrics.omp (float32, batched, chunk {chunk}, its Gram build included) on "
+    print(f"omp     = isae.eval.metrics.omp (float32, batched, chunk {chunk}, its Gram build included) on "
           f"{args.n} inputs per kind")
     if args.n_loop:
         print("loop    = per-input torch loop (float32, argmax |D r| → torch.linalg.lstsq on the support → "

@@ -6,7 +6,7 @@ batch 2048) on the current device, this times two full optimisation steps:
 * fast: ``SAE.forward`` with a dead mask of 0% (AuxK idle, a healthy SAE) and of 10% of the latents (so
   AuxK runs) → ``loss.backward()`` → ``remove_radial_grad`` → fused Adam step → ``normalize_atoms``.
   iSAE/iSAE-ME use the model's own aRIP estimator (the stochastic "noise" one by default).
-* reference: ``isae.reference.dense_loss`` (every tensor batch × K; the *exact* aRIP estimator; no AuxK)
+* reference: ``isae.core.reference.dense_loss`` (every tensor batch × K; the *exact* aRIP estimator; no AuxK)
   → backward → the same optimiser steps.
 
 With ``--bf16-selection`` (on by default) the fast path is timed a second time with
@@ -41,9 +41,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from isae.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
-from isae.reference import dense_loss
-from isae.training import TrainConfig, make_optimizer
+from isae.core.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
+from isae.core.reference import dense_loss
+from isae.train.trainer import TrainConfig, make_optimizer
 
 from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
     add_size_args, check_size_args, device_name, make_inputs, print_load, setup_device, sync, write_results)
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print("fast      = SAE.forward with the 'dead' fraction of latents marked dead (0%: AuxK idle, as in a healthy "
           "SAE; >0: AuxK on those latents; aRIP with the model's own estimator, the stochastic 'noise' one by "
           "default) → backward → remove_radial_grad → fused Adam → normalize_atoms")
-    print("reference = isae.reference.dense_loss (dense batch×K tensors; EXACT aRIP estimator; no AuxK) → "
+    print("reference = isae.core.reference.dense_loss (dense batch×K tensors; EXACT aRIP estimator; no AuxK) → "
           "backward → the same optimiser steps; timed once per model")
     print("ms/step   = median over the timed steps (each timed on its own); tok/s = batch ÷ median step")
     print("speedup   = reference median step ÷ fast median step; % roofline = median time of the encoder-sized "

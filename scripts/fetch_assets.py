@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))  # works before `pip install -e .` too
 
-from isae.assets import ASSETS, AssetCorrupt, AssetMissing, FetchError, assets_root, fetch, verify  # noqa: E402
+from isae.data.assets import ASSETS, AssetCorrupt, AssetMissing, FetchError, assets_root, fetch, verify  # noqa: E402
 
 
 def _remove_stale_temporaries(root: Path, min_age_s: float = 3600) -> None:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 bad += 1
                 print(f"{n}: {e}", file=sys.stderr)
         if "smollm2" in names and not args.no_convert:
-            from isae.lm import verify_smollm2_hf
+            from isae.data.lm import verify_smollm2_hf
             try:
                 print(f"smollm2-hf: ok ({verify_smollm2_hf()})")
             except AssetCorrupt as e:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(n)
             print(f"{n}: FAILED\n{e}", file=sys.stderr)
     if "smollm2" in names and "smollm2" not in failed and not args.no_convert:
-        from isae.lm import ensure_smollm2_hf
+        from isae.data.lm import ensure_smollm2_hf
         t = time.perf_counter()
         out = ensure_smollm2_hf(force=args.force, log=print)
         print(f"smollm2-hf: ok ({out}, {time.perf_counter() - t:.1f} s)")

@@ -1,4 +1,4 @@
-"""Asset registry, sha256 verification and the fetch machinery (isae.assets).
+"""Asset registry, sha256 verification and the fetch machinery (isae.data.assets).
 
 The fetch tests replace the registry client with a local archive, so they run offline. Tests on
 the real assets skip when ``make assets`` has not fetched them."""
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from isae import assets
-from isae.assets import ASSETS, Asset, AssetCorrupt, AssetMissing, FetchError, Source, asset_path, fetch, verify
+from isae.data import assets
+from isae.data.assets import ASSETS, Asset, AssetCorrupt, AssetMissing, FetchError, Source, asset_path, fetch, verify
 
 REQUIRED = {"smollm2", "efficientnet-lite0", "wiki-leads", "kjv", "shakespeare", "sotu", "moby-dick",
             "fashion-mnist", "skimage-photos"}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from isae.cache import ActivationCache, CacheCorrupt, CacheMismatch, build_cache
+from isae.data.cache import ActivationCache, CacheCorrupt, CacheMismatch, build_cache
 
 SPEC = {"model": "toy", "hook": "blocks.0.hook_resid_post", "layer": 0, "dtype": "float32", "d_in": 8}
 
@@ -123,7 +123,7 @@ def test_stream_normalises_rows_to_unit_norm(tmp_path):
 
 
 def test_streaming_mode_gives_the_batches_a_cache_of_the_same_shards_would_hold(tmp_path):
-    from isae.cache import OnTheFlyStream
+    from isae.data.cache import OnTheFlyStream
 
     stream = OnTheFlyStream(make_shard, n_shards=3, d_in=8, batch_size=5, seed=1, normalize=False)
     batches = [stream.batch(s) for s in range(12)]  # shards of 20, 23, 26 rows → 4 + 4 + 5 batches
@@ -138,8 +138,8 @@ def test_streaming_mode_gives_the_batches_a_cache_of_the_same_shards_would_hold(
 
 
 def test_decoder_bias_init_uses_a_short_cache_without_reading_past_it(tmp_path):
-    from isae.models import SAE, SAEConfig
-    from isae.training import geometric_median, initialise_decoder_bias
+    from isae.core.models import SAE, SAEConfig
+    from isae.train.trainer import geometric_median, initialise_decoder_bias
 
     build_cache(tmp_path, SPEC, 2, make_shard, progress=False)
     stream = ActivationCache(tmp_path).stream(batch_size=8, buffer_rows=16)

@@ -1,7 +1,7 @@
-"""Downstream loss (isae.downstream): splicing an identity "SAE" changes nothing, zero-ablation hurts, norms restored.
+"""Downstream loss (isae.eval.downstream): splicing an identity "SAE" changes nothing, zero-ablation hurts, norms restored.
 
 A tiny Llama (SmolLM2's architecture) is trained for a few seconds to predict a cyclic word sequence, saved
-as a Hugging Face folder and loaded through ``isae.lm.load_language_model`` — the same path as the notebook's
+as a Hugging Face folder and loaded through ``isae.data.lm.load_language_model`` — the same path as the notebook's
 SmolLM2. An untrained model would not do: its CE is already at least log(vocab) on targets it cannot
 predict, so zeroing its residual stream (uniform logits, CE = log(vocab)) need not make anything worse.
 """
@@ -13,9 +13,9 @@ import math
 import pytest
 import torch
 
-from isae import downstream
-from isae.lm import load_language_model
-from isae.models import SAE, SAEConfig
+from isae.eval import downstream
+from isae.data.lm import load_language_model
+from isae.core.models import SAE, SAEConfig
 
 WORDS = "the cat sat on a mat and dog ran far away".split()
 HOOK = "blocks.0.hook_resid_post"

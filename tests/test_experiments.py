@@ -5,8 +5,9 @@ import math
 import pandas as pd
 import pytest
 
-from isae import experiments, reporting
-from isae.profiles import PROFILES, synthetic_profile
+from isae.experiments import p1_synthetic as experiments
+from isae.report import p1 as reporting
+from isae.experiments.profiles import PROFILES, synthetic_profile
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from isae import interpretability as interp
+from isae.eval import interpretability as interp
 
 N_TOP = 10
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import isae.io
+import isae.core.io
 from conftest import D_IN, D_SAE, K, make_sae
-from isae.io import load_sae, save_sae
-from isae.models import ARCHITECTURES, SAE
+from isae.core.io import load_sae, save_sae
+from isae.core.models import ARCHITECTURES, SAE
 
 FILES = {"cfg.json", "sae_weights.safetensors", "provenance.json"}
 
@@ -120,7 +120,7 @@ def test_failed_save_leaves_no_temporary_files_and_keeps_the_previous_weights(tm
         Path(path).write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(isae.io, "save_file", crash_midway)
+    monkeypatch.setattr(isae.core.io, "save_file", crash_midway)
     with pytest.raises(OSError, match="disk full"):
         save_sae(make_sae("abstopk", seed=11), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)
@@ -132,7 +132,7 @@ def test_failed_save_leaves_no_temporary_files_and_keeps_the_previous_weights(tm
 def test_atomic_writes_give_files_the_usual_permissions(tmp_path):
     import os
 
-    from isae.provenance import atomic_write_text
+    from isae.core.provenance import atomic_write_text
 
     path = atomic_write_text(tmp_path / "out.txt", "hello")
     umask = os.umask(0)

@@ -1,11 +1,11 @@
-"""The numba kernels (isae.kernels) are exact on inputs that exercise each of their branches."""
+"""The numba kernels (isae.core.kernels) are exact on inputs that exercise each of their branches."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from isae import kernels
+from isae.core import kernels
 
 
 def _same_sets(a: torch.Tensor, b: torch.Tensor) -> bool:

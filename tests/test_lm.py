@@ -1,4 +1,4 @@
-"""Language models through the TransformerLens bridge (isae.lm).
+"""Language models through the TransformerLens bridge (isae.data.lm).
 
 A tiny GPT-NeoX (Pythia's architecture) saved to a local folder exercises the "any Hugging Face
 causal LM" path with no asset and no network. The SmolLM2 tests skip when the GGUF has not been
@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from isae import assets
-from isae.assets import AssetMissing
-from isae.lm import hook_layer, load_hf_model, load_language_model, residual_activations
+from isae.data import assets
+from isae.data.assets import AssetMissing
+from isae.data.lm import hook_layer, load_hf_model, load_language_model, residual_activations
 
 N_LAYERS = 3
 
@@ -120,7 +120,7 @@ def test_smollm2_predicts_rome(smollm2):
 
 
 def test_smollm2_bridge_equals_transformers(smollm2):
-    from isae.lm import smollm2_hf_dir
+    from isae.data.lm import smollm2_hf_dir
 
     bridge, tok = smollm2
     text = "In the beginning God created the heaven and the earth. And the earth was without form."

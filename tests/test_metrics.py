@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import D_SAE, K, make_sae, unit_rows
-from isae.arip import arip_support, rip_gap_exact
-from isae.metrics import (
+from isae.core.arip import arip_support, rip_gap_exact
+from isae.eval.metrics import (
     Matching,
     code_iou,
     code_l2,
@@ -23,8 +23,8 @@ from isae.metrics import (
     pw_mcc,
     single_metrics,
 )
-from isae.models import SAE
-from isae.reference import dense_encode
+from isae.core.models import SAE
+from isae.core.reference import dense_encode
 
 
 def _random_atoms(n: int, d: int, seed: int) -> torch.Tensor:

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from conftest import D_IN, D_SAE, K, make_sae, unit_rows
-from isae.arip import arip_support, rip_gap_exact, rip_gap_noise
-from isae import kernels, models
-from isae.models import K_SPARSE, SAE, SAEConfig
-from isae.reference import dense_encode, dense_loss
+from isae.core.arip import arip_support, rip_gap_exact, rip_gap_noise
+from isae.core import kernels
+from isae.core import models
+from isae.core.models import K_SPARSE, SAE, SAEConfig
+from isae.core.reference import dense_encode, dense_loss
 
 GRAD_TOL = dict(rtol=1e-9, atol=1e-11)  # float64 throughout; only summation order differs
 
@@ -77,7 +78,7 @@ def test_forward_loss_and_gradients_equal_dense_reference(architecture, extra, x
 
 @pytest.mark.parametrize("architecture", K_SPARSE)
 def test_forward_equals_dense_reference_at_a_width_where_selection_takes_the_numba_kernel(architecture, x_unit):
-    # d_sae = 256, k = 4: the encoder selection and the aRIP support (2k = 8) use isae.kernels, not torch.topk
+    # d_sae = 256, k = 4: the encoder selection and the aRIP support (2k = 8) use isae.core.kernels, not torch.topk
     sae = _perturbed_sae(architecture, d_sae=256)
     x = x_unit.double()
     assert kernels.topk_supports(x.new_empty(len(x), 256), 2 * sae.cfg.k)

@@ -1,4 +1,4 @@
-"""``isae.metrics.omp`` (batched, Gram/Cholesky, float32) returns the supports of a plain per-input OMP.
+"""``isae.eval.metrics.omp`` (batched, Gram/Cholesky, float32) returns the supports of a plain per-input OMP.
 
 The reference is the textbook algorithm in numpy float64, one input at a time: k times, pick the atom with
 the largest |dᵀr|, refit x by least squares on the support so far, recompute the residual. Where
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from isae.metrics import omp
+from isae.eval.metrics import omp
 
 MARGIN = 1e-4
 """Smallest relative gap (best − second best) / best of |dᵀr| along the path for an input to be compared."""

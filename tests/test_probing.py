@@ -1,11 +1,11 @@
-"""Sparse probing (isae.probing): pooling, latent selection, the probe beats chance only when there is signal."""
+"""Sparse probing (isae.eval.probing): pooling, latent selection, the probe beats chance only when there is signal."""
 
 import numpy as np
 import pytest
 import torch
 
-from isae import probing
-from isae.cache import ActivationCache, build_cache
+from isae.eval import probing
+from isae.data.cache import ActivationCache, build_cache
 
 
 def _separable(n: int, k_signal: int = 3, d: int = 40, seed: int = 0):

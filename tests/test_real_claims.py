@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from isae import experiments, reporting
-from isae.activations import heldout_activations
-from isae.cache import ActivationCache, build_cache
-from isae.models import SAEConfig
-from isae.training import TrainConfig
+from isae.experiments import p1_synthetic as experiments
+from isae.report import p1 as reporting
+from isae.data.activations import heldout_activations
+from isae.data.cache import ActivationCache, build_cache
+from isae.core.models import SAEConfig
+from isae.train.trainer import TrainConfig
 
 # A hand-made table in which every claim holds (shaped like P1's Pythia row: AbsTopK most stable, iSAE lowest R_S
 # and best oracle IoU, iSAE-ME lowest MSE but less stable).

@@ -1,4 +1,4 @@
-"""Text corpus, document split and token windows (isae.text).
+"""Text corpus, document split and token windows (isae.data.text).
 
 Split and window tests use synthetic documents and a word-level tokenizer (no asset needed);
 tests on the packaged corpus skip when ``make assets`` has not fetched it."""
@@ -10,8 +10,8 @@ import random
 import pytest
 import torch
 
-from isae import assets
-from isae.text import (SOURCES, Document, iter_windows, load_documents, split_documents, split_of,
+from isae.data import assets
+from isae.data.text import (SOURCES, Document, iter_windows, load_documents, split_documents, split_of,
                        tokenize_windows)
 
 WORDS = [f"w{i}" for i in range(50)]
@@ -144,7 +144,7 @@ def test_corpus_split_is_disjoint(corpus):
 
 
 def test_corpus_windows_with_the_smollm2_tokenizer(corpus):
-    from isae.lm import smollm2_hf_dir
+    from isae.data.lm import smollm2_hf_dir
     from transformers import AutoTokenizer
 
     if not (smollm2_hf_dir() / "tokenizer.json").is_file():

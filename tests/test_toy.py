@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from isae import toy
+from isae.experiments import p2_toy as toy
 
 torch.set_num_threads(1)
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import make_sae
-from isae.data import SyntheticConfig, SyntheticStream
-from isae.models import SAE
-from isae.training import TrainConfig, TrainingDiverged, geometric_median, train_many
+from isae.data.synthetic import SyntheticConfig, SyntheticStream
+from isae.core.models import SAE
+from isae.train.trainer import TrainConfig, TrainingDiverged, geometric_median, train_many
 
 D_IN, D_SAE, K = 16, 96, 3
 

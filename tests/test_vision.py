@@ -1,7 +1,7 @@
-"""Vision models and labelled images (isae.vision).
+"""Vision models and labelled images (isae.data.vision).
 
 Tests that need the EfficientNet-Lite0 weights or the scikit-image photos look for them through
-``isae.assets`` (when that module and the asset exist), else the environment variables
+``isae.data.assets`` (when that module and the asset exist), else the environment variables
 ISAE_EFFNET_WEIGHTS (the .pth file) / ISAE_PHOTOS_DIR (a folder with coffee.png, chelsea.png,
 rocket.jpg) / ISAE_FASHION_MNIST_DIR, and skip with the reason when absent. Everything else runs
 on random weights and synthetic files.
@@ -19,8 +19,8 @@ import torch
 
 torchvision = pytest.importorskip("torchvision")
 
-from isae import vision  # noqa: E402
-from isae.vision import (  # noqa: E402
+from isae.data import vision  # noqa: E402
+from isae.data.vision import (  # noqa: E402
     EfficientNetLite0,
     EfficientNetLite0Model,
     fashion_mnist,
@@ -32,7 +32,7 @@ from isae.vision import (  # noqa: E402
 
 def _find(asset: str, env: str, fallback: Path | None = None) -> Path | None:
     try:
-        from isae.assets import AssetMissing, asset_path
+        from isae.data.assets import AssetMissing, asset_path
     except ImportError:
         asset_path = None
     if asset_path is not None:

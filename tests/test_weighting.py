@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import make_sae
-from isae import weighting
-from isae.data import SyntheticConfig, SyntheticStream
-from isae.training import TrainConfig, train_many
+from isae.experiments import p2_weighted as weighting
+from isae.data.synthetic import SyntheticConfig, SyntheticStream
+from isae.train.trainer import TrainConfig, train_many
 
 D_IN, D_SAE, K = 16, 48, 3
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .provenance import _atomic_write, atomic_write_json
-from .seeding import derive_seed
+from isae.core.provenance import _atomic_write, atomic_write_json
+from isae.core.seeding import derive_seed
 
 FORMAT_VERSION = 1
 
@@ -118,7 +118,7 @@ class ActivationCache:
         manifest = read_manifest(self.directory)
         if manifest is None:
             raise FileNotFoundError(f"no activation cache at {self.directory} (manifest.json missing); build it with "
-                                    "the activation-caching notebook (notebooks/02_*) or isae.cache.build_cache.")
+                                    "the activation-caching notebook (notebooks/02_*) or isae.data.cache.build_cache.")
         if not manifest["complete"]:
             raise ValueError(f"the cache at {self.directory} is incomplete ({len(manifest['shards'])} of "
                              f"{manifest['spec']['n_shards']} shards); run the build again to resume it.")

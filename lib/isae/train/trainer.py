@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .models import K_SPARSE, SAE
-from .provenance import atomic_torch_save
-from .seeding import derive_seed
+from isae.core.models import K_SPARSE, SAE
+from isae.core.provenance import atomic_torch_save
+from isae.core.seeding import derive_seed
 
 
 class Stream(Protocol):

@@ -19,7 +19,7 @@ PACKAGES = ("torch", "numpy", "scipy", "pandas", "safetensors", "transformer-len
 
 def repo_root() -> Path:
     """The repository root (the folder holding ``lib/``)."""
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[3]
 
 
 def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .arip import arip_support, rip_gap_exact
-from .models import SAE, SIGNED
+from isae.core.arip import arip_support, rip_gap_exact
+from isae.core.models import SAE, SIGNED
 
 
 def _sparsify(sae: SAE, pre: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from .experiments import TABLE_METRICS
-from .provenance import write_with_provenance
+from isae.experiments.p1_synthetic import TABLE_METRICS
+from isae.core.provenance import write_with_provenance
 
 LABELS = {"mse": "MSE ↓", "r_s": "R_S ↓", "sae_iou": "SAE IoU ↑", "sae_l2": "SAE ℓ2 ↓", "oracle_iou": "Oracle IoU ↑",
           "oracle_l2": "Oracle ℓ2 ↓", "dcs": "DCS ↑"}
@@ -73,7 +73,7 @@ def matched_cosines(saes: dict, setting: str = "", suffix: str = "") -> pd.DataF
     """
     import numpy as np
 
-    from .metrics import match_atoms
+    from isae.eval.metrics import match_atoms
 
     groups: dict[str, list[str]] = {}
     for name in saes:

@@ -23,8 +23,8 @@ from typing import Callable
 
 import torch
 
-from .assets import ASSETS, AssetCorrupt, asset_path, assets_root, fetch_command, sha256_file
-from .provenance import atomic_write_json, provenance
+from isae.data.assets import ASSETS, AssetCorrupt, asset_path, assets_root, fetch_command, sha256_file
+from isae.core.provenance import atomic_write_json, provenance
 
 DEFAULT_LM = "smollm2"
 SMOLLM2_HF = "smollm2-hf"  # folder under the assets root holding the dequantised copy

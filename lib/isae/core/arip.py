@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .sparse_ops import LatentMajor, rows_dot, sparse_decode, topk_indices
+from isae.core.sparse_ops import LatentMajor, rows_dot, sparse_decode, topk_indices
 
 
 def arip_support(score: torch.Tensor, k: int) -> torch.Tensor:

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .arip import arip_support, rip_gap_exact, rip_gap_noise
-from .models import K_SPARSE, SAE
-from .sparse_ops import sparse_decode
+from isae.core.arip import arip_support, rip_gap_exact, rip_gap_noise
+from isae.core.models import K_SPARSE, SAE
+from isae.core.sparse_ops import sparse_decode
 
 
 def _unit(a: torch.Tensor) -> torch.Tensor:
@@ -144,7 +144,7 @@ def oracle_codes(sae: SAE, x: torch.Tensor) -> torch.Tensor:
 def single_metrics(sae: SAE, x: torch.Tensor, chunk: int = 4096) -> dict[str, float]:
     """MSE (mean ‖x − x̂‖² on unit-norm inputs), L0, dead fraction on x, and R_S.
 
-    R_S = mean_x R(S_x), S_x the 2k largest |pre-activations| of the final sparsification (``isae.arip``).
+    R_S = mean_x R(S_x), S_x the 2k largest |pre-activations| of the final sparsification (``isae.core.arip``).
     """
     mse, l0, r_s, fired = [], [], [], torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device)
     for s in range(0, x.shape[0], chunk):

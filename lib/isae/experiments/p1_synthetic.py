@@ -13,12 +13,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics
-from .data import SyntheticConfig, SyntheticStream
-from .io import save_sae
-from .models import ARCHITECTURES, SAE, SAEConfig
-from .profiles import SyntheticProfile
-from .training import Stream, TrainConfig, initialise_decoder_bias, train_many
+from isae.eval import metrics
+from isae.data.synthetic import SyntheticConfig, SyntheticStream
+from isae.core.io import save_sae
+from isae.core.models import ARCHITECTURES, SAE, SAEConfig
+from isae.experiments.profiles import SyntheticProfile
+from isae.train.trainer import Stream, TrainConfig, initialise_decoder_bias, train_many
 
 #: Metrics of one SAE (mean ± sd over seeds) and of a pair of SAEs (mean ± sd over seed pairs).
 RUN_METRICS = ("mse", "r_s", "l0", "dead_frac", "gt_dcs", "gt_recovered")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .models import SAE
+from isae.core.models import SAE
 
 Reconstructor = Callable[[torch.Tensor], torch.Tensor]
 

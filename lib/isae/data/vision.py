@@ -287,7 +287,7 @@ def load_vision_model(name: str = "efficientnet-lite0", weights_path: str | os.P
     """Load a frozen vision model with its eval transform.
 
     - ``efficientnet-lite0`` (default): weights from ``weights_path`` or the verified asset
-      ``isae.assets.asset_path("efficientnet-lite0")`` (raises ``AssetMissing`` naming the fetch command).
+      ``isae.data.assets.asset_path("efficientnet-lite0")`` (raises ``AssetMissing`` naming the fetch command).
     - ``resnet18``: ``torchvision.models.resnet18(weights=None)`` loading a local state_dict file
       (``weights_path`` required; ``weights_path="random"`` keeps random weights, for tests only).
     - ``dinov2``: ``weights_path`` is a local transformers folder (e.g. a saved facebook/dinov2-small);
@@ -296,7 +296,7 @@ def load_vision_model(name: str = "efficientnet-lite0", weights_path: str | os.P
     """
     if name == "efficientnet-lite0":
         if weights_path is None:
-            from isae.assets import asset_path
+            from isae.data.assets import asset_path
 
             weights_path = asset_path("efficientnet-lite0")
         net = EfficientNetLite0()
@@ -323,7 +323,7 @@ def load_vision_model(name: str = "efficientnet-lite0", weights_path: str | os.P
 
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet-1k class names in index order (``data/imagenet_classes.txt``)."""
-    path = Path(__file__).resolve().parents[2] / "data" / "imagenet_classes.txt"
+    path = Path(__file__).resolve().parents[3] / "data" / "imagenet_classes.txt"
     if path.is_file():
         return path.read_text().splitlines()
     import torchvision  # the same list, shipped with torchvision's metadata (no download)
@@ -387,7 +387,7 @@ def fashion_mnist(directory: str | os.PathLike | None = None, train: bool = True
     """Fashion-MNIST as 3-channel uint8 images [N, 3, 28, 28] with labels and the 10 class names.
 
     ``directory`` holds the four idx files (``.gz`` or not): default the asset ``fashion-mnist`` if
-    ``isae.assets`` provides it, else the Debian package's ``/usr/share/datasets/fashion-mnist``.
+    ``isae.data.assets`` provides it, else the Debian package's ``/usr/share/datasets/fashion-mnist``.
     ``n`` keeps a seeded random subset of that many images (sorted indices). Read through
     ``torchvision.datasets.FashionMNIST(download=False)`` from a symlinked/decompressed layout in
     ``layout_dir`` (default ``~/.cache/isae/torchvision/``).
@@ -397,7 +397,7 @@ def fashion_mnist(directory: str | os.PathLike | None = None, train: bool = True
     if directory is None:
         directory = FASHION_MNIST_DEBIAN_DIR
         try:
-            from isae.assets import asset_path
+            from isae.data.assets import asset_path
 
             directory = asset_path("fashion-mnist")
         except Exception:
@@ -417,7 +417,7 @@ SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-PHOTOS_ASSET = "skimage-photos"  # name of the photos asset in isae.assets
+PHOTOS_ASSET = "skimage-photos"  # name of the photos asset in isae.data.assets
 
 
 def photo_crops(directory: str | os.PathLike | None = None, n_per_photo: int = 16, out_size: int = 112, seed: int = 0,
@@ -426,7 +426,7 @@ def photo_crops(directory: str | os.PathLike | None = None, n_per_photo: int = 1
 
     Each crop's side is a fraction in ``scale`` of the photo's shorter side, at a uniform position,
     resized (antialiased) to ``out_size``. Crops are a pure function of ``seed`` and the files.
-    ``directory`` holds PNG/JPEG files; default the asset :data:`PHOTOS_ASSET` of ``isae.assets``.
+    ``directory`` holds PNG/JPEG files; default the asset :data:`PHOTOS_ASSET` of ``isae.data.assets``.
     ``names`` selects photos by file stem; default: the photos of :data:`SKIMAGE_PHOTOS` present in
     ``directory``, or every PNG/JPEG there if none of them is. Classes are the sorted stems.
     """
@@ -434,7 +434,7 @@ def photo_crops(directory: str | os.PathLike | None = None, n_per_photo: int = 1
     from torchvision.transforms.v2 import functional as TF
 
     if directory is None:
-        from isae.assets import asset_path
+        from isae.data.assets import asset_path
 
         directory = asset_path(PHOTOS_ASSET)
     files = {p.stem: p for p in sorted(Path(directory).iterdir()) if p.suffix.lower() in PHOTO_SUFFIXES}

@@ -1,0 +1,2 @@
+"""Evaluation: identifiability metrics (matching, DCS, code consistency, OMP oracle), downstream loss, probing,
+interpretability."""

@@ -1,0 +1,1 @@
+"""Experiments: the profile tables and one driver module per notebook."""

@@ -1,0 +1,1 @@
+"""Reporting: the papers' numbers, side-by-side tables and the claim checks."""

@@ -1,0 +1,1 @@
+"""P2's toy model of superposition (the tied toy SAE)."""

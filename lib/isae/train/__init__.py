@@ -1,0 +1,1 @@
+"""Training: the one trainer (many models × seeds from one stream), checkpoints and resume."""
