@@ -9,7 +9,7 @@ import pandas as pd
 import seaborn as sns
 
 from isae.experiments.p1_synthetic import TABLE_METRICS
-from isae.core.provenance import write_with_provenance
+from isae.plots.common import save_figure  # noqa: F401  (re-exported: notebooks call plots.save_figure)
 
 LABELS = {"mse": "MSE ↓", "r_s": "R_S ↓", "sae_iou": "SAE IoU ↑", "sae_l2": "SAE ℓ2 ↓", "oracle_iou": "Oracle IoU ↑",
           "oracle_l2": "Oracle ℓ2 ↓", "dcs": "DCS ↑"}
@@ -54,12 +54,6 @@ def training_curves(log: pd.DataFrame, metric: str = "mse") -> plt.Figure:
                        kind="line", col=col, height=3.2, aspect=1.3, facet_kws={"sharey": False})
     grid.set(yscale="log")
     return grid.figure
-
-
-def save_figure(fig: plt.Figure, path: str | Path, **params) -> Path:
-    """Save a figure atomically (PNG) with a provenance JSON beside it."""
-    path = write_with_provenance(path, lambda p: fig.savefig(p, dpi=150, bbox_inches="tight", format="png"), **params)
-    return path
 
 
 # --- P1 on real activations: matched-cosine distributions and the reconstruction/stability trade-off ----------
