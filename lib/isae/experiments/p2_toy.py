@@ -41,10 +41,9 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from isae.eval.metrics import match_atoms
-from isae.experiments.profiles import sizes_at
+from isae.experiments.profiles import TOY_ACTIVATIONS as ACTIVATIONS, ToyProfile, toy_profile  # noqa: F401
 from isae.core.seeding import derive_seed
 
-ACTIVATIONS = ("none", "relu", "jumprelu", "topk")
 ACTIVATION_NAMES = {"none": "none", "relu": "ReLU", "jumprelu": "JumpReLU (0.1)", "topk": "TopK (k=2)"}
 W_P_KINDS = ("gaussian", "heterogeneous")
 RECOVERY_THRESHOLD = 0.9
@@ -470,57 +469,6 @@ class ToyCondition:
         if self.bias:
             name += " + bias"
         return name
-
-
-@dataclass(frozen=True)
-class ToyProfile:
-    """Sizes of the toy experiments at one profile."""
-
-    n_features: int
-    n_input: int
-    n_latents: int
-    """n_m of the sparsity sweep, activation ablation and weighting experiment (= n at every profile)."""
-    n_steps: int
-    batch_size: int
-    lr: float
-    n_seeds: int
-    n_eval: int
-    sparsities: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-    activations: tuple[str, ...] = ACTIVATIONS
-    ablation_sparsity: float = 0.99
-    """S of the activation and hidden-size ablations (the regime where P2's condition 1 holds)."""
-    hidden_sizes: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
-    """n_m / n of the hidden-size ablation."""
-    weight_alphas: tuple[float, ...] = (-0.5, 0.0, 0.5, 1.0)
-    """α of the WSAE experiment: P2's 0.5 and 1 against uniform 0, and −0.5 as a control (the opposite of
-    P2's principle: larger weights on more polysemantic dims; our addition)."""
-    weight_sparsities: tuple[float, ...] = (0.9, 0.95, 0.99)
-    weight_w_p: str = "heterogeneous"
-    extra_relu_l1: float = 0.3
-    """L1 weight of the extra "ReLU + L1 + bias" row of the activation ablation (our extra; 0 drops it)."""
-    data_seed: int = 0
-    log_every: int = 100
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-TOY_PROFILES: dict[str, ToyProfile] = {
-    # smoke: P2's sizes, few steps — checks that everything runs (< 1 min on one core), not the science.
-    "smoke": ToyProfile(n_features=200, n_input=20, n_latents=200, n_steps=150, batch_size=128, lr=1e-2,
-                        n_seeds=2, n_eval=1024, log_every=25),
-    # default: P2's sizes, a few minutes on a laptop CPU.
-    "default": ToyProfile(n_features=200, n_input=20, n_latents=200, n_steps=4000, batch_size=128, lr=5e-3,
-                          n_seeds=3, n_eval=8192),
-    # paper: P2's sizes, longer training, larger batches, more seeds.
-    "paper": ToyProfile(n_features=200, n_input=20, n_latents=200, n_steps=20_000, batch_size=1024, lr=2e-3,
-                        n_seeds=5, n_eval=32_768, log_every=500),
-}
-
-
-def toy_profile(profile: str, **overrides) -> ToyProfile:
-    """The toy-experiment sizes of ``profile`` with fields overridden (None values ignored)."""
-    return sizes_at(TOY_PROFILES, profile, "toy", **overrides)
 
 
 @dataclass

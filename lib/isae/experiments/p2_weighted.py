@@ -33,10 +33,9 @@ import torch
 
 from isae.eval import interpretability as interp
 from isae.core.models import SAE, SAEConfig
-from isae.experiments.profiles import sizes_at
+from isae.experiments.profiles import WEIGHT_ALPHAS as ALPHAS, WeightedProfile, weighted_profile  # noqa: F401
 from isae.train.trainer import TrainConfig, train_many
 
-ALPHAS = (0.0, 0.5, 1.0)
 TAILS = ("positive", "negative", "both")
 P2_AVERAGE_GAIN = 3.8
 """P2's average auto-interpretability gain of the WSAE over the uniform SAE (Pythia-160M layers 0–11), in %."""
@@ -46,75 +45,6 @@ HIGHER_IS_BETTER = {"token_purity": True, "context_purity": True, "token_pure_fr
                     "context_pure_frac": True, "class_pure_frac": True, "token_entropy": False, "token_n_eff": False,
                     "class_purity": True, "class_entropy": False, "mse": False, "weighted_mse": False,
                     "live_frac": True, "dead_frac": False}
-
-
-# ------------------------------------------------------------------------------------------------------
-# Sizes per profile
-# ------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class WeightedProfile:
-    """Sizes of P2's weighted-SAE experiment on real activations (the held-out sizes and the context length
-    come from ``isae.experiments.profiles.real_profile``)."""
-
-    lm_layers: tuple[int, ...]
-    """Residual-stream layers (``blocks.L.hook_resid_post``) of the default LM. P2: every layer of Pythia-160M."""
-    lm_train_tokens: int
-    """Training tokens per layer (one pass, as every SAE here)."""
-    lm_d_sae: int
-    """Latents of the LM SAEs (P2: 32× expansion, 32 × 576 = 18432 for SmolLM2's 576 dims)."""
-    lm_k: int
-    """Active latents per token (P2: 32)."""
-    vision_d_sae: int
-    """Latents of the vision SAEs (P2: 16384 on ResNet-18)."""
-    vision_k: int
-    """Active latents per patch token (P2: 16)."""
-    n_seeds: int
-    batch_size: int
-    n_top: int
-    """Top-activating held-out inputs per latent for the interpretability measures."""
-    consistency_top: int
-    """Top images per input dim for the semantic consistency (our choice)."""
-    stats_rows: int
-    """Training rows used for the per-dimension statistics (our choice)."""
-    alphas: tuple[float, ...] = ALPHAS
-    control_k_fractions: tuple[float, ...] = (0.5, 0.25, 0.125, 0.0625)
-    """Uniform (α = 0) controls with k × these fractions (our choice): weighting raises the unweighted MSE, and a
-    sparser uniform SAE shows what purity the same loss of reconstruction buys without weights."""
-    lr: float | None = None
-    log_every: int = 25
-
-    def control_ks(self, k: int) -> tuple[int, ...]:
-        """The k of the uniform controls of a setting whose SAEs use ``k`` (distinct, 1 ≤ k_c < k)."""
-        return tuple(sorted({max(1, int(round(k * f))) for f in self.control_k_fractions} - {k}, reverse=True))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-WEIGHTED: dict[str, WeightedProfile] = {
-    "smoke": WeightedProfile(lm_layers=(1, 2), lm_train_tokens=4_000, lm_d_sae=256, lm_k=8, vision_d_sae=256,
-                             vision_k=8, n_seeds=2, batch_size=128, n_top=10, consistency_top=10, stats_rows=20_000,
-                             log_every=5),
-    # 4× expansion for the LM (not P2's 32×) and 8× for vision, so that 4 layers × 3 α × 2 seeds fit a 2-core CPU
-    "default": WeightedProfile(lm_layers=(4, 10, 16, 20), lm_train_tokens=40_000, lm_d_sae=2304, lm_k=32,
-                               vision_d_sae=2560, vision_k=16, n_seeds=2, batch_size=256, n_top=20,
-                               consistency_top=50, stats_rows=100_000),
-    # P2's SAE sizes on every layer of the default LM; P2 does not state its token budget (ours: 1M per layer,
-    # ~35 GB of float16 caches for 30 layers)
-    "paper": WeightedProfile(lm_layers=tuple(range(30)), lm_train_tokens=1_000_000, lm_d_sae=18_432, lm_k=32,
-                             vision_d_sae=16_384, vision_k=16, n_seeds=3, batch_size=2048, n_top=50,
-                             consistency_top=200, stats_rows=500_000, log_every=50),
-}
-
-
-def weighted_profile(profile: str, **overrides) -> WeightedProfile:
-    """The weighted-SAE sizes of ``profile``, with any field overridden (None values ignored)."""
-    wp = sizes_at(WEIGHTED, profile, "weighted-SAE", **overrides)
-    if wp.n_seeds < 2:
-        raise ValueError(f"n_seeds={wp.n_seeds}: at least 2 seeds are needed for a seed spread.")
-    if 0.0 not in wp.alphas:
-        raise ValueError(f"alphas={wp.alphas} must include 0 (the uniform SAE every gain is measured against).")
-    return wp
 
 
 # ------------------------------------------------------------------------------------------------------

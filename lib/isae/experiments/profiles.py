@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass, replace
 
 PROFILES = ("smoke", "default", "paper")
 P1_MODELS = ("topk", "abstopk", "isae", "isae_me")
+TOY_ACTIVATIONS = ("none", "relu", "jumprelu", "topk")
+"""The toy SAE's activations σ (P2's toy experiments)."""
+WEIGHT_ALPHAS = (0.0, 0.5, 1.0)
+"""α of P2's weights γ_j ∝ s_j^α on real activations (0: the uniform SAE)."""
 
 
 def check_profile(profile: str) -> str:
@@ -136,3 +140,120 @@ REAL: dict[str, RealProfile] = {
 def real_profile(profile: str, **overrides) -> RealProfile:
     """The real-activation sizes of ``profile``, with any field overridden (None values ignored)."""
     return sizes_at(REAL, profile, "real-data", **overrides)
+
+
+@dataclass(frozen=True)
+class ToyProfile:
+    """Sizes of the toy experiments at one profile."""
+
+    n_features: int
+    n_input: int
+    n_latents: int
+    """n_m of the sparsity sweep, activation ablation and weighting experiment (= n at every profile)."""
+    n_steps: int
+    batch_size: int
+    lr: float
+    n_seeds: int
+    n_eval: int
+    sparsities: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+    activations: tuple[str, ...] = TOY_ACTIVATIONS
+    ablation_sparsity: float = 0.99
+    """S of the activation and hidden-size ablations (the regime where P2's condition 1 holds)."""
+    hidden_sizes: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+    """n_m / n of the hidden-size ablation."""
+    weight_alphas: tuple[float, ...] = (-0.5, 0.0, 0.5, 1.0)
+    """α of the WSAE experiment: P2's 0.5 and 1 against uniform 0, and −0.5 as a control (the opposite of
+    P2's principle: larger weights on more polysemantic dims; our addition)."""
+    weight_sparsities: tuple[float, ...] = (0.9, 0.95, 0.99)
+    weight_w_p: str = "heterogeneous"
+    extra_relu_l1: float = 0.3
+    """L1 weight of the extra "ReLU + L1 + bias" row of the activation ablation (our extra; 0 drops it)."""
+    data_seed: int = 0
+    log_every: int = 100
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+TOY_PROFILES: dict[str, ToyProfile] = {
+    # smoke: P2's sizes, few steps — checks that everything runs (< 1 min on one core), not the science.
+    "smoke": ToyProfile(n_features=200, n_input=20, n_latents=200, n_steps=150, batch_size=128, lr=1e-2,
+                        n_seeds=2, n_eval=1024, log_every=25),
+    # default: P2's sizes, a few minutes on a laptop CPU.
+    "default": ToyProfile(n_features=200, n_input=20, n_latents=200, n_steps=4000, batch_size=128, lr=5e-3,
+                          n_seeds=3, n_eval=8192),
+    # paper: P2's sizes, longer training, larger batches, more seeds.
+    "paper": ToyProfile(n_features=200, n_input=20, n_latents=200, n_steps=20_000, batch_size=1024, lr=2e-3,
+                        n_seeds=5, n_eval=32_768, log_every=500),
+}
+
+
+def toy_profile(profile: str, **overrides) -> ToyProfile:
+    """The toy-experiment sizes of ``profile`` with fields overridden (None values ignored)."""
+    return sizes_at(TOY_PROFILES, profile, "toy", **overrides)
+
+
+@dataclass(frozen=True)
+class WeightedProfile:
+    """Sizes of P2's weighted-SAE experiment on real activations (the held-out sizes and the context length
+    come from ``isae.experiments.profiles.real_profile``)."""
+
+    lm_layers: tuple[int, ...]
+    """Residual-stream layers (``blocks.L.hook_resid_post``) of the default LM. P2: every layer of Pythia-160M."""
+    lm_train_tokens: int
+    """Training tokens per layer (one pass, as every SAE here)."""
+    lm_d_sae: int
+    """Latents of the LM SAEs (P2: 32× expansion, 32 × 576 = 18432 for SmolLM2's 576 dims)."""
+    lm_k: int
+    """Active latents per token (P2: 32)."""
+    vision_d_sae: int
+    """Latents of the vision SAEs (P2: 16384 on ResNet-18)."""
+    vision_k: int
+    """Active latents per patch token (P2: 16)."""
+    n_seeds: int
+    batch_size: int
+    n_top: int
+    """Top-activating held-out inputs per latent for the interpretability measures."""
+    consistency_top: int
+    """Top images per input dim for the semantic consistency (our choice)."""
+    stats_rows: int
+    """Training rows used for the per-dimension statistics (our choice)."""
+    alphas: tuple[float, ...] = WEIGHT_ALPHAS
+    control_k_fractions: tuple[float, ...] = (0.5, 0.25, 0.125, 0.0625)
+    """Uniform (α = 0) controls with k × these fractions (our choice): weighting raises the unweighted MSE, and a
+    sparser uniform SAE shows what purity the same loss of reconstruction buys without weights."""
+    lr: float | None = None
+    log_every: int = 25
+
+    def control_ks(self, k: int) -> tuple[int, ...]:
+        """The k of the uniform controls of a setting whose SAEs use ``k`` (distinct, 1 ≤ k_c < k)."""
+        return tuple(sorted({max(1, int(round(k * f))) for f in self.control_k_fractions} - {k}, reverse=True))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+WEIGHTED: dict[str, WeightedProfile] = {
+    "smoke": WeightedProfile(lm_layers=(1, 2), lm_train_tokens=4_000, lm_d_sae=256, lm_k=8, vision_d_sae=256,
+                             vision_k=8, n_seeds=2, batch_size=128, n_top=10, consistency_top=10, stats_rows=20_000,
+                             log_every=5),
+    # 4× expansion for the LM (not P2's 32×) and 8× for vision, so that 4 layers × 3 α × 2 seeds fit a 2-core CPU
+    "default": WeightedProfile(lm_layers=(4, 10, 16, 20), lm_train_tokens=40_000, lm_d_sae=2304, lm_k=32,
+                               vision_d_sae=2560, vision_k=16, n_seeds=2, batch_size=256, n_top=20,
+                               consistency_top=50, stats_rows=100_000),
+    # P2's SAE sizes on every layer of the default LM; P2 does not state its token budget (ours: 1M per layer,
+    # ~35 GB of float16 caches for 30 layers)
+    "paper": WeightedProfile(lm_layers=tuple(range(30)), lm_train_tokens=1_000_000, lm_d_sae=18_432, lm_k=32,
+                             vision_d_sae=16_384, vision_k=16, n_seeds=3, batch_size=2048, n_top=50,
+                             consistency_top=200, stats_rows=500_000, log_every=50),
+}
+
+
+def weighted_profile(profile: str, **overrides) -> WeightedProfile:
+    """The weighted-SAE sizes of ``profile``, with any field overridden (None values ignored)."""
+    wp = sizes_at(WEIGHTED, profile, "weighted-SAE", **overrides)
+    if wp.n_seeds < 2:
+        raise ValueError(f"n_seeds={wp.n_seeds}: at least 2 seeds are needed for a seed spread.")
+    if 0.0 not in wp.alphas:
+        raise ValueError(f"alphas={wp.alphas} must include 0 (the uniform SAE every gain is measured against).")
+    return wp
