@@ -224,34 +224,51 @@ def profile_requests(p) -> dict[str, LMRequest | VisionRequest]:
     }
 
 
-def profile_caches(root: str | Path, p, device: str | None = None, progress: bool = True) -> dict[str, ActivationCache]:
-    """Open the profile's caches under ``root``, building (or resuming) any that is missing or incomplete.
+class ModelLoader:
+    """Loads each model at most once, on first need, so that opening complete caches loads none."""
 
-    A complete cache whose manifest matches the request is opened without loading any model.
-    """
+    def __init__(self, device: str | None = None):
+        self.device = device
+        self._lm: dict = {}
+        self._vision: dict = {}
+
+    def lm(self, model: str):
+        """(bridge, tokenizer) of ``model``."""
+        if model not in self._lm:
+            from isae.data.lm import load_language_model
+
+            self._lm[model] = load_language_model(model, device=self.device)
+        return self._lm[model]
+
+    def vision(self, model: str, image_size: int):
+        if (model, image_size) not in self._vision:
+            from isae.data.vision import load_vision_model
+
+            self._vision[model, image_size] = load_vision_model(model, device=self.device, size=image_size)
+        return self._vision[model, image_size]
+
+
+def open_or_build(directory: str | Path, req: LMRequest | VisionRequest, models: ModelLoader,
+                  progress: bool = True) -> ActivationCache:
+    """The cache of ``req`` in ``directory``: opened when complete (its manifest must match ``req``), else built
+    or resumed with the model from ``models``."""
     from isae.data.cache import read_manifest
 
-    root = Path(root)
-    caches: dict[str, ActivationCache] = {}
-    lm = vision = None
-    for name, req in profile_requests(p).items():
-        manifest = read_manifest(root / name)
-        if manifest is not None and manifest["complete"]:
-            caches[name] = ActivationCache(root / name, expected_spec=asdict(req))
-            continue
-        if isinstance(req, LMRequest):
-            if lm is None:
-                from isae.data.lm import load_language_model
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if manifest is not None and manifest["complete"]:
+        return ActivationCache(directory, expected_spec=asdict(req))
+    if isinstance(req, LMRequest):
+        bridge, tokenizer = models.lm(req.model)
+        return cache_lm_activations(directory, req, bridge=bridge, tokenizer=tokenizer, progress=progress)
+    return cache_vision_activations(directory, req, model=models.vision(req.model, req.image_size), progress=progress)
 
-                lm = load_language_model(req.model, device=device)
-            caches[name] = cache_lm_activations(root / name, req, bridge=lm[0], tokenizer=lm[1], progress=progress)
-        else:
-            if vision is None:
-                from isae.data.vision import load_vision_model
 
-                vision = load_vision_model(req.model, device=device, size=req.image_size)
-            caches[name] = cache_vision_activations(root / name, req, model=vision, progress=progress)
-    return caches
+def profile_caches(root: str | Path, p, device: str | None = None, progress: bool = True) -> dict[str, ActivationCache]:
+    """Open the profile's caches under ``root``, building (or resuming) any that is missing or incomplete."""
+    models = ModelLoader(device)
+    return {name: open_or_build(Path(root) / name, req, models, progress)
+            for name, req in profile_requests(p).items()}
 
 
 def token_context(cache: ActivationCache, tokenizer, row: int, width: int = 6) -> str:

@@ -142,12 +142,11 @@ def lm_layer_caches(root: str | Path, wp: WeightedProfile, p, profile_caches: di
     split in corpus order, ``p.context_length``, ``p.lm_eval_tokens`` held-out tokens). The LM is loaded only
     if some cache has to be built.
     """
-    from isae.data.activations import LMRequest, cache_lm_activations
-    from isae.data.cache import ActivationCache, read_manifest
+    from isae.data.activations import LMRequest, ModelLoader, open_or_build
     from isae.data.lm import hook_layer
 
     root = Path(root)
-    lm = None
+    models = ModelLoader(device)
     out: dict[int, LayerData] = {}
     train_windows = LMRequest(n_tokens=wp.lm_train_tokens, context_length=p.context_length).n_windows
     for layer in wp.lm_layers:
@@ -161,16 +160,7 @@ def lm_layer_caches(root: str | Path, wp: WeightedProfile, p, profile_caches: di
             for split, n_tokens in (("train", wp.lm_train_tokens), ("heldout", p.lm_eval_tokens)):
                 req = LMRequest(hook=hook, n_tokens=n_tokens, split=split, context_length=p.context_length,
                                 dtype=p.dtype)
-                folder = root / f"lm_layer{layer}_{split}"
-                manifest = read_manifest(folder)
-                if manifest is not None and manifest["complete"]:
-                    caches[split] = ActivationCache(folder, expected_spec=asdict(req))
-                    continue
-                if lm is None:
-                    from isae.data.lm import load_language_model
-
-                    lm = load_language_model(req.model, device=device)
-                caches[split] = cache_lm_activations(folder, req, bridge=lm[0], tokenizer=lm[1], progress=progress)
+                caches[split] = open_or_build(root / f"lm_layer{layer}_{split}", req, models, progress)
             train, heldout = caches["train"], caches["heldout"]
         stop = first_windows_rows(train.extra("positions"), train_windows)
         out[layer] = LayerData(layer=layer, train=train, stop_row=stop, heldout=heldout)
