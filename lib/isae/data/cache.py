@@ -252,6 +252,9 @@ class OnTheFlyStream:
         self._first_step = [0]  # first step of shard i, known once shards < i were computed
         self._loaded: tuple[int, torch.Tensor] | None = None
 
+    steps_per_pass = None
+    """Not known before every shard has been computed."""
+
     def identity(self) -> dict:
         return {"stream": "on-the-fly", **self._identity, "seed": self.seed, "batch_size": self.batch_size,
                 "n_shards": self.n_shards}
