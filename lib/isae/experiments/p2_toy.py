@@ -115,7 +115,8 @@ def toy_metrics(sae: ToySAE, w_p: torch.Tensor, x: torch.Tensor, x_p: torch.Tens
             "recovered": float((cos.abs() > RECOVERY_THRESHOLD).sum()) / w_p.shape[1],
             "matched_cos": float(cos.abs().sum()) / w_p.shape[1],
             "features_per_latent": float(pr[live].mean()) if bool(live.any()) else float("nan"),
-            "isolated_features_per_latent": float(iso[iso > 0].float().mean()) if bool((iso > 0).any()) else float("nan"),
+            "isolated_features_per_latent": (float(iso[iso > 0].float().mean()) if bool((iso > 0).any())
+                                             else float("nan")),
             "live_frac": float(live.float().mean()),
             "antipodal_frac": antipodal_fraction(W[live]),
             "l0": float(fires.sum(1).float().mean()),

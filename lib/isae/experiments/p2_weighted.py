@@ -12,9 +12,10 @@ is **our choice**, marked so here and in the notebook:
   them in their most common class (class purity, ``isae.eval.interpretability.label_purity``). The features here
   are signed (a linear bottleneck); ``tail="positive"`` (default) ranks by +x_j, "negative" by −x_j, "both"
   averages the two.
-* **Normalisation:** γ = s^α / sqrt(mean_j s_j^{2α}), so mean γ² = 1 (``isae.core.losses.unit_mean_square``): for errors spread evenly over the
-  dimensions the weighted loss has the scale of the plain one, and one learning rate serves every α. α = 0
-  gives γ = 1 exactly (the plain loss; ``SAE.reconstruction_loss`` then multiplies by 1.0).
+* **Normalisation:** γ = s^α / sqrt(mean_j s_j^{2α}), so mean γ² = 1 (``isae.core.losses.unit_mean_square``):
+  for errors spread evenly over the dimensions the weighted loss has the scale of the plain one, and one
+  learning rate serves every α. α = 0 gives γ = 1 exactly (the plain loss; ``SAE.reconstruction_loss`` then
+  multiplies by 1.0).
 * Every α and seed of a setting trains on **one** stream, in the same order (``isae.train.trainer.train_many``);
   SAE seed s has the same initialisation for every α, so "weighted − uniform" is a paired difference.
 """

@@ -108,7 +108,8 @@ class ToySAE(nn.Module):
         if x_p.dim() == 2:  # one batch for every model
             return x_p.unsqueeze(0).expand(self.n_models, -1, -1)
         if x_p.dim() != 3 or x_p.shape[0] != self.n_models:
-            raise ValueError(f"x_p must be [batch, n_input] or [{self.n_models}, batch, n_input]; got {tuple(x_p.shape)}.")
+            raise ValueError(f"x_p must be [batch, n_input] or [{self.n_models}, batch, n_input]; "
+                             f"got {tuple(x_p.shape)}.")
         return x_p
 
     def preact(self, x_p: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from isae.core.models import K_SPARSE, SAE
 from isae.core.provenance import atomic_torch_save
+from isae.core.runs import RunKey
 from isae.core.seeding import derive_seed
 
 
@@ -142,7 +143,7 @@ def _diverged(name: str, loss: torch.Tensor, step: int, where: str = "no checkpo
                            "Lower the learning rate or check the inputs.")
 
 
-def _check_inputs(saes: dict[str, SAE], stream: Stream, cfg: TrainConfig) -> None:
+def _check_inputs(saes: dict[str | RunKey, SAE], stream: Stream, cfg: TrainConfig) -> None:
     if not saes:
         raise ValueError("saes is empty: pass at least one model to train.")
     for name, sae in saes.items():
@@ -151,7 +152,7 @@ def _check_inputs(saes: dict[str, SAE], stream: Stream, cfg: TrainConfig) -> Non
 
 
 def train_many(
-    saes: dict[str, SAE],
+    saes: dict[str | RunKey, SAE],
     stream: Stream,
     cfg: TrainConfig,
     checkpoint_dir: str | Path | None = None,
@@ -159,7 +160,8 @@ def train_many(
 ) -> pd.DataFrame:
     """Train every SAE in ``saes`` on the same batches, in the same order. Returns the training log.
 
-    The log has one row per (model, logged step): loss, mse, l0 and dead fraction. With
+    ``saes`` is keyed by name or ``RunKey``; the log has one row per (model, logged step), ``model`` being
+    ``str(key)``: loss, mse, l0 and dead fraction. With
     ``checkpoint_dir`` the run resumes from ``checkpoint.pt`` there when present (the checkpoint must come
     from the same models, seeds, stream and settings, else a ValueError says so).
     """
