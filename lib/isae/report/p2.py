@@ -34,10 +34,12 @@ def _m(table: pd.DataFrame, metric: str, **where) -> float:
 def check_toy_claims(sweep: pd.DataFrame, hidden: pd.DataFrame, weighted: pd.DataFrame, n_features: int,
                      reference: pd.DataFrame | None = None, gap_fixed: pd.DataFrame | None = None,
                      ablation_sparsity: float = 0.99) -> pd.DataFrame:
-    """P2's toy-model claims checked on the summary tables (``summarise_toy`` outputs). Means only.
+    """P2's toy-model claims checked on the summary tables (``isae.experiments.p2_toy.summarise_toy`` outputs).
+    Means only.
 
-    ``reference``: the ground-truth SAE's measures (``ground_truth_reference``), the floor that interference
-    leaves for "features per latent"."""
+    ``reference``: the ground-truth SAE's measures (``p2_toy.ground_truth_reference``), the floor that
+    interference leaves for "features per latent"; ``gap_fixed``: ``p2_toy.gap_under_weights`` of the α = 0
+    SAEs."""
     claims = []
     lo, hi = float(sweep["sparsity"].min()), float(sweep["sparsity"].max())
     mid = float(max(s for s in sweep["sparsity"].unique() if s <= 0.8 + 1e-9))
@@ -125,7 +127,8 @@ def check_claims(gains: pd.DataFrame, lm_settings: list[str], vision_setting: st
                  lm_robustness: tuple[str, ...] = ("context_purity", "token_pure_frac"),
                  vision_robustness: tuple[str, ...] = ("class_pure_frac",),
                  frontiers: pd.DataFrame | None = None) -> pd.DataFrame:
-    """P2's weighted-SAE claims, checked on ``paired_gains`` output (means decide; 'beyond_2se' is reported).
+    """P2's weighted-SAE claims, checked on ``isae.experiments.p2_weighted.paired_gains`` output (means decide;
+    'beyond_2se' is reported).
 
     Per α > 0: the main LM measure on average over layers and at most layers, the same with each
     ``lm_robustness`` measure (marked "robustness"), and the vision measure (and its robustness measures).
