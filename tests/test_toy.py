@@ -273,3 +273,24 @@ def test_toy_profiles_reuse_the_profile_switch():
         toy_profile("huge")
     with pytest.raises(ValueError, match="unknown toy parameter"):
         toy_profile("smoke", n_stpes=7)
+
+
+def test_train_bank_stops_on_a_non_finite_loss():
+    from isae.train.trainer import TrainingDiverged
+
+    class NaNAt:
+        steps_per_pass = None
+
+        def __init__(self, inner, step):
+            self.inner, self.step, self.d_in = inner, step, inner.d_in
+
+        def identity(self):
+            return self.inner.identity()
+
+        def batch(self, step):
+            x = self.inner.batch(step)
+            return torch.full_like(x, float("nan")) if step == self.step else x
+
+    bank = ToySAE(ToySAEConfig(n_input=8, n_latents=10), seeds=(0,))
+    with pytest.raises(TrainingDiverged, match="step 3"):
+        train_bank(bank, NaNAt(_stream(n=10, n_p=8), 3), BankTrainConfig(n_steps=10, lr=1e-2), progress=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import pandas as pd
 import torch
@@ -133,14 +133,40 @@ def _fired(out, d_sae: int) -> torch.Tensor:
     return (out.z.detach() != 0).any(0)
 
 
-def _steps(start: int, n_steps: int, progress: bool, desc: str):
-    """The step loop's iterator (with a progress bar) shared by ``train_many`` and ``train_bank``."""
-    return tqdm(range(start, n_steps), initial=start, total=n_steps, disable=not progress, desc=desc, unit="step")
+# ------------------------------------------------------------------------------------------------------
+# The loop core shared by ``train_many`` (SAEs) and ``train_bank`` (banks of toy models)
+# ------------------------------------------------------------------------------------------------------
+class _Steps:
+    """Steps [start, n_steps) with their batches: ``for step, x in loop`` gives batch ``step`` of the stream (moved
+    to ``device`` unless None), with a progress bar (``loop.bar``)."""
+
+    def __init__(self, stream: Stream, start: int, n_steps: int, device: torch.device | None, progress: bool,
+                 desc: str):
+        self.stream, self.device = stream, device
+        self.bar = tqdm(range(start, n_steps), initial=start, total=n_steps, disable=not progress, desc=desc,
+                        unit="step")
+
+    def __iter__(self):
+        for step in self.bar:
+            x = self.stream.batch(step)
+            yield step, (x.to(self.device) if self.device is not None else x)
 
 
-def _diverged(name: str, loss: torch.Tensor, step: int, where: str = "no checkpoint was kept") -> None:
-    raise TrainingDiverged(f"{name}: loss became {loss.item()} at step {step}; {where}. "
-                           "Lower the learning rate or check the inputs.")
+def _optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, name: str, step: int,
+                    before: Callable[[], None] | None = None, after: Callable[[], None] | None = None,
+                    where: str = "no checkpoint was kept") -> None:
+    """One update from ``loss``: refuse a non-finite loss, zero the gradients, backward, ``before`` (e.g. remove
+    the radial gradient), the optimiser's step, ``after`` (e.g. renormalise the atoms)."""
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"{name}: loss became {loss.item()} at step {step}; {where}. "
+                               "Lower the learning rate or check the inputs.")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if before is not None:
+        before()
+    opt.step()
+    if after is not None:
+        after()
 
 
 def _check_inputs(saes: dict[str | RunKey, SAE], stream: Stream, cfg: TrainConfig) -> None:
@@ -207,23 +233,17 @@ def train_many(
             "since_fired": since_fired,
         }, ckpt_path)
 
-    bar = _steps(start, cfg.n_steps, progress, f"training {len(saes)} SAEs")
-    for step in bar:
-        x = stream.batch(step).to(device)
+    where = f"the last good checkpoint is kept at {ckpt_path}" if ckpt_path else "no checkpoint was kept"
+    loop = _Steps(stream, start, cfg.n_steps, device, progress, f"training {len(saes)} SAEs")
+    for step, x in loop:
         for name, sae in saes.items():
             dead = since_fired[name] >= window
             k_sparse = sae.cfg.architecture in K_SPARSE
             out = sae(x, dead_mask=dead if k_sparse else None, generator=gens[name],
                       bf16_selection=cfg.bf16_selection and k_sparse)
             loss = out.losses["total"]
-            if not torch.isfinite(loss):
-                where = f"the last good checkpoint is kept at {ckpt_path}" if ckpt_path else "no checkpoint was kept"
-                _diverged(f"{name}", loss, step, where)
-            opts[name].zero_grad(set_to_none=True)
-            loss.backward()
-            sae.remove_radial_grad()
-            opts[name].step()
-            sae.normalize_atoms()
+            _optimiser_step(loss, opts[name], str(name), step, before=sae.remove_radial_grad,
+                            after=sae.normalize_atoms, where=where)
             fired = _fired(out, sae.cfg.d_sae)
             since_fired[name] += x.shape[0]
             since_fired[name][fired] = 0
@@ -233,7 +253,7 @@ def train_many(
                             "mse": out.losses["mse"].item(), "l0": l0.float().mean().item(),
                             "dead_frac": (since_fired[name] >= window).float().mean().item()})
         if log and (step + 1) % cfg.log_every == 0:
-            bar.set_postfix(mse=f"{sum(r['mse'] for r in log[-len(saes):]) / len(saes):.3f}")
+            loop.bar.set_postfix(mse=f"{sum(r['mse'] for r in log[-len(saes):]) / len(saes):.3f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.n_steps:
             save_checkpoint(step + 1)
     return pd.DataFrame(log)
@@ -281,16 +301,11 @@ def train_bank(bank: nn.Module, stream: Stream, cfg: BankTrainConfig, progress: 
     (model index, logged step) with the model's loss and mse."""
     opt = torch.optim.Adam([p for p in bank.parameters() if p.requires_grad], lr=cfg.lr)
     log = []
-    for step in _steps(0, cfg.n_steps, progress, f"training a bank of {bank.n_models} models"):
+    for step, x in _Steps(stream, 0, cfg.n_steps, None, progress, f"training a bank of {bank.n_models} models"):
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(step)
-        losses = bank.losses(stream.batch(step))
-        total = losses["total"].sum()
-        if not torch.isfinite(total):
-            _diverged(type(bank).__name__, total, step)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
+        losses = bank.losses(x)
+        _optimiser_step(losses["total"].sum(), opt, type(bank).__name__, step)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.n_steps:
             for i in range(bank.n_models):
                 log.append({"model": i, "step": step + 1, "loss": losses["total"][i].item(),
