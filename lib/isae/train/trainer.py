@@ -7,6 +7,10 @@ have not fired for ``dead_after_tokens`` tokens.
 
 A checkpoint (models, optimisers, dead counters, noise generators, logs) is written atomically every
 ``checkpoint_every`` steps; ``train_many`` resumes from it and ends identical to an uninterrupted run.
+
+``train_bank`` trains a *bank* (many independent models in one module that supplies its own per-model losses,
+e.g. P2's tied toy SAEs) with Adam and a constant-then-linearly-decaying learning rate. Both run on the same
+loop core: batch ``step`` of one ``Stream`` at step ``step``, and one optimiser-step routine.
 """
 
 from __future__ import annotations
