@@ -93,14 +93,16 @@ def build_cache(directory: str | Path, spec: dict, n_shards: int,
         out = make_shard(i)
         seconds = time.perf_counter() - started
         arrays = out if isinstance(out, dict) else {"acts": out}
-        arrays = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in arrays.items()}
+        arrays = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+                  for k, v in arrays.items()}
         acts = arrays.pop("acts").astype(dtype, copy=False)
         entry = {"file": f"shard_{i:05d}.npy", "rows": int(acts.shape[0]), "seconds": round(seconds, 4), "extras": {}}
         _save_npy(directory / entry["file"], acts)
         entry["sha256"] = _sha256(directory / entry["file"])
         for name, values in arrays.items():
             if len(values) != acts.shape[0]:
-                raise ValueError(f"extra {name!r} of shard {i} has {len(values)} rows, activations have {acts.shape[0]}.")
+                raise ValueError(f"extra {name!r} of shard {i} has {len(values)} rows, "
+                                 f"activations have {acts.shape[0]}.")
             fname = f"shard_{i:05d}.{name}.npy"
             _save_npy(directory / fname, values)
             entry["extras"][name] = {"file": fname, "sha256": _sha256(directory / fname)}
@@ -185,7 +187,8 @@ class CachedStream:
     def __init__(self, cache: ActivationCache, batch_size: int, seed: int, buffer_rows: int, normalize: bool,
                  device, start_row: int = 0, stop_row: int | None = None):
         if batch_size <= 0 or buffer_rows < batch_size:
-            raise ValueError(f"need 0 < batch_size ≤ buffer_rows, got batch_size={batch_size}, buffer_rows={buffer_rows}.")
+            raise ValueError(f"need 0 < batch_size ≤ buffer_rows, got batch_size={batch_size}, "
+                             f"buffer_rows={buffer_rows}.")
         self.cache, self.batch_size, self.seed, self.normalize = cache, batch_size, seed, normalize
         self.device = torch.device(device)
         self.start = start_row
@@ -197,7 +200,8 @@ class CachedStream:
         self.buffers = [buffers[i] for i in order.tolist()]  # (lo, hi) in visiting order
         self.first_step = np.cumsum([0] + [(hi - lo) // batch_size for lo, hi in self.buffers])
         if self.first_step[-1] == 0:
-            raise ValueError(f"the cache slice has {self.stop - self.start} rows, fewer than one batch of {batch_size}.")
+            raise ValueError(f"the cache slice has {self.stop - self.start} rows, fewer than one batch of "
+                             f"{batch_size}.")
         self._loaded: tuple[int, torch.Tensor] | None = None
 
     @property
@@ -251,6 +255,9 @@ class OnTheFlyStream:
         self._identity = identity or {}
         self._first_step = [0]  # first step of shard i, known once shards < i were computed
         self._loaded: tuple[int, torch.Tensor] | None = None
+
+    steps_per_pass = None
+    """Not known before every shard has been computed."""
 
     def identity(self) -> dict:
         return {"stream": "on-the-fly", **self._identity, "seed": self.seed, "batch_size": self.batch_size,

@@ -28,7 +28,6 @@ at random — is given by :func:`random_purity`: frequent tokens ("the", ",") ma
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -228,8 +227,3 @@ def random_purity(labels: np.ndarray, n_top: int, n_draws: int = 2000, seed: int
     draws = np.stack([g.choice(len(labels), size=n_top, replace=False) for _ in range(n_draws)], axis=1)
     purity, _ = label_purity(torch.as_tensor(labels.astype(np.int64))[torch.as_tensor(draws)])
     return float(purity.mean())
-
-
-def max_entropy(n_top: int) -> float:
-    """Entropy (nats) of n_top all-different labels, the maximum of ``token_entropy``/``class_entropy``."""
-    return math.log(n_top)

@@ -12,9 +12,10 @@ is **our choice**, marked so here and in the notebook:
   them in their most common class (class purity, ``isae.eval.interpretability.label_purity``). The features here
   are signed (a linear bottleneck); ``tail="positive"`` (default) ranks by +x_j, "negative" by −x_j, "both"
   averages the two.
-* **Normalisation:** γ = s^α / sqrt(mean_j s_j^{2α}), so mean γ² = 1: for errors spread evenly over the
-  dimensions the weighted loss has the scale of the plain one, and one learning rate serves every α. α = 0
-  gives γ = 1 exactly (the plain loss; ``SAE.reconstruction_loss`` then multiplies by 1.0).
+* **Normalisation:** γ = s^α / sqrt(mean_j s_j^{2α}), so mean γ² = 1 (``isae.core.losses.unit_mean_square``):
+  for errors spread evenly over the dimensions the weighted loss has the scale of the plain one, and one
+  learning rate serves every α. α = 0 gives γ = 1 exactly (the plain loss; ``SAE.reconstruction_loss`` then
+  multiplies by 1.0).
 * Every α and seed of a setting trains on **one** stream, in the same order (``isae.train.trainer.train_many``);
   SAE seed s has the same initialisation for every α, so "weighted − uniform" is a paired difference.
 """
@@ -22,29 +23,23 @@ is **our choice**, marked so here and in the notebook:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 
-from isae.eval import interpretability as interp
+from isae.core.losses import unit_mean_square
 from isae.core.models import SAE, SAEConfig
-from isae.experiments.profiles import WEIGHT_ALPHAS as ALPHAS, WeightedProfile, weighted_profile  # noqa: F401
+from isae.core.runs import RunKey
+from isae.eval import interpretability as interp
+from isae.experiments.profiles import WEIGHT_ALPHAS, WeightedProfile
+from isae.report.p2 import WSAE_HIGHER_IS_BETTER
+from isae.report.summary import mean_sd
 from isae.train.trainer import TrainConfig, train_many
 
 TAILS = ("positive", "negative", "both")
-P2_AVERAGE_GAIN = 3.8
-"""P2's average auto-interpretability gain of the WSAE over the uniform SAE (Pythia-160M layers 0–11), in %."""
-P2_BEST_LAYER_GAIN = 6.9
-"""P2's largest per-layer gain (layer 8), in %."""
-HIGHER_IS_BETTER = {"token_purity": True, "context_purity": True, "token_pure_frac": True,
-                    "context_pure_frac": True, "class_pure_frac": True, "token_entropy": False, "token_n_eff": False,
-                    "class_purity": True, "class_entropy": False, "mse": False, "weighted_mse": False,
-                    "live_frac": True, "dead_frac": False}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -89,11 +84,10 @@ def gamma(scores: torch.Tensor, alpha: float) -> torch.Tensor:
     if alpha == 0:
         return torch.ones(len(scores))
     s = scores.clamp_min(float(scores.max()) * 1e-8 if float(scores.max()) > 0 else 1e-12)  # γ must stay > 0
-    g = s**alpha
-    return (g / g.pow(2).mean().sqrt()).float()
+    return unit_mean_square(s**alpha).float()
 
 
-def gammas(scores: torch.Tensor, alphas: tuple[float, ...] = ALPHAS) -> dict[float, torch.Tensor]:
+def gammas(scores: torch.Tensor, alphas: tuple[float, ...] = WEIGHT_ALPHAS) -> dict[float, torch.Tensor]:
     return {float(a): gamma(scores, a) for a in alphas}
 
 
@@ -103,10 +97,10 @@ def weight_summary(weights: dict[str, dict[float, torch.Tensor]]) -> pd.DataFram
     for setting, by_alpha in weights.items():
         for alpha, g in by_alpha.items():
             g2 = np.sort(g.double().numpy() ** 2)[::-1]
-            top = lambda f: float(g2[: max(1, int(round(f * len(g2))))].sum() / g2.sum())  # noqa: E731
+            top1, top10 = (float(g2[: max(1, int(round(f * len(g2))))].sum() / g2.sum()) for f in (0.01, 0.10))
             rows.append({"setting": setting, "alpha": alpha, "max/min": float(g.max() / g.min()),
                          "max/median": float(g.max() / g.median()), "mean γ²": float(g.pow(2).mean()),
-                         "Σγ² share, top 1% dims": top(0.01), "Σγ² share, top 10% dims": top(0.10)})
+                         "Σγ² share, top 1% dims": top1, "Σγ² share, top 10% dims": top10})
     return pd.DataFrame(rows)
 
 
@@ -238,21 +232,30 @@ def chance_levels(data: TextEval | VisionEval, n_top: int, seed: int = 0) -> dic
 # ------------------------------------------------------------------------------------------------------
 # Training and evaluation
 # ------------------------------------------------------------------------------------------------------
-def run_name(alpha: float, seed: int, control_k: int | None = None) -> str:
-    """"alpha=0.5/seed1" for a weighted or uniform SAE at the setting's k; "uniform k=8/seed1" for a control."""
-    return f"uniform k={control_k}/seed{seed}" if control_k is not None else f"alpha={alpha:g}/seed{seed}"
+@dataclass(frozen=True, order=True)
+class WSAEKey(RunKey):
+    """A weighted-SAE run: a ``RunKey`` with its loss-weight exponent α and, for a uniform control at a smaller
+    k, that k. ``variant`` is "alpha=0.5" (α at the setting's k) or "uniform k=8" (a control)."""
 
+    alpha: float = 0.0
+    control_k: int | None = None
 
-def parse_run(name: str) -> dict:
-    """(variant, alpha, control k or None, seed) of a ``run_name``."""
-    variant, seed = name.split("/seed")
-    if variant.startswith("uniform k="):
-        return {"variant": variant, "alpha": 0.0, "control_k": int(variant.split("=")[1]), "seed": int(seed)}
-    return {"variant": variant, "alpha": float(variant.split("=")[1]), "control_k": None, "seed": int(seed)}
+    @classmethod
+    def of(cls, alpha: float, seed: int, control_k: int | None = None) -> "WSAEKey":
+        variant = f"uniform k={control_k}" if control_k is not None else f"alpha={alpha:g}"
+        return cls(variant=variant, seed=seed, alpha=0.0 if control_k is not None else float(alpha),
+                   control_k=control_k)
+
+    @property
+    def control(self) -> bool:
+        return self.control_k is not None
+
+    def columns(self) -> dict:
+        return {"variant": self.variant, "alpha": self.alpha, "control_k": self.control_k, "seed": self.seed}
 
 
 def make_saes(d_in: int, d_sae: int, k: int, weights: dict[float, torch.Tensor], n_seeds: int,
-              control_ks: tuple[int, ...] = ()) -> dict[str, SAE]:
+              control_ks: tuple[int, ...] = ()) -> dict[WSAEKey, SAE]:
     """TopK SAEs, one per (α, seed) with loss weights γ(α), plus uniform controls with smaller k (one per
     (k_c, seed)). Seed s has the same initialisation for every α (and for the controls)."""
     saes = {}
@@ -260,23 +263,26 @@ def make_saes(d_in: int, d_sae: int, k: int, weights: dict[float, torch.Tensor],
         for s in range(n_seeds):
             sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, k=k, architecture="topk"), seed=s)
             sae.set_loss_weight(g)
-            saes[run_name(alpha, s)] = sae
+            saes[WSAEKey.of(alpha, s)] = sae
     for kc in control_ks:
         for s in range(n_seeds):
-            saes[run_name(0.0, s, kc)] = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, k=kc, architecture="topk"), seed=s)
+            saes[WSAEKey.of(0.0, s, kc)] = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, k=kc, architecture="topk"), seed=s)
     return saes
 
 
 def train_setting(setting: str, stream, weights: dict[float, torch.Tensor], d_sae: int, k: int, n_seeds: int,
                   train_cfg: TrainConfig, control_ks: tuple[int, ...] = (),
-                  progress: bool = True) -> tuple[dict[str, SAE], pd.DataFrame]:
+                  progress: bool = True) -> tuple[dict[WSAEKey, SAE], pd.DataFrame]:
     """Train every (α, seed) SAE of one setting, and the uniform controls, on ``stream`` (one pass, one order).
     Returns (SAEs, log)."""
     saes = make_saes(stream.d_in, d_sae, k, weights, n_seeds, control_ks)
     log = train_many(saes, stream, train_cfg, progress=progress)
     log.insert(0, "setting", setting)
-    parsed = pd.DataFrame([parse_run(n) for n in log["model"]])
-    log["variant"], log["alpha"], log["seed"] = parsed["variant"].values, parsed["alpha"].values, parsed["seed"].values
+    by_name = {str(key): key for key in saes}
+    keys = [by_name[n] for n in log["model"]]
+    log["variant"] = [key.variant for key in keys]
+    log["alpha"] = [key.alpha for key in keys]
+    log["seed"] = [key.seed for key in keys]
     return saes, log
 
 
@@ -297,21 +303,20 @@ def reconstruction(sae: SAE, x: torch.Tensor, chunk: int = 4096) -> dict[str, fl
             "l0": float(torch.cat(l0).mean()), "dead_frac": float((~fired).float().mean())}
 
 
-def evaluate_setting(setting: str, saes: dict[str, SAE], data: TextEval | VisionEval, n_top: int,
+def evaluate_setting(setting: str, saes: dict[WSAEKey, SAE], data: TextEval | VisionEval, n_top: int,
                      progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs, latents): one row per SAE (reconstruction + interpretability averages over live latents) and
     the per-latent measures of every SAE."""
     from tqdm.auto import tqdm
 
     runs, latents = [], []
-    for name, sae in tqdm(saes.items(), desc=f"evaluating {setting}", disable=not progress):
-        r = parse_run(name)
+    for key, sae in tqdm(saes.items(), desc=f"evaluating {setting}", disable=not progress):
         per_latent = interpretability_of(sae.encode, data, n_top)
-        runs.append({"setting": setting, "variant": r["variant"], "alpha": r["alpha"], "k": sae.cfg.k,
-                     "control": r["control_k"] is not None, "seed": r["seed"], **reconstruction(sae, data.x),
+        runs.append({"setting": setting, "variant": key.variant, "alpha": key.alpha, "k": sae.cfg.k,
+                     "control": key.control, "seed": key.seed, **reconstruction(sae, data.x),
                      **interp.summarise_latents(per_latent)})
-        latents.append(per_latent.assign(setting=setting, variant=r["variant"], alpha=r["alpha"], k=sae.cfg.k,
-                                         control=r["control_k"] is not None, seed=r["seed"]))
+        latents.append(per_latent.assign(setting=setting, variant=key.variant, alpha=key.alpha, k=sae.cfg.k,
+                                         control=key.control, seed=key.seed))
     return pd.DataFrame(runs), pd.concat(latents, ignore_index=True)
 
 
@@ -335,7 +340,7 @@ class SettingResult:
     """The same measures for the raw input dimensions (positive tail)."""
     info: dict
     """Rows, steps, sizes and seconds."""
-    saes: dict[str, SAE]
+    saes: dict[WSAEKey, SAE]
 
 
 def run_setting(setting: str, train_cache, stop_row: int, heldout_cache, weights: dict[float, torch.Tensor],
@@ -375,14 +380,8 @@ def run_setting(setting: str, train_cache, stop_row: int, heldout_cache, weights
 # Tables
 # ------------------------------------------------------------------------------------------------------
 def summarise(runs: pd.DataFrame, measures: tuple[str, ...]) -> pd.DataFrame:
-    """Mean and sd over seeds (``<m>_sd``) per (setting, variant), with α, k and n_seeds."""
-    keys = ["setting", "variant", "alpha", "k"]
-    cols = [m for m in measures if m in runs]
-    g = runs.groupby(keys, sort=False)[cols]
-    table = g.mean().join(g.std().add_suffix("_sd"))
-    table["n_seeds"] = runs.groupby(keys, sort=False).size()
-    order = keys + [c for m in cols for c in (m, f"{m}_sd")] + ["n_seeds"]
-    return table.reset_index()[order]
+    """Mean and sd over seeds (``<m>_sd``) per (setting, variant), with α, k and n_seeds (``mean_sd``)."""
+    return mean_sd(runs, ["setting", "variant", "alpha", "k"], measures, count="n_seeds")
 
 
 def paired_gains(runs: pd.DataFrame, measures: tuple[str, ...]) -> pd.DataFrame:
@@ -406,7 +405,7 @@ def paired_gains(runs: pd.DataFrame, measures: tuple[str, ...]) -> pd.DataFrame:
             base = float(u.loc[seeds, m].mean())
             diff = float(np.mean(d))
             sd = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
-            up = HIGHER_IS_BETTER.get(m, True)
+            up = WSAE_HIGHER_IS_BETTER.get(m, True)
             rows.append({"setting": setting, "alpha": alpha, "measure": m, "uniform": base,
                          "weighted": float(w.loc[seeds, m].mean()), "diff": diff, "diff_sd": sd,
                          "gain_pct": 100 * diff / base if base else float("nan"),
@@ -414,16 +413,6 @@ def paired_gains(runs: pd.DataFrame, measures: tuple[str, ...]) -> pd.DataFrame:
                          "beyond_2se": bool(abs(diff) > 2 * sd / math.sqrt(len(d))) if len(d) > 1 else False,
                          "n_seeds": len(d)})
     return pd.DataFrame(rows)
-
-
-def average_gains(gains: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
-    """Mean over ``settings`` (e.g. the LM layers) of each (α, measure)'s relative gain and of its diff,
-    with the number of settings in which the change went the good way."""
-    sub = gains[gains["setting"].isin(settings)]
-    agg = sub.groupby(["alpha", "measure"], sort=False).agg(
-        gain_pct=("gain_pct", "mean"), gain_pct_sd_over_settings=("gain_pct", "std"), diff=("diff", "mean"),
-        n_better=("better", "sum"), n_settings=("better", "size"))
-    return agg.reset_index()
 
 
 def frontier_comparison(runs: pd.DataFrame, measure: str) -> pd.DataFrame:
@@ -453,232 +442,3 @@ def frontier_comparison(runs: pd.DataFrame, measure: str) -> pd.DataFrame:
     out["n_matched"] = g["excess"].count()
     out.insert(0, "measure", measure)
     return out.reset_index()
-
-
-def check_claims(gains: pd.DataFrame, lm_settings: list[str], vision_setting: str | None,
-                 lm_measure: str = "token_purity", vision_measure: str = "class_purity",
-                 lm_robustness: tuple[str, ...] = ("context_purity", "token_pure_frac"),
-                 vision_robustness: tuple[str, ...] = ("class_pure_frac",),
-                 frontiers: pd.DataFrame | None = None) -> pd.DataFrame:
-    """P2's weighted-SAE claims, checked on ``paired_gains`` output (means decide; 'beyond_2se' is reported).
-
-    Per α > 0: the main LM measure on average over layers and at most layers, the same with each
-    ``lm_robustness`` measure (marked "robustness"), and the vision measure (and its robustness measures).
-    With ``frontiers`` (``frontier_comparison`` outputs, concatenated): per α and measure, whether the weighted
-    SAEs beat the uniform sparsity frontier at matched unweighted MSE (marked "matched MSE").
-    """
-    avg = average_gains(gains, lm_settings)
-    layers = "LM layers " + ", ".join(s.split("layer")[-1] for s in lm_settings)
-    rows = []
-
-    def lm_rows(alpha: float, measure: str, tag: str) -> None:
-        a = avg[(avg["alpha"] == alpha) & (avg["measure"] == measure)]
-        if not len(a):
-            return
-        a = a.iloc[0]
-        per = gains[(gains["alpha"] == alpha) & (gains["measure"] == measure) & gains["setting"].isin(lm_settings)]
-        up = HIGHER_IS_BETTER.get(measure, True)
-        rows.append({"claim": f"{tag}LM, variance weights α={alpha:g}: {measure} {'higher' if up else 'lower'} than "
-                              f"uniform on average over layers (P2: +{P2_AVERAGE_GAIN}% auto-interpretability)",
-                     "setting": layers, "holds": bool(a["diff"] > 0) if up else bool(a["diff"] < 0),
-                     "evidence": f"mean relative change {a['gain_pct']:+.2f}% over {int(a['n_settings'])} layers; "
-                                 f"better at {int(a['n_better'])}/{int(a['n_settings'])}; beyond 2 SE at "
-                                 f"{int(per['beyond_2se'].sum())}"})
-        rows.append({"claim": f"{tag}LM, α={alpha:g}: weighting improves {measure} at most layers",
-                     "setting": layers, "holds": bool(a["n_better"] > a["n_settings"] / 2),
-                     "evidence": f"better at {int(a['n_better'])} of {int(a['n_settings'])} layers"})
-
-    def vision_row(alpha: float, measure: str, tag: str) -> None:
-        v = gains[(gains["alpha"] == alpha) & (gains["measure"] == measure) & (gains["setting"] == vision_setting)]
-        if not len(v):
-            return
-        v = v.iloc[0]
-        rows.append({"claim": f"{tag}vision, semantic-consistency weights α={alpha:g}: {measure} of the latents "
-                              f"better than uniform (P2: semantic consistency improves)",
-                     "setting": vision_setting, "holds": bool(v["better"]),
-                     "evidence": f"{v['uniform']:.3f} → {v['weighted']:.3f} ({v['gain_pct']:+.2f}%, paired diff "
-                                 f"{v['diff']:+.4f} ± {v['diff_sd']:.4f}; "
-                                 f"{'beyond' if v['beyond_2se'] else 'within'} 2 SE)"})
-
-    for alpha in sorted(a for a in gains["alpha"].unique() if a > 0):
-        lm_rows(alpha, lm_measure, "")
-        if vision_setting is not None:
-            vision_row(alpha, vision_measure, "")
-    for alpha in sorted(a for a in gains["alpha"].unique() if a > 0):
-        for m in lm_robustness:
-            lm_rows(alpha, m, "(robustness) ")
-        if vision_setting is not None:
-            for m in vision_robustness:
-                vision_row(alpha, m, "(robustness) ")
-    if frontiers is not None and len(frontiers):
-        for (alpha, measure), f in frontiers.groupby(["alpha", "measure"], sort=False):
-            for group, sets in ((layers, lm_settings), (vision_setting, [vision_setting])):
-                sub = f[f["setting"].isin(sets)]
-                if not len(sub):
-                    continue
-                matched = sub.dropna(subset=["excess"])
-                mean = float(matched["excess"].mean()) if len(matched) else float("nan")
-                per = ", ".join(f"{r.setting} {r.excess:+.4f}" for r in sub.itertuples())
-                evidence = (f"mean excess {mean:+.4f} over the {len(matched)} of {len(sub)} settings whose weighted "
-                            f"MSE lies within the controls' range; per setting: {per}" if len(matched) else
-                            f"undecided (counted as not holding): no weighted SAE's MSE lies within the range of the "
-                            f"uniform controls (add smaller control_k_fractions); per setting: {per}")
-                rows.append({"claim": f"(matched MSE) α={alpha:g}: {measure} above the uniform sparsity frontier at "
-                                      f"the same unweighted MSE (weighting beats simply lowering k)",
-                             "setting": group, "holds": bool(mean > 0), "evidence": evidence})
-    return pd.DataFrame(rows)
-
-
-def compare_with_p2(gains: pd.DataFrame, settings: list[str],
-                    measures: tuple[str, ...] = ("token_purity", "context_purity")) -> pd.DataFrame:
-    """Our relative change (average over ``settings`` and best setting) per α and measure, beside P2's
-    reported auto-interpretability gains (+3.8% on average over Pythia-160M's layers, +6.9% at layer 8).
-
-    The quantities differ (P2: an explainer/judge LLM's score; here: label purity of top activations), so
-    the comparison is of sign and rough size only."""
-    rows = [{"source": "P2 (Pythia-160M, layers 0–11)", "alpha": "0.5 / 1 (not split)",
-             "measure": "auto-interpretability score", "average gain %": P2_AVERAGE_GAIN,
-             "best layer": "8", "best layer gain %": P2_BEST_LAYER_GAIN, "layers better": ""}]
-    avg = average_gains(gains, settings)
-    sub = gains[gains["setting"].isin(settings)]
-    for _, r in avg[avg["measure"].isin(measures)].iterrows():
-        g = sub[(sub["alpha"] == r["alpha"]) & (sub["measure"] == r["measure"])]
-        best = g.loc[g["gain_pct"].idxmax()]
-        rows.append({"source": "ours (offline proxy)", "alpha": f"{r['alpha']:g}", "measure": r["measure"],
-                     "average gain %": round(float(r["gain_pct"]), 2),
-                     "best layer": str(best["setting"]).replace("layer", ""),
-                     "best layer gain %": round(float(best["gain_pct"]), 2),
-                     "layers better": f"{int(r['n_better'])}/{int(r['n_settings'])}"})
-    return pd.DataFrame(rows)
-
-
-# ------------------------------------------------------------------------------------------------------
-# Figures
-# ------------------------------------------------------------------------------------------------------
-def plot_weights(weights: dict[str, dict[float, torch.Tensor]]) -> plt.Figure:
-    """Sorted γ of every setting (one panel each), one line per α > 0 (α = 0 is the flat line at 1)."""
-    fig, axes = plt.subplots(1, len(weights), figsize=(3.2 * len(weights), 3.0), squeeze=False, sharey=True)
-    for ax, (setting, by_alpha) in zip(axes[0], weights.items()):
-        for alpha, g in by_alpha.items():
-            v = np.sort(g.numpy())[::-1]
-            ax.plot(np.arange(1, len(v) + 1) / len(v), v, label=f"α={alpha:g}", linestyle="--" if alpha == 0 else "-")
-        ax.set(yscale="log", xlabel="dimension (sorted, fraction)", title=setting)
-    axes[0][0].set_ylabel("γ (mean γ² = 1)")
-    axes[0][-1].legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_by_setting(table: pd.DataFrame, measures: tuple[str, ...], settings: list[str],
-                    chance: dict[str, float] | None = None, reference: dict[str, float] | None = None,
-                    xlabel: str = "layer") -> plt.Figure:
-    """One panel per measure: mean ± sd over seeds against setting (e.g. layer), one line per α.
-
-    ``chance`` (per measure: one value or a dict setting → value) is drawn dotted grey; ``reference`` (the raw
-    input dims, same form) dashed black.
-    """
-    sub = table[table["setting"].isin(settings)]
-    if "variant" in sub:
-        sub = sub[sub["variant"].str.startswith("alpha=")]  # the uniform controls at smaller k are not drawn here
-    alphas = sorted(sub["alpha"].unique())
-    palette = dict(zip(alphas, sns.color_palette("colorblind")))
-    xs = np.arange(len(settings))
-    ticks = [s.split("layer")[-1] if "layer" in s else s for s in settings]
-    fig, axes = plt.subplots(1, len(measures), figsize=(3.4 * len(measures), 3.2), squeeze=False)
-    for ax, m in zip(axes[0], measures):
-        for j, a in enumerate(alphas):
-            rows = sub[sub["alpha"] == a].set_index("setting").reindex(settings)
-            ax.errorbar(xs + (j - (len(alphas) - 1) / 2) * 0.08, rows[m], yerr=rows.get(f"{m}_sd"), marker="o",
-                        capsize=2, color=palette[a], label=f"α={a:g}" + (" (uniform)" if a == 0 else ""))
-        for ref, style, label in ((chance, ":", "chance"), (reference, "--", "input dims")):
-            if ref is not None and m in ref:
-                v = ref[m]
-                ys = [v.get(s, np.nan) for s in settings] if isinstance(v, dict) else [v] * len(settings)
-                color = "grey" if style == ":" else "black"
-                if len(settings) == 1:  # one x position: a line across the panel
-                    ax.axhline(ys[0], linestyle=style, color=color, linewidth=1, label=label)
-                else:
-                    ax.plot(xs, ys, style, color=color, linewidth=1, label=label)
-        ax.set_xticks(xs, ticks)
-        ax.set(xlabel=xlabel, title=m)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize=8)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    return fig
-
-
-def plot_gains(gains: pd.DataFrame, measure: str, settings: list[str], reference_pct: float | None = P2_AVERAGE_GAIN
-               ) -> plt.Figure:
-    """Relative change (%) of ``measure``, weighted vs uniform, per setting and α, with the per-seed spread
-    (sd of the paired differences, relative to the uniform mean); P2's average gain as a dashed line."""
-    sub = gains[(gains["measure"] == measure) & gains["setting"].isin(settings)]
-    alphas = sorted(sub["alpha"].unique())
-    palette = dict(zip([0.0] + alphas, sns.color_palette("colorblind")))
-    xs = np.arange(len(settings))
-    width = 0.8 / max(1, len(alphas))
-    fig, ax = plt.subplots(figsize=(1.1 * len(settings) + 2.5, 3.2))
-    for j, a in enumerate(alphas):
-        rows = sub[sub["alpha"] == a].set_index("setting").reindex(settings)
-        ax.bar(xs - 0.4 + width * (j + 0.5), rows["gain_pct"], width, yerr=100 * rows["diff_sd"] / rows["uniform"],
-               capsize=2, color=palette[a], label=f"α={a:g}", edgecolor="black", linewidth=0.3)
-    ax.axhline(0, color="black", linewidth=0.8)
-    if reference_pct is not None:
-        ax.axhline(reference_pct, color="black", linestyle="--", linewidth=1,
-                   label=f"P2: +{reference_pct}% (auto-interp., Pythia avg.)")
-    ax.set_xticks(xs, [s.split("layer")[-1] if "layer" in s else s for s in settings])
-    ax.set(ylabel=f"{measure}: weighted vs uniform (%)", xlabel="setting / layer")
-    ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_latent_distributions(latents: pd.DataFrame, measure: str, settings: list[str], seed: int = 0,
-                              bins: int = 20) -> plt.Figure:
-    """Histogram of ``measure`` over the live latents of one seed, one panel per setting, one line per α."""
-    sub = latents[latents["live"] & latents["setting"].isin(settings) & (latents["seed"] == seed)]
-    if "control" in sub:
-        sub = sub[~sub["control"].astype(bool)]
-    alphas = sorted(sub["alpha"].unique())
-    palette = dict(zip(alphas, sns.color_palette("colorblind")))
-    fig, axes = plt.subplots(1, len(settings), figsize=(3.0 * len(settings), 2.8), squeeze=False, sharey=True)
-    lo, hi = float(sub[measure].min()), float(sub[measure].max())
-    edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
-    for ax, setting in zip(axes[0], settings):
-        for a in alphas:
-            v = sub[(sub["setting"] == setting) & (sub["alpha"] == a)][measure]
-            ax.hist(v, bins=edges, density=True, histtype="step", linewidth=1.5, color=palette[a],
-                    label=f"α={a:g} (mean {v.mean():.3f})")
-        ax.set(title=setting, xlabel=measure)
-        ax.legend(frameon=False, fontsize=7)
-    axes[0][0].set_ylabel(f"density over live latents (seed {seed})")
-    fig.tight_layout()
-    return fig
-
-
-def plot_frontier(runs: pd.DataFrame, measure: str, settings: list[str]) -> plt.Figure:
-    """``measure`` against unweighted MSE, one panel per setting: the uniform SAEs of each seed (α = 0 at the
-    setting's k and the sparser controls, labelled by k) as a grey line, the weighted SAEs as coloured points."""
-    fig, axes = plt.subplots(1, len(settings), figsize=(3.3 * len(settings), 3.2), squeeze=False)
-    alphas = sorted(a for a in runs["alpha"].unique() if a > 0)
-    palette = dict(zip([0.0] + alphas, sns.color_palette("colorblind")))
-    markers = ["o", "s", "^", "D", "v"]
-    for ax, setting in zip(axes[0], settings):
-        sub = runs[runs["setting"] == setting]
-        for j, (seed, g) in enumerate(sub.groupby("seed")):
-            u = g[g["alpha"] == 0].sort_values("mse")
-            ax.plot(u["mse"], u[measure], color="grey", marker=markers[j % 5], markersize=4, linewidth=1,
-                    label="uniform (k varies)" if j == 0 else None)
-            if j == 0:
-                for _, r in u.iterrows():
-                    ax.annotate(f"k={int(r['k'])}", (r["mse"], r[measure]), fontsize=6, xytext=(2, 2),
-                                textcoords="offset points")
-            for a in alphas:
-                w = g[g["alpha"] == a]
-                ax.scatter(w["mse"], w[measure], color=palette[a], marker=markers[j % 5], s=30, zorder=3,
-                           label=f"α={a:g}" if j == 0 else None)
-        ax.set(xlabel="MSE (unweighted)", title=setting)
-    axes[0][0].set_ylabel(measure)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize=8)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    return fig

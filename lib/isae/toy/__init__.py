@@ -1,1 +1,1 @@
-"""P2's toy model of superposition (the tied toy SAE)."""
+"""P2's toy model of superposition: the toy data (``isae.toy.data``) and the tied toy SAE (``isae.toy.model``)."""
