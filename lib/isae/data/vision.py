@@ -216,7 +216,7 @@ class EfficientNetLite0Model(VisionModel):
     def __init__(self, net: EfficientNetLite0, size: int = 224, device=None, **transform_kw):
         super().__init__(net, make_transform(size, self.MEAN, self.STD, **transform_kw), size, device)
         self.layers = net.layer_names()
-        self.net.to(memory_format=torch.channels_last)  # depthwise convs run ~20% faster on CPU
+        self.net.to(memory_format=torch.channels_last)  # the layout the depthwise convs run best in on CPU
 
     @torch.inference_mode()
     def _features(self, x, layer):
