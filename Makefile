@@ -35,7 +35,8 @@ reproduce: setup  ## Execute every notebook with papermill at PROFILE (progress 
 	@total=$$(date +%s); for nb in $(NOTEBOOKS); do \
 	  name=$$(basename $$nb .ipynb); echo "== $$name (profile $(PROFILE)): started $$(date '+%H:%M:%S')"; start=$$(date +%s); \
 	  TQDM_MININTERVAL=10 $(PY) -m papermill --log-output --no-progress-bar --cwd notebooks -k python3 \
-	    -p profile $(PROFILE) $$nb $(OUT)/notebooks/$$name.ipynb || { echo "== $$name FAILED; executed notebook: $(OUT)/notebooks/$$name.ipynb"; exit 1; }; \
+	    -p profile $(PROFILE) $$nb $(OUT)/notebooks/$$name.ipynb || { echo "== $$name FAILED; executed notebook: $(OUT)/notebooks/$$name.ipynb"; \
+	         $(PY) -m isae.report.overview --profile $(PROFILE); exit 1; }; \
 	  $(VENV)/bin/jupyter nbconvert --log-level WARN --to html $(OUT)/notebooks/$$name.ipynb || exit 1; \
 	  s=$$(( $$(date +%s) - start )); echo "== $$name: $$((s / 60)) min $$((s % 60)) s"; \
 	done; s=$$(( $$(date +%s) - total )); echo "== all notebooks (profile $(PROFILE)): $$((s / 60)) min $$((s % 60)) s"
