@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 OUT := outputs/$(PROFILE)
 
-.PHONY: help setup assets reproduce test lab bench bench-saelens-setup bench-saelens clean
+.PHONY: help setup assets reproduce unit lint test lab bench bench-saelens-setup bench-saelens clean
 
 help:  ## List the targets
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -27,18 +27,29 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-reproduce: setup  ## Execute every notebook with papermill at PROFILE into outputs/<profile>/ (tables, figures, notebooks)
+# Progress in the terminal: papermill logs each cell's output (--log-output), the training runs' tqdm bars included
+# (plain text in the kernel: ipywidgets is not installed); TQDM_MININTERVAL keeps them to about one line per 10 s.
+reproduce: setup  ## Execute every notebook with papermill at PROFILE (progress and wall times in the terminal), then outputs/<profile>/report.html
 	@mkdir -p $(OUT)/notebooks
 	@$(PY) -c 'from isae.experiments.profiles import check_profile; check_profile("$(PROFILE)")'
-	@for nb in $(NOTEBOOKS); do \
-	  name=$$(basename $$nb); echo "== $$name (profile $(PROFILE))"; \
-	  $(PY) -m papermill --cwd notebooks -k python3 -p profile $(PROFILE) $$nb $(OUT)/notebooks/$$name || exit 1; \
-	  $(VENV)/bin/jupyter nbconvert --log-level WARN --to html $(OUT)/notebooks/$$name || exit 1; \
-	done
-	@echo "tables: $(OUT)/tables  figures: $(OUT)/figures  executed notebooks: $(OUT)/notebooks"
+	@total=$$(date +%s); for nb in $(NOTEBOOKS); do \
+	  name=$$(basename $$nb .ipynb); echo "== $$name (profile $(PROFILE)): started $$(date '+%H:%M:%S')"; start=$$(date +%s); \
+	  TQDM_MININTERVAL=10 $(PY) -m papermill --log-output --no-progress-bar --cwd notebooks -k python3 \
+	    -p profile $(PROFILE) $$nb $(OUT)/notebooks/$$name.ipynb || { echo "== $$name FAILED; executed notebook: $(OUT)/notebooks/$$name.ipynb"; \
+	         $(PY) -m isae.report.overview --profile $(PROFILE); exit 1; }; \
+	  $(VENV)/bin/jupyter nbconvert --log-level WARN --to html $(OUT)/notebooks/$$name.ipynb || exit 1; \
+	  s=$$(( $$(date +%s) - start )); echo "== $$name: $$((s / 60)) min $$((s % 60)) s"; \
+	done; s=$$(( $$(date +%s) - total )); echo "== all notebooks (profile $(PROFILE)): $$((s / 60)) min $$((s % 60)) s"
+	$(PY) -m isae.report.overview --profile $(PROFILE)
+	@echo "tables: $(OUT)/tables  figures: $(OUT)/figures  executed notebooks: $(OUT)/notebooks  overview: $(OUT)/report.html"
 
-test: setup  ## Run the unit tests, then every notebook under nbval at the smoke profile
+unit: $(STAMP)  ## Run the unit tests only (no assets needed: the tests that need one skip, naming it)
 	$(PY) -m pytest -q tests
+
+lint: $(STAMP)  ## Check the code and the notebooks with ruff (rules in pyproject.toml)
+	$(VENV)/bin/ruff check .
+
+test: unit assets  ## Run the unit tests, fetch the assets, then run every notebook under nbval at the smoke profile
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $(NOTEBOOKS)
 
 lab: setup  ## Open the notebooks in JupyterLab

@@ -1,15 +1,38 @@
-"""The environment files agree, and the Makefile/CI wiring that a newcomer relies on is in place."""
+"""The environment files agree, every package the library imports is pinned, and the Makefile/CI wiring that a
+newcomer relies on is in place."""
 
+import ast
+import re
+import sys
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# Import name -> distribution name, where they differ.
+DISTRIBUTIONS = {"transformer_lens": "transformer-lens", "yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn"}
+# Imported by lib/isae but installed as a dependency of a pinned package (pinned transitively by its pin).
+TRANSITIVE = {"PIL": "torchvision"}
 
 
 def _requirements() -> list[str]:
     lines = (ROOT / "requirements.txt").read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _pinned() -> set[str]:
+    return {re.split(r"==", r)[0].lower() for r in _requirements()}
+
+
+def _library_imports() -> set[str]:
+    names = set()
+    for path in (ROOT / "lib" / "isae").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"isae", "__future__"}
 
 
 def test_environment_yml_pip_section_holds_the_same_pins_as_requirements():
@@ -24,6 +47,29 @@ def test_every_requirement_is_pinned_exactly():
     assert all("==" in r for r in _requirements()), "pin every requirement with =="
 
 
-def test_ci_runs_the_readme_test_command():
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
+def test_every_package_the_library_imports_is_pinned():
+    imports = _library_imports()
+    assert {"torch", "numpy", "pandas"} <= imports  # the scan sees the library
+    unpinned = sorted(n for n in imports if n not in TRANSITIVE and DISTRIBUTIONS.get(n, n).lower() not in _pinned())
+    assert not unpinned, f"lib/isae imports {unpinned}: pin them in requirements.txt and environment.yml"
+
+
+def test_ci_lints_and_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make lint" in ci and "make test" in ci
     assert "make test" in (ROOT / "README.md").read_text()
+    assert "ruff" in _pinned()
+
+
+def test_makefile_targets():
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, flags=re.M))
+    assert {"help", "setup", "assets", "reproduce", "unit", "lint", "test", "lab", "bench", "bench-saelens-setup",
+            "bench-saelens", "clean"} <= targets
+    assert re.search(r"^unit: \$\(STAMP\)", makefile, flags=re.M), "make unit must not fetch the assets"
+    assert re.search(r"^test: unit assets", makefile, flags=re.M), "unit tests run before the assets are fetched"
+    assert "isae.report.overview" in makefile and "--log-output" in makefile
+
+
+def test_license_is_mit():
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")

@@ -277,3 +277,19 @@ def test_imagenet_classes():
     names = imagenet_classes()
     assert len(names) == 1000 and names[504] == "coffee mug" and names[967] == "espresso"
     assert names == list(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def test_fashion_mnist_corrupt_or_missing_asset_raises(tmp_path, monkeypatch):
+    """No fallback to another copy: a corrupt asset raises AssetCorrupt, an absent one AssetMissing."""
+    from isae.data import assets
+
+    monkeypatch.setenv("ISAE_ASSETS_DIR", str(tmp_path))
+    monkeypatch.setattr(assets, "_VERIFIED", {})
+    with pytest.raises(assets.AssetMissing, match="fashion-mnist"):
+        fashion_mnist(train=False, layout_dir=tmp_path / "layout")
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    for name in assets.ASSETS["fashion-mnist"].files:
+        (folder / name).write_bytes(b"not the Fashion-MNIST file")
+    with pytest.raises(assets.AssetCorrupt, match="fashion-mnist"):
+        fashion_mnist(train=False, layout_dir=tmp_path / "layout")

@@ -8,10 +8,27 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, replace
+from numbers import Integral, Real
 
 PROFILES = ("smoke", "default", "paper")
 P1_MODELS = ("topk", "abstopk", "isae", "isae_me")
+ARCHITECTURES = ("topk", "abstopk", "isae", "isae_me", "relu", "jumprelu")
+"""The SAE architectures of ``isae.core.models.ARCHITECTURES`` (named here so that profiles import no torch)."""
+K_SPARSE = ("topk", "abstopk", "isae", "isae_me")
+"""The architectures with k active latents (0 < k < d_sae)."""
+SETTINGS = ("iid", "mixture")
+"""The synthetic data settings of P1's Table 1."""
+DEFAULT_LM_LAYERS = 30
+"""Blocks of the default LM, SmolLM2-135M (0..29)."""
+LM_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
+"""TransformerLens hook points inside a block: ``blocks.<L>.<hook>``."""
+VISION_LAYERS = ("stem", *(f"blocks.{i}" for i in range(16)), "head", *(f"stage{i}" for i in range(1, 8)))
+"""Layers of the default vision model, EfficientNet-Lite0 (``stageN``: the last block of stage N)."""
+DTYPES = ("float32", "float16", "bfloat16")
+W_P_KINDS = ("gaussian", "heterogeneous")
+"""How the toy experiments draw W_p (``isae.experiments.p2_toy.W_P_KINDS``)."""
 TOY_ACTIVATIONS = ("none", "relu", "jumprelu", "topk")
 """The toy SAE's activations σ (P2's toy experiments)."""
 WEIGHT_ALPHAS = (0.0, 0.5, 1.0)
@@ -20,8 +37,71 @@ WEIGHT_ALPHAS = (0.0, 0.5, 1.0)
 
 def check_profile(profile: str) -> str:
     if profile not in PROFILES:
-        raise ValueError(f"profile={profile!r} is unknown; use one of {PROFILES} (e.g. make reproduce PROFILE=default).")
+        raise ValueError(f"profile={profile!r} is unknown; use one of {PROFILES} "
+                         "(e.g. make reproduce PROFILE=default).")
     return profile
+
+
+def _fail(what: str, name: str, value, rule: str):
+    raise ValueError(f"{what} parameter {name}={value!r}: {rule}.")
+
+
+def _ints(obj, what: str, names: tuple[str, ...], minimum: int = 1) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if isinstance(v, bool) or not isinstance(v, Integral) or v < minimum:
+            _fail(what, name, v, f"must be an integer ≥ {minimum}")
+
+
+def _in_range(obj, what: str, name: str, lo: float, hi: float, closed_hi: bool = False, closed_lo: bool = True):
+    values = getattr(obj, name)
+    for v in values if isinstance(values, tuple) else (values,):
+        ok = isinstance(v, Real) and not isinstance(v, bool) and (lo <= v if closed_lo else lo < v) \
+            and (v <= hi if closed_hi else v < hi)
+        if not ok:
+            interval = f"{'[' if closed_lo else '('}{lo}, {hi}{']' if closed_hi else ')'}"
+            _fail(what, name, values, f"every value must be a number in {interval}")
+
+
+def _subset(obj, what: str, name: str, allowed: tuple) -> None:
+    values = getattr(obj, name)
+    if not isinstance(values, tuple) or not values:
+        _fail(what, name, values, f"must be a non-empty list drawn from {allowed}")
+    bad = [v for v in values if v not in allowed]
+    if bad or len(set(values)) != len(values):
+        _fail(what, name, values, f"{'unknown ' + repr(bad) if bad else 'repeated values'}; use values from {allowed}")
+
+
+def _lr(obj, what: str) -> None:
+    if obj.lr is not None and (isinstance(obj.lr, bool) or not isinstance(obj.lr, Real) or not obj.lr > 0):
+        _fail(what, "lr", obj.lr, "must be a positive number (or None for the default)")
+
+
+def _seeds(obj, what: str, name: str = "n_seeds") -> None:
+    _ints(obj, what, (name,))
+    if getattr(obj, name) < 2:
+        _fail(what, name, getattr(obj, name), "every pair of seeds is compared, so at least 2 are needed; "
+              f"pass {name}=2 or more")
+
+
+def _k(obj, what: str, k: str, d_sae: str, models: tuple[str, ...]) -> None:
+    if any(m in K_SPARSE for m in models) and not getattr(obj, k) < getattr(obj, d_sae):
+        _fail(what, k, getattr(obj, k), f"must be smaller than {d_sae}={getattr(obj, d_sae)} (k active latents of "
+              f"{d_sae}); lower {k} or raise {d_sae}")
+
+
+def lm_hook_layer(hook: str, n_layers: int = DEFAULT_LM_LAYERS) -> int:
+    """The block of an LM hook name ``blocks.<L>.<hook point>``; ValueError naming ``lm_hook`` when malformed or when
+    L is outside the default LM's blocks (0..n_layers-1)."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(\w+)", hook) if isinstance(hook, str) else None
+    if m is None or m.group(2) not in LM_HOOKS:
+        _fail("real-data", "lm_hook", hook, f"must be 'blocks.<layer>.<hook>' with <hook> one of {LM_HOOKS}, e.g. "
+              "'blocks.20.hook_resid_post'")
+    layer = int(m.group(1))
+    if layer >= n_layers:
+        _fail("real-data", "lm_hook", hook, f"layer {layer} is out of range: the default LM (SmolLM2-135M) has "
+              f"{n_layers} blocks, 0..{n_layers - 1}; pass e.g. lm_hook='blocks.{n_layers - 1}.hook_resid_post'")
+    return layer
 
 
 def sizes_at(table: dict, profile: str, what: str, **overrides):
@@ -65,6 +145,20 @@ class SyntheticProfile:
     data_seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 50
+
+    def __post_init__(self):
+        w = "synthetic"
+        _ints(self, w, ("d_in", "n_atoms", "d_sae", "k", "n_steps", "batch_size", "n_eval", "n_components",
+                        "checkpoint_every", "log_every"))
+        _ints(self, w, ("data_seed",), minimum=0)
+        _seeds(self, w)
+        _subset(self, w, "settings", SETTINGS)
+        _subset(self, w, "models", ARCHITECTURES)
+        _k(self, w, "k", "d_sae", self.models)
+        if self.k > self.n_atoms:
+            _fail(w, "k", self.k, f"must be at most n_atoms={self.n_atoms} (k active atoms per input)")
+        _in_range(self, w, "spread", 0.0, float("inf"), closed_lo=False)
+        _lr(self, w)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +210,21 @@ class RealProfile:
     dtype: str = "float32"
     log_every: int = 50
     checkpoint_every: int = 500
+
+    def __post_init__(self):
+        w = "real-data"
+        lm_hook_layer(self.lm_hook)
+        if self.vision_layer not in VISION_LAYERS:
+            _fail(w, "vision_layer", self.vision_layer, f"unknown EfficientNet-Lite0 layer; use one of {VISION_LAYERS}")
+        _ints(self, w, ("lm_train_tokens", "lm_eval_tokens", "context_length", "ce_windows", "vision_train_images",
+                        "vision_eval_images", "d_sae", "k", "batch_size", "n_eval", "log_every", "checkpoint_every"))
+        _ints(self, w, ("image_size",), minimum=32)
+        _seeds(self, w)
+        _subset(self, w, "models", ARCHITECTURES)
+        _k(self, w, "k", "d_sae", self.models)
+        if self.dtype not in DTYPES:
+            _fail(w, "dtype", self.dtype, f"use one of {DTYPES}")
+        _lr(self, w)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,6 +280,23 @@ class ToyProfile:
     data_seed: int = 0
     log_every: int = 100
 
+    def __post_init__(self):
+        w = "toy"
+        _ints(self, w, ("n_features", "n_input", "n_latents", "n_steps", "batch_size", "n_seeds", "n_eval",
+                        "log_every"))
+        _ints(self, w, ("data_seed",), minimum=0)
+        _lr(self, w)
+        if self.lr is None:
+            _fail(w, "lr", None, "the toy experiments need a learning rate; pass a positive number")
+        _subset(self, w, "activations", TOY_ACTIVATIONS)
+        for name in ("sparsities", "weight_sparsities", "ablation_sparsity"):
+            _in_range(self, w, name, 0.0, 1.0)
+        _in_range(self, w, "hidden_sizes", 0.0, float("inf"), closed_lo=False)
+        _in_range(self, w, "weight_alphas", -float("inf"), float("inf"))
+        _in_range(self, w, "extra_relu_l1", 0.0, float("inf"))
+        if self.weight_w_p not in W_P_KINDS:
+            _fail(w, "weight_w_p", self.weight_w_p, f"use one of {W_P_KINDS}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -225,6 +351,26 @@ class WeightedProfile:
     lr: float | None = None
     log_every: int = 25
 
+    def __post_init__(self):
+        w = "weighted-SAE"
+        if not isinstance(self.lm_layers, tuple) or not self.lm_layers:
+            _fail(w, "lm_layers", self.lm_layers, f"must be a non-empty list of layers in 0..{DEFAULT_LM_LAYERS - 1}")
+        bad = [L for L in self.lm_layers if isinstance(L, bool) or not isinstance(L, Integral)
+               or not 0 <= L < DEFAULT_LM_LAYERS]
+        if bad or len(set(self.lm_layers)) != len(self.lm_layers):
+            _fail(w, "lm_layers", self.lm_layers, f"{'layers ' + repr(bad) + ' out of range' if bad else 'repeated'}:"
+                  f" the default LM (SmolLM2-135M) has {DEFAULT_LM_LAYERS} blocks, 0..{DEFAULT_LM_LAYERS - 1}")
+        _ints(self, w, ("lm_train_tokens", "lm_d_sae", "lm_k", "vision_d_sae", "vision_k", "batch_size", "n_top",
+                        "consistency_top", "stats_rows", "log_every"))
+        _seeds(self, w)
+        _k(self, w, "lm_k", "lm_d_sae", K_SPARSE)
+        _k(self, w, "vision_k", "vision_d_sae", K_SPARSE)
+        _in_range(self, w, "alphas", -float("inf"), float("inf"))
+        if 0.0 not in self.alphas:
+            _fail(w, "alphas", self.alphas, "must include 0 (the uniform SAE every gain is measured against)")
+        _in_range(self, w, "control_k_fractions", 0.0, 1.0, closed_lo=False)
+        _lr(self, w)
+
     def control_ks(self, k: int) -> tuple[int, ...]:
         """The k of the uniform controls of a setting whose SAEs use ``k`` (distinct, 1 ≤ k_c < k)."""
         return tuple(sorted({max(1, int(round(k * f))) for f in self.control_k_fractions} - {k}, reverse=True))
@@ -251,9 +397,4 @@ WEIGHTED: dict[str, WeightedProfile] = {
 
 def weighted_profile(profile: str, **overrides) -> WeightedProfile:
     """The weighted-SAE sizes of ``profile``, with any field overridden (None values ignored)."""
-    wp = sizes_at(WEIGHTED, profile, "weighted-SAE", **overrides)
-    if wp.n_seeds < 2:
-        raise ValueError(f"n_seeds={wp.n_seeds}: at least 2 seeds are needed for a seed spread.")
-    if 0.0 not in wp.alphas:
-        raise ValueError(f"alphas={wp.alphas} must include 0 (the uniform SAE every gain is measured against).")
-    return wp
+    return sizes_at(WEIGHTED, profile, "weighted-SAE", **overrides)
