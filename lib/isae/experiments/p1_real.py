@@ -135,3 +135,25 @@ def paper_table2_as_ours(paper2: pd.DataFrame) -> pd.DataFrame:
     the paper's name)."""
     ours_setting = {v: k for k, v in PAPER_SETTING.items()}
     return paper2.assign(paper_setting=paper2["setting"], setting=paper2["setting"].map(ours_setting))
+
+
+def claims_beside_paper(table: pd.DataFrame, splice: pd.DataFrame, paper2_as_ours: pd.DataFrame,
+                        paper3: pd.DataFrame, downstream_setting: str = "smollm2 (CE)") -> pd.DataFrame:
+    """``report.p1.check_real_claims`` on our tables, with the same check on P1's own numbers beside each claim
+    (columns "holds in P1's numbers" and "P1's evidence")."""
+    from isae.report.p1 import check_real_claims
+
+    claims = check_real_claims(table, downstream=splice, downstream_setting=downstream_setting)
+    paper_claims = check_real_claims(paper2_as_ours, downstream=paper3, downstream_setting=downstream_setting)
+    return claims.merge(paper_claims[["claim", "setting", "holds", "evidence"]].rename(
+        columns={"holds": "holds in P1's numbers", "evidence": "P1's evidence"}), on=["claim", "setting"], how="left")
+
+
+def dcs_above_floor(table: pd.DataFrame) -> pd.DataFrame:
+    """Per setting of a ``summarise`` table: the range of the trained models' DCS and the DCS of the random-init
+    TopK pair (the floor). When trained DCS is close to the floor the dictionaries have not converged, and the
+    stability claims are not tested at this budget."""
+    trained = table["trained"].astype(bool)
+    floor = table[~trained & (table["variant"] == "topk")].set_index("setting")["dcs"]
+    by_setting = table[trained].groupby("setting", sort=False)["dcs"]
+    return pd.DataFrame({"trained_min": by_setting.min(), "trained_max": by_setting.max(), "floor": floor})

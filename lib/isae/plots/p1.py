@@ -12,7 +12,7 @@ from isae.experiments.p1_synthetic import TABLE_METRICS, pair_columns, run_label
 from isae.plots.common import save_figure
 
 # save_figure is re-exported: notebook 05 calls it from this module.
-__all__ = ["LABELS", "matched_cos_distributions", "matched_cosines", "metric_bars", "save_figure",
+__all__ = ["LABELS", "activation_sanity", "matched_cos_distributions", "matched_cosines", "metric_bars", "save_figure",
            "tradeoff_scatter", "training_curves"]
 
 LABELS = {"mse": "MSE ↓", "r_s": "R_S ↓", "sae_iou": "SAE IoU ↑", "sae_l2": "SAE ℓ2 ↓",
@@ -148,4 +148,27 @@ def tradeoff_scatter(table: pd.DataFrame, paper: pd.DataFrame | None = None,
                               label="paper (hollow)"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False, fontsize=8)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
+# --- activation caches (notebook 02) ---------------------------------------------------------------------------
+
+def activation_sanity(caches: dict, names: tuple[str, ...] = ("lm_train", "vision_train"),
+                      max_rows: int = 20_000) -> plt.Figure:
+    """Two panels for the first ``max_rows`` rows of each cache in ``names``: the density of activation norms,
+    and the share of variance per dimension (sorted, on a log scale)."""
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    for name in names:
+        x = caches[name].rows(0, min(len(caches[name]), max_rows)).astype(np.float32)
+        axes[0].hist(np.linalg.norm(x, axis=1), bins=60, alpha=0.6, label=name, density=True)
+        var = np.sort(x.var(0))[::-1]
+        axes[1].plot(np.arange(1, len(var) + 1) / len(var), var / var.sum(), label=name)
+    axes[0].set(xlabel="‖x‖", ylabel="density", title="activation norms")
+    axes[0].legend()
+    axes[1].set(xlabel="dimension (fraction, sorted)", ylabel="share of variance", yscale="log",
+                title="per-dimension variance")
+    axes[1].legend()
+    fig.tight_layout()
     return fig
