@@ -35,7 +35,8 @@ from isae.core.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
 import isae.train.trainer
 from isae.train.trainer import TrainConfig, train_many
 
-from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+# benchmarks/ is on sys.path when run as a script
+from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402
 
 PAPER = {"d_in": 768, "d_sae": 4096, "k": 40, "batch": 2048, "n_atoms": 4096, "data_k": 40}
 

@@ -38,7 +38,8 @@ import torch
 
 import isae.eval.metrics as metrics
 
-from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+# benchmarks/ is on sys.path when run as a script
+from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

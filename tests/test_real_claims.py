@@ -27,8 +27,16 @@ GOOD = {
 }
 
 
+VARIANT = {"TopK": "topk", "AbsTopK": "abstopk", "iSAE": "isae", "iSAE-ME": "isae_me"}
+
+
 def _table(rows: dict, setting: str = "lm") -> pd.DataFrame:
-    return pd.DataFrame([{"setting": setting, "model": m, **v} for m, v in rows.items()])
+    """A summary table; "X (untrained)" rows are X's random-init baseline (as ``summarise`` keys them)."""
+    out = []
+    for m, v in rows.items():
+        base = m.removesuffix(" (untrained)")
+        out.append({"setting": setting, "model": m, "variant": VARIANT[base], "trained": base == m, **v})
+    return pd.DataFrame(out)
 
 
 def _holds(claims: pd.DataFrame, text: str) -> bool:
@@ -40,7 +48,16 @@ def _holds(claims: pd.DataFrame, text: str) -> bool:
 def test_every_claim_holds_on_a_table_built_to_satisfy_them():
     claims = reporting.check_real_claims(_table(GOOD))
     assert claims["holds"].dtype == bool and claims["holds"].all(), claims
-    assert len(claims) == 8 and set(claims["setting"]) == {"lm"}
+    assert set(claims["setting"]) == {"lm"} and claims["claim"].is_unique
+
+
+def test_the_random_init_claim_needs_the_baseline_row_and_reads_it_by_key():
+    without = reporting.check_real_claims(_table({m: v for m, v in GOOD.items() if m != "TopK (untrained)"}))
+    assert not without["claim"].str.contains("untrained").any()
+    # the baseline is found through variant/trained, not through its label
+    relabelled = _table(GOOD).replace({"model": {"TopK (untrained)": "random init"}})
+    row = reporting.check_real_claims(relabelled).set_index("claim").filter(like="untrained", axis=0)
+    assert len(row) == 1 and row["evidence"].iloc[0].endswith("vs untrained 0.300")
 
 
 @pytest.mark.parametrize("model, metric, value, claim", [
@@ -117,12 +134,13 @@ def test_table2_driver_on_a_cache_has_the_paper_columns_and_one_row_per_model(tm
     required = ["setting", "model"] + [c for m in experiments.TABLE_METRICS for c in (m, f"{m}_sd")] + ["n_seeds",
                                                                                                        "n_pairs"]
     assert list(table.columns[: len(required)]) == required
-    assert len(table) == 8  # 4 models + their 4 untrained baselines
-    trained = table[~table["model"].str.contains("untrained")]
+    assert set(zip(table["variant"], table["trained"])) == {(a, t) for a in sae_cfgs for t in (True, False)}
+    trained = table[table["trained"]]
     assert list(trained["model"]) == list(reporting.P1_MODELS)
     assert (trained["n_seeds"] == 3).all() and (trained["n_pairs"] == math.comb(3, 2)).all()
     assert np.isfinite(trained[list(experiments.TABLE_METRICS)].to_numpy()).all()
     assert stream.steps_per_pass == 512 // 64 and result.log["step"].max() == stream.steps_per_pass
-    assert len(list((tmp_path / "out" / "saes").iterdir())) == 12
+    assert sorted(d.name for d in (tmp_path / "out" / "saes").iterdir()) == sorted(
+        f"toy_{a}_seed{s}" for a in sae_cfgs for s in range(3))
     claims = reporting.check_real_claims(table)
     assert claims["holds"].dtype == bool and set(claims["setting"]) == {"toy"}
