@@ -6,7 +6,7 @@ Both sides call ``isae.train.trainer.train_many`` on the same ``SyntheticStream`
 * separate: S·M calls with one model each (every call produces the whole stream again, including the
   ``geometric_median_samples`` inputs that initialise b_dec).
 
-It prints the wall time of each side and their ratio (goal of issue 6: together ÷ separate ≤ 1), the share
+It prints the wall time of each side and their ratio (goal: together ÷ separate ≤ 1), the share
 of each side's time spent producing data batches (``stream.batch``, timed through a wrapper), and whether
 every model ends identical in both settings (max |ΔW_dec|).
 

@@ -15,7 +15,7 @@ pair of SAEs pays two assignments) with scipy's ``linear_sum_assignment`` wrappe
 * the rest of each call: the cosine matrix (unit rows, one [K, N] × [N, K] product, copy to numpy) and |·|;
 * the cosine matrix alone, timed separately the same way the library computes it.
 
-Goal (issue 6): the Hungarian step under 10 s at K = 4096. It also checks that the near-identical pair's
+Goal: the Hungarian step under 10 s at K = 4096. It also checks that the near-identical pair's
 matching recovers the planted signed permutation.
 
 Usage (from the repository root)::

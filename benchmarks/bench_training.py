@@ -133,7 +133,7 @@ def matmul_throughput(batch: int, n: int, k: int, device: torch.device, min_seco
     """flop/s of x @ W.T for x [batch, n], W [k, n] in float32 (2·batch·n·k flop per product).
 
     The product is written into a preallocated output: a fresh [batch, k] output costs page faults on the
-    CPU (67.9 ms against 60.4 ms at the paper's sizes here), which the limit should not include.
+    CPU, which the limit should not include.
     """
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(batch, n, generator=gen).to(device)

@@ -103,7 +103,7 @@ def omp(atoms: torch.Tensor, x: torch.Tensor, k: int, chunk: int | None = None) 
     """
     if not 0 < k <= atoms.shape[0]:
         raise ValueError(f"k={k} must satisfy 0 < k ≤ number of atoms={atoms.shape[0]}.")
-    if chunk is None:  # inputs per batch: small on CPU keeps the [chunk, K] temporaries in cache (~2× faster)
+    if chunk is None:  # inputs per batch: small on CPU keeps the [chunk, K] temporaries in cache
         chunk = 256 if x.device.type == "cpu" else 4096
     atoms = atoms.float()
     gram = atoms @ atoms.T

@@ -69,7 +69,7 @@ def seed_pairs(keys) -> list[tuple[RunKey, RunKey]]:
 
 
 def evaluate(saes: dict[RunKey, SAE], x: torch.Tensor, true_atoms: torch.Tensor | None = None,
-             oracle: bool = True, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+             progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-SAE metrics and metrics of every seed pair of ``saes`` (``seed_pairs``)."""
     runs = []
     for key, sae in saes.items():
@@ -80,7 +80,7 @@ def evaluate(saes: dict[RunKey, SAE], x: torch.Tensor, true_atoms: torch.Tensor 
         runs.append(row)
     pairs, codes = [], {}
     for a, b in tqdm(seed_pairs(saes), desc="comparing seed pairs", disable=not progress):
-        row = metrics.pair_metrics(saes[a], saes[b], x, oracle=oracle, codes=codes)
+        row = metrics.pair_metrics(saes[a], saes[b], x, codes=codes)
         pairs.append({"pair": f"{run_label(a)} vs {run_label(b)}", "model": model_label(a, saes[a]),
                       **pair_columns(a, b), **row})
     return pd.DataFrame(runs), pd.DataFrame(pairs)
