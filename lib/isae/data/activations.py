@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from isae.data import assets
 from isae.data.cache import ActivationCache, build_cache

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from isae.core.models import SAE, SAEConfig
 from isae.core.runs import RunKey
