@@ -6,7 +6,7 @@ Both sides call ``isae.train.trainer.train_many`` on the same ``SyntheticStream`
 * separate: S·M calls with one model each (every call produces the whole stream again, including the
   ``geometric_median_samples`` inputs that initialise b_dec).
 
-It prints the wall time of each side and their ratio (goal of issue 6: together ÷ separate ≤ 1), the share
+It prints the wall time of each side and their ratio (goal: together ÷ separate ≤ 1), the share
 of each side's time spent producing data batches (``stream.batch``, timed through a wrapper), and whether
 every model ends identical in both settings (max |ΔW_dec|).
 
@@ -35,7 +35,8 @@ from isae.core.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
 import isae.train.trainer
 from isae.train.trainer import TrainConfig, train_many
 
-from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+# benchmarks/ is on sys.path when run as a script
+from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402
 
 PAPER = {"d_in": 768, "d_sae": 4096, "k": 40, "batch": 2048, "n_atoms": 4096, "data_k": 40}
 

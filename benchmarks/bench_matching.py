@@ -15,7 +15,7 @@ pair of SAEs pays two assignments) with scipy's ``linear_sum_assignment`` wrappe
 * the rest of each call: the cosine matrix (unit rows, one [K, N] × [N, K] product, copy to numpy) and |·|;
 * the cosine matrix alone, timed separately the same way the library computes it.
 
-Goal (issue 6): the Hungarian step under 10 s at K = 4096. It also checks that the near-identical pair's
+Goal: the Hungarian step under 10 s at K = 4096. It also checks that the near-identical pair's
 matching recovers the planted signed permutation.
 
 Usage (from the repository root)::
@@ -38,7 +38,8 @@ import torch
 
 import isae.eval.metrics as metrics
 
-from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+# benchmarks/ is on sys.path when run as a script
+from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

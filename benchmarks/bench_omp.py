@@ -43,7 +43,8 @@ import torch
 
 from isae.eval.metrics import omp
 
-from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+# benchmarks/ is on sys.path when run as a script
+from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402
 
 try:
     import sklearn

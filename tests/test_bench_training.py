@@ -43,7 +43,7 @@ def test_bench_training_refuses_compile_without_enough_warmup(bench_training):
 
 
 def test_bench_training_runs_every_model_through_torch_compile(bench_training):
-    # --compile is the option a GPU session times (issue 6, goal 6). The numba kernels and the sparse CSR
+    # --compile is the option a GPU session times. The numba kernels and the sparse CSR
     # products cannot be traced, so they must run eagerly inside the compiled forward instead of failing it.
     # d_sae = 512, k = 8: wide enough for the numba top-k kernel (2k = 16 for the aRIP support) to be used.
     df = bench_training.main(["--d-in", "32", "--d-sae", "512", "--k", "8", "--batch", "64", "--steps", "1",

@@ -1,4 +1,5 @@
-"""Downstream loss (isae.eval.downstream): splicing an identity "SAE" changes nothing, zero-ablation hurts, norms restored.
+"""Downstream loss (isae.eval.downstream): splicing an identity "SAE" changes nothing, zero-ablation hurts, norms
+restored.
 
 A tiny Llama (SmolLM2's architecture) is trained for a few seconds to predict a cyclic word sequence, saved
 as a Hugging Face folder and loaded through ``isae.data.lm.load_language_model`` — the same path as the notebook's

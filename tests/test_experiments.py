@@ -1,13 +1,18 @@
-"""Experiment drivers: tables have the paper's columns, seeds and pairs are counted, profiles validate."""
+"""Experiment drivers: tables have the paper's columns and the run-key columns, seeds and pairs are counted,
+profiles validate."""
 
 import math
 
 import pandas as pd
 import pytest
+import torch
 
+from isae.core.models import ARCHITECTURES
+from isae.core.runs import RunKey
+from isae.eval import metrics
 from isae.experiments import p1_synthetic as experiments
-from isae.report import p1 as reporting
 from isae.experiments.profiles import PROFILES, synthetic_profile
+from isae.report import p1 as reporting
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +27,62 @@ def test_summary_has_the_paper_columns_and_counts_every_seed_pair(tiny_result):
     table = experiments.summarise(result.runs, result.pairs)
     for metric in experiments.TABLE_METRICS:
         assert {metric, f"{metric}_sd"} <= set(table.columns)
-    trained = table[~table["model"].str.contains("untrained")]
-    assert set(trained["model"]) == {"TopK", "AbsTopK", "iSAE", "iSAE-ME"}
+    trained = table[table["trained"]]
+    assert list(trained["model"]) == [ARCHITECTURES[a] for a in p.models]
+    assert list(trained["variant"]) == list(p.models)
     assert (trained["n_seeds"] == p.n_seeds).all()
     assert (trained["n_pairs"] == math.comb(p.n_seeds, 2)).all()
-    untrained = table[table["model"].str.contains("untrained")]
-    assert len(untrained) == 4 and (untrained["n_pairs"] == 1).all()
+    untrained = table[~table["trained"]]
+    # one random-init pair per architecture, listed after every trained model, labelled from its key
+    assert list(untrained["variant"]) == list(p.models)
+    assert list(untrained["model"]) == [f"{ARCHITECTURES[a]} (untrained)" for a in p.models]
+    assert (untrained["n_pairs"] == 1).all() and (untrained["n_seeds"] == 2).all()
+    assert table.index[table["trained"]].max() < table.index[~table["trained"]].min()
+
+
+def test_run_and_pair_tables_carry_the_run_key(tiny_result):
+    p, result = tiny_result
+    runs, pairs = result.runs, result.pairs
+    assert {"variant", "seed", "trained"} <= set(runs) and {"variant", "seed_a", "seed_b", "trained"} <= set(pairs)
+    assert set(result.saes) == {RunKey(a, s) for a in p.models for s in range(p.n_seeds)}
+    # the human labels are rendered from the key columns
+    assert list(runs["run"]) == [f"{v}/seed{s}" for v, s in zip(runs["variant"], runs["seed"])]
+    assert list(pairs["pair"]) == [f"{v}/seed{a} vs {v}/seed{b}"
+                                   for v, a, b in zip(pairs["variant"], pairs["seed_a"], pairs["seed_b"])]
+    trained = runs[runs["trained"]]
+    assert sorted(trained["seed"].unique()) == list(range(p.n_seeds))
+    assert (runs.loc[~runs["trained"], "seed"] >= experiments.UNTRAINED_SEED_OFFSET).all()
+    assert (pairs["seed_a"] < pairs["seed_b"]).all()
+    assert set(result.log["variant"]) == set(p.models) and result.log["trained"].all()
+
+
+def test_seed_pairs_pair_only_runs_of_one_variant_and_training_state():
+    keys = [RunKey("topk", 0), RunKey("topk", 1), RunKey("abstopk", 0), RunKey("topk", 1000, trained=False),
+            RunKey("topk", 1001, trained=False), RunKey("abstopk", 1)]
+    assert experiments.seed_pairs(keys) == [(RunKey("topk", 0), RunKey("topk", 1)),
+                                            (RunKey("abstopk", 0), RunKey("abstopk", 1)),
+                                            (RunKey("topk", 1000, False), RunKey("topk", 1001, False))]
+
+
+def test_untrained_pair_is_keyed_as_untrained(tiny_result):
+    p, _ = tiny_result
+    from isae.core.models import SAEConfig
+    from isae.data.synthetic import SyntheticStream
+
+    stream = SyntheticStream(experiments.synthetic_data_config("iid", p), p.batch_size, seed=p.data_seed)
+    saes = experiments.untrained_pair(SAEConfig(d_in=p.d_in, d_sae=p.d_sae, k=p.k, architecture="isae"), stream,
+                                      64, "cpu")
+    assert list(saes) == [RunKey("isae", 1000, trained=False), RunKey("isae", 1001, trained=False)]
+    assert [sae.seed for sae in saes.values()] == [1000, 1001]
+
+
+def test_coherence_separates_orthogonal_from_repeated_atoms(tiny_result):
+    assert metrics.coherence(torch.eye(4)) == {"mean |cos|": 0.0, "mean max |cos|": 0.0}
+    repeated = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
+    assert metrics.coherence(repeated)["mean max |cos|"] == pytest.approx(2 / 3)
+    p, _ = tiny_result
+    table = experiments.dictionary_coherence(p)
+    assert list(table.index) == list(p.settings) and (table.to_numpy() > 0).all()
 
 
 def test_summary_means_equal_the_per_pair_means(tiny_result):
@@ -48,8 +103,16 @@ def test_side_by_side_shows_our_value_and_the_papers(tiny_result):
 
 def test_claims_are_checked_for_every_setting(tiny_result):
     _, result = tiny_result
-    claims = reporting.check_synthetic_claims(experiments.summarise(result.runs, result.pairs))
-    assert len(claims) >= 6 and claims["holds"].dtype == bool and set(claims["setting"]) == {"iid"}
+    table = experiments.summarise(result.runs, result.pairs)
+    claims = reporting.check_synthetic_claims(table)
+    assert claims["holds"].dtype == bool and set(claims["setting"]) == {"iid"}
+    assert claims["claim"].str.contains("i.i.d.").any() and not claims["claim"].str.contains("mixture").any()
+    # the random-init comparison reads the untrained TopK row through the key columns
+    floor = table.loc[~table["trained"] & (table["variant"] == "topk"), "dcs"].item()
+    row = claims[claims["claim"].str.startswith("Trained SAEs")].iloc[0]
+    assert row["evidence"].endswith(f"vs untrained {floor:.3f}")
+    trained_dcs = table.loc[table["trained"] & (table["variant"] == "topk"), "dcs"].item()
+    assert row["holds"] == (trained_dcs > floor)
 
 
 def test_unknown_profile_or_parameter_is_refused_with_the_valid_choices():
@@ -57,7 +120,12 @@ def test_unknown_profile_or_parameter_is_refused_with_the_valid_choices():
         synthetic_profile("laptop")
     with pytest.raises(ValueError, match="n_stepz"):
         synthetic_profile("smoke", n_stepz=3)
-    assert PROFILES == ("smoke", "default", "paper")
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_builds_and_takes_overrides(profile):
+    p = synthetic_profile(profile, n_steps=7, n_seeds=2)
+    assert (p.n_steps, p.n_seeds) == (7, 2)
 
 
 def test_paper_table_matches_the_published_numbers():

@@ -442,3 +442,32 @@ def test_bf16_selection_keeps_float32_values_and_nearly_the_same_latents(archite
 
     for name in ("idx", "support", "aux_idx"):
         assert agreement(getattr(fast, name), getattr(exact, name)) > 0.97, name
+
+
+def test_unknown_architecture_is_refused_with_the_valid_names():
+    with pytest.raises(ValueError) as err:
+        SAEConfig(d_in=8, d_sae=16, k=2, architecture="gated")
+    for name in models.REGISTRY:
+        assert repr(name) in str(err.value)
+    with pytest.raises(ValueError, match="topk"):
+        models.architecture("TopK")  # display names are not architecture names
+
+
+def test_registry_flags_drive_the_public_name_tuples():
+    assert set(models.K_SPARSE) == {n for n, a in models.REGISTRY.items() if a.k_sparse}
+    assert set(models.SIGNED) <= set(models.K_SPARSE)
+    assert models.ARCHITECTURES["isae_me"] == SAEConfig(d_in=8, d_sae=16, k=2, architecture="isae_me").display_name
+    # aRIP defaults on for the iSAE family only; the multistep encoder has T steps, the others one
+    assert SAEConfig(d_in=8, d_sae=16, k=2, architecture="isae").arip_coef == 0.1
+    assert SAEConfig(d_in=8, d_sae=16, k=2, architecture="abstopk").arip_coef == 0.0
+    assert SAEConfig(d_in=8, d_sae=16, k=2, architecture="isae_me", n_steps=3).encoder_steps == 3
+    assert SAEConfig(d_in=8, d_sae=16, k=2, architecture="isae", n_steps=3).encoder_steps == 1
+    assert SAEConfig(d_in=8, d_sae=16, architecture="relu").has_encoder_bias
+
+
+def test_sparse_values_follow_the_sign_flag():
+    pre = torch.tensor([[-1.0, 2.0]])
+    assert torch.equal(models.REGISTRY["topk"].sparse_values(pre), torch.tensor([[0.0, 2.0]]))
+    assert torch.equal(models.REGISTRY["abstopk"].sparse_values(pre), pre)
+    assert torch.equal(models.REGISTRY["jumprelu"].dense_code(torch.tensor([0.05, 0.2, -1.0]), 0.1),
+                       torch.tensor([0.0, 0.2, -0.0]))

@@ -27,8 +27,16 @@ GOOD = {
 }
 
 
+VARIANT = {"TopK": "topk", "AbsTopK": "abstopk", "iSAE": "isae", "iSAE-ME": "isae_me"}
+
+
 def _table(rows: dict, setting: str = "lm") -> pd.DataFrame:
-    return pd.DataFrame([{"setting": setting, "model": m, **v} for m, v in rows.items()])
+    """A summary table; "X (untrained)" rows are X's random-init baseline (as ``summarise`` keys them)."""
+    out = []
+    for m, v in rows.items():
+        base = m.removesuffix(" (untrained)")
+        out.append({"setting": setting, "model": m, "variant": VARIANT[base], "trained": base == m, **v})
+    return pd.DataFrame(out)
 
 
 def _holds(claims: pd.DataFrame, text: str) -> bool:
@@ -40,7 +48,16 @@ def _holds(claims: pd.DataFrame, text: str) -> bool:
 def test_every_claim_holds_on_a_table_built_to_satisfy_them():
     claims = reporting.check_real_claims(_table(GOOD))
     assert claims["holds"].dtype == bool and claims["holds"].all(), claims
-    assert len(claims) == 8 and set(claims["setting"]) == {"lm"}
+    assert set(claims["setting"]) == {"lm"} and claims["claim"].is_unique
+
+
+def test_the_random_init_claim_needs_the_baseline_row_and_reads_it_by_key():
+    without = reporting.check_real_claims(_table({m: v for m, v in GOOD.items() if m != "TopK (untrained)"}))
+    assert not without["claim"].str.contains("untrained").any()
+    # the baseline is found through variant/trained, not through its label
+    relabelled = _table(GOOD).replace({"model": {"TopK (untrained)": "random init"}})
+    row = reporting.check_real_claims(relabelled).set_index("claim").filter(like="untrained", axis=0)
+    assert len(row) == 1 and row["evidence"].iloc[0].endswith("vs untrained 0.300")
 
 
 @pytest.mark.parametrize("model, metric, value, claim", [
@@ -117,12 +134,74 @@ def test_table2_driver_on_a_cache_has_the_paper_columns_and_one_row_per_model(tm
     required = ["setting", "model"] + [c for m in experiments.TABLE_METRICS for c in (m, f"{m}_sd")] + ["n_seeds",
                                                                                                        "n_pairs"]
     assert list(table.columns[: len(required)]) == required
-    assert len(table) == 8  # 4 models + their 4 untrained baselines
-    trained = table[~table["model"].str.contains("untrained")]
+    assert set(zip(table["variant"], table["trained"])) == {(a, t) for a in sae_cfgs for t in (True, False)}
+    trained = table[table["trained"]]
     assert list(trained["model"]) == list(reporting.P1_MODELS)
     assert (trained["n_seeds"] == 3).all() and (trained["n_pairs"] == math.comb(3, 2)).all()
     assert np.isfinite(trained[list(experiments.TABLE_METRICS)].to_numpy()).all()
     assert stream.steps_per_pass == 512 // 64 and result.log["step"].max() == stream.steps_per_pass
-    assert len(list((tmp_path / "out" / "saes").iterdir())) == 12
+    assert sorted(d.name for d in (tmp_path / "out" / "saes").iterdir()) == sorted(
+        f"toy_{a}_seed{s}" for a in sae_cfgs for s in range(3))
     claims = reporting.check_real_claims(table)
     assert claims["holds"].dtype == bool and set(claims["setting"]) == {"toy"}
+
+
+def _labelled_cache(folder, rows: int, d: int, seed: int) -> ActivationCache:
+    """Two shards of rows around one of two centres per label (rows near their own centre share its label)."""
+    def shard(i):
+        g = torch.Generator().manual_seed(seed * 100 + i)
+        centres = torch.randn(2, d, generator=torch.Generator().manual_seed(seed)) * 5
+        labels = torch.arange(rows // 2) % 2
+        acts = centres[labels] + 0.1 * torch.randn(rows // 2, d, generator=g)
+        return {"acts": acts, "labels": labels.to(torch.int32)}
+
+    build_cache(folder, {"dtype": "float32", "kind": "toy-labelled", "seed": seed}, 2, shard, progress=False)
+    return ActivationCache(folder)
+
+
+def test_real_driver_trains_a_setting_and_builds_the_floor_and_the_first_seeds(tmp_path):
+    from isae.experiments import p1_real
+    from isae.experiments.profiles import real_profile
+
+    caches = {"lm_train": _random_cache(tmp_path / "train", 512, 16, seed=0),
+              "lm_heldout": _random_cache(tmp_path / "heldout", 256, 16, seed=0)}
+    p = real_profile("smoke", d_sae=32, k=3, batch_size=64, n_seeds=2, n_eval=64, models=("topk", "abstopk"),
+                     log_every=4, checkpoint_every=8)
+    setting = p1_real.train_real_setting("smollm2", caches, p, out_dir=tmp_path / "out", device="cpu",
+                                         progress=False)
+    assert setting.train_cfg.n_steps == setting.stream.steps_per_pass == 512 // 64
+    assert setting.n_eval == 64 and "16" in setting.describe(p)
+    assert list(setting.first_seeds()) == ["TopK", "AbsTopK"]
+    assert all(sae.seed == 0 for sae in setting.first_seeds().values())
+    matched = p1_real.matched_cosines_with_floor({"smollm2": setting})
+    by_model = matched.groupby("model", sort=False)
+    assert list(by_model.groups) == ["TopK", "AbsTopK", "random init (untrained)"]
+    assert (by_model.size() == 32).all()  # every atom matched once
+    floor = matched[matched["model"] == "random init (untrained)"]
+    assert not floor["trained"].any() and set(floor["seed_a"]) == {1000}
+    # the matched |cos| of the trained pairs average to the runs' DCS
+    dcs = setting.result.pairs.set_index("model")["dcs"]
+    assert by_model["abs_cos"].mean()["TopK"] == pytest.approx(dcs["TopK"], abs=1e-5)
+    table = experiments.summarise(setting.result.runs, setting.result.pairs)
+    floor_table = p1_real.dcs_above_floor(table)
+    topk_floor = table.loc[~table["trained"] & (table["variant"] == "topk"), "dcs"].item()
+    assert floor_table.loc["smollm2", "floor"] == topk_floor
+    assert floor_table.loc["smollm2", "trained_max"] == table.loc[table["trained"], "dcs"].max()
+
+
+def test_paper_table2_is_renamed_to_the_settings_that_stand_in_for_it():
+    from isae.experiments import p1_real
+
+    renamed = p1_real.paper_table2_as_ours(reporting.paper_table(2))
+    assert set(renamed["setting"]) == set(p1_real.PAPER_SETTING)
+    assert (renamed["setting"].map(p1_real.PAPER_SETTING) == renamed["paper_setting"]).all()
+
+
+def test_cache_checks_describe_caches_and_find_same_label_neighbours(tmp_path):
+    from isae.experiments import caching
+
+    cache = _labelled_cache(tmp_path / "labelled", 256, 8, seed=1)
+    agreement, chance = caching.neighbour_label_agreement(cache, n_queries=20, k=3)
+    assert agreement == 1.0 and chance == pytest.approx(0.5)
+    described = caching.describe_caches({"vision_train": cache})
+    assert described.loc[0, ["cache", "rows", "d_in"]].tolist() == ["vision_train", 256, 8]

@@ -7,7 +7,8 @@ import torch
 
 from isae.core import kernels
 from isae.core.kernels import GROUP
-from isae.core.sparse_ops import (LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values, rows_dot,
+from isae.core.sparse_ops import (LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values,
+                                  rows_dot,
                              scatter_rows, sparse_decode, topk_indices)
 
 TOL = dict(rtol=1e-12, atol=1e-12)  # float64: the sparse and dense sums differ only by summation order
@@ -200,7 +201,8 @@ def test_sparse_backwards_accept_broadcast_upstream_gradients(reduce):
         return [a.grad for a in args]
 
     for sparse, dense, args in [
-        (lambda x_, W_: gather_preact(x_, W_, (x @ W.T).gather(1, idx), idx), lambda x_, W_: (x_ @ W_.T).gather(1, idx), (x, W)),
+        (lambda x_, W_: gather_preact(x_, W_, (x @ W.T).gather(1, idx), idx),
+         lambda x_, W_: (x_ @ W_.T).gather(1, idx), (x, W)),
         (lambda W_, x_: rows_dot(W_, idx, x_), lambda W_, x_: (x_ @ W_.T).gather(1, idx), (W, x)),
         (lambda v_, W_: sparse_decode(v_, idx, W_), lambda v_, W_: _dense_from_sparse(v_, idx, W.shape[0]) @ W_,
          (vals, W)),
@@ -218,7 +220,8 @@ def test_scatter_rows_equals_dense_transposed_product(duplicates):
 
 def test_scatter_rows_is_deterministic_and_zero_on_unused_rows():
     idx, W, x, vals, _ = _problem(seed=8, B=3)
-    a, b = scatter_rows(idx, vals.float(), x.float(), W.shape[0]), scatter_rows(idx, vals.float(), x.float(), W.shape[0])
+    a = scatter_rows(idx, vals.float(), x.float(), W.shape[0])
+    b = scatter_rows(idx, vals.float(), x.float(), W.shape[0])
     assert torch.equal(a, b)
     unused = torch.ones(W.shape[0], dtype=torch.bool)
     unused[idx.unique()] = False

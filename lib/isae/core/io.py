@@ -32,11 +32,11 @@ def save_sae(sae: SAE, directory: str | Path, **params) -> Path:
         "b_enc": sae.b_enc.detach().contiguous().cpu(),
         "b_dec": sae.b_dec.detach().contiguous().cpu(),
     }
-    if cfg.architecture == "isae_me":
+    if cfg.spec.multistep:
         tensors["S"] = sae.S.detach().contiguous().cpu()
     if not bool((sae.loss_weight == 1).all()):  # P2's weighted loss Γ (training-only, kept for provenance)
         tensors["loss_weight"] = sae.loss_weight.detach().contiguous().cpu()
-    if cfg.architecture == "jumprelu":
+    if cfg.spec.jump:
         tensors["threshold"] = torch.full((cfg.d_sae,), cfg.jump_threshold)
     saelens_cfg = {
         "architecture": SAELENS_ARCHITECTURE[cfg.architecture] or cfg.architecture,
@@ -70,7 +70,7 @@ def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SAE:
         sae.W_dec.copy_(tensors["W_dec"])
         sae.b_enc.copy_(tensors["b_enc"])
         sae.b_dec.copy_(tensors["b_dec"])
-        if cfg.architecture == "isae_me":
+        if cfg.spec.multistep:
             sae.S.copy_(tensors["S"])
         if "loss_weight" in tensors:
             sae.loss_weight.copy_(tensors["loss_weight"])

@@ -1,20 +1,12 @@
 """The CPU kernels compiled with numba, each where torch has no fast enough building block.
 
 All run in parallel over torch's thread count, give results that do not depend on the number of threads, and
-are compiled on first use and then cached on disk by numba (a later process loads them in about 0.1 s).
-Measured on the 2-core CPU here; ``benchmarks/bench_training.py`` times whole training steps.
+are compiled on first use and then cached on disk by numba. ``benchmarks/bench_training.py`` times whole
+training steps.
 
 **Top-k selection** (``topk_indices_cpu``, behind ``sparse_ops.topk_indices``). After the encoder product,
 picking the k largest of K pre-activations per input was the largest remaining cost of a TopK training step,
-and torch's CPU topk costs about 4 ns per element (it partially sorts a copy of each row). This kernel reads
-each row once and sorts nothing. Float32, 1024 rows:
-
-* K = 4096, random normal rows: 1.2–1.4 ms against 4.8–5.0 ms for our former two-pass torch topk (group
-  maxima, then topk over the winning groups) and 6.4 ms for ``torch.topk``; 2.0–2.2 against 6.5–7.0 ms at
-  k = 80 (the aRIP support);
-* K = 2048, pre-activations of the trained default-profile SAEs on their own activations (rows differ more
-  from one another, so the threshold is re-estimated on 15–55% of rows): 1.1–1.5 against 2.7–3.0 ms at
-  k = 32, 2.1–2.4 against 4.0–4.7 ms at k = 64.
+and torch's CPU topk partially sorts a copy of each row. This kernel reads each row once and sorts nothing.
 
 The method (exact for any threshold; the threshold only decides the speed):
 
@@ -22,7 +14,7 @@ The method (exact for any threshold; the threshold only decides the speed):
 2. A threshold tau ≤ the row's k-th largest entry: if at least k group maxima reach tau, at least k entries do.
    tau is carried over from the previous row of the same thread (rows of a batch are alike); when fewer than
    k group maxima reach it, or more than 2·(k + slack), it is re-estimated as the (k + slack)-th largest
-   group maximum of this row (a quickselect), "slack" = k/2 (our choice: fastest of k/4, k/2, k here).
+   group maximum of this row (a quickselect), "slack" = k/2 (our choice: the fastest of k/4, k/2 and k).
 3. Every entry ≥ tau of a group whose maximum reaches tau is a candidate (typically 1–3 k of them); the row's
    k largest are all among them. A quickselect over the candidates gives the k-th largest value v; the
    result is every candidate > v, then candidates = v in scan order until there are k.
@@ -37,10 +29,9 @@ columns, S[idx[b, t − 1, i], idx[b, t, j]], and its backward adds a k × k out
 the same places: B·(T − 1)·k² = 13M entries of a 64 MiB matrix at the paper's sizes. Both kernels group the
 entries by row of S (``row_layout``: one stable argsort of B·(T − 1)·k row indices, shared by the forward and
 the backward) and let each thread own whole rows, so every read and update lands in a 16 KiB row held in
-cache, and no two threads write the same place. Against index_select over flat positions (14 ms to build them,
-57 ms to gather) the forward's gathers take a fraction of the time (the whole ``multistep_values`` forward:
-36 against 101 ms); the gradient takes 31 ms against 95 ms for forming the outer products and summing them with
-``torch.bincount`` (13 + 82 ms), with the same sums in the same order (bit-identical in float64 in our check).
+cache, and no two threads write the same place. This is much faster than index_select over flat positions
+(forward) or forming the outer products and summing them with ``torch.bincount`` (backward), with the same
+sums in the same order.
 """
 
 from __future__ import annotations
@@ -171,7 +162,7 @@ def _use_torch_threads() -> None:
 def topk_indices_cpu(key: torch.Tensor, k: int, sorted: bool = True, magnitude: bool = False,  # noqa: A002
                      group: int = GROUP) -> torch.Tensor:
     """Indices [B, k] of the k largest entries of each row of ``key`` [B, K], or of |key| with ``magnitude``
-    (1.5 against 2.3 ms for |key| written out first, at B = 1024, K = 4096, k = 40); ``topk_supports`` must hold."""
+    (without writing |key| out first); ``topk_supports`` must hold."""
     _use_torch_threads()
     key = key.detach().contiguous()
     out = torch.empty(key.shape[0], k, dtype=torch.long)
@@ -244,7 +235,7 @@ def row_layout(idx: torch.Tensor, n: int) -> RowLayout:
 
 @torch.compiler.disable  # numba's dispatcher cannot be traced: torch.compile runs this eagerly
 def multistep_blocks(idx: torch.Tensor, S: torch.Tensor, layout: RowLayout) -> torch.Tensor:
-    """[T − 1, B, k, k] blocks with blocks[t − 1, b, i, j] = S[idx[b, t − 1, i], idx[b, t, j]] (not differentiable)."""
+    """[T − 1, B, k, k] blocks with blocks[t − 1, b, i, j] = S[idx[b, t − 1, i], idx[b, t, j]] (no grad)."""
     batch, n_steps, k = idx.shape
     blocks = torch.empty(n_steps - 1, batch, k, k, dtype=S.dtype)
     _use_torch_threads()
@@ -254,7 +245,8 @@ def multistep_blocks(idx: torch.Tensor, S: torch.Tensor, layout: RowLayout) -> t
 
 
 @torch.compiler.disable  # numba's dispatcher cannot be traced: torch.compile runs this eagerly
-def multistep_grad_S(idx: torch.Tensor, prev_vals: torch.Tensor, grads: torch.Tensor, layout: RowLayout) -> torch.Tensor:
+def multistep_grad_S(idx: torch.Tensor, prev_vals: torch.Tensor, grads: torch.Tensor,
+                     layout: RowLayout) -> torch.Tensor:
     """S's gradient in iSAE-ME's multistep encoder: Σ_t Σ_b z⁽ᵗ⁻¹⁾[b] ⊗ g⁽ᵗ⁾[b], each at its step's latents.
 
     ``idx`` [B, T, k]: each step's active latents; ``prev_vals`` [T − 1, B, k]: z⁽ᵗ⁻¹⁾ at idx[:, t − 1];

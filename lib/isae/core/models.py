@@ -4,6 +4,9 @@ All share x̂ = z D + b and z = σ(W (x − b)) with one bias b (``b_dec``) subt
 added after the decoder. Layout: ``W_enc`` and ``W_dec`` are both [d_sae, d_in], one row per latent, so
 the sparse kernels can gather rows; on disk they are written in SAELens's layout (see ``isae.core.io``).
 
+What distinguishes the architectures is data: one ``Architecture`` per name in ``REGISTRY`` (as SAELens's
+architecture registry), which ``SAE`` asks instead of comparing architecture names.
+
 The k-sparse models split the encoder in two. ``SAE._encoder_selection`` makes every discrete choice without
 grad, one block of rows at a time: the dense pre-activation (the one unavoidable O(B·K·N) product), the
 active latents of each encoder step, the aRIP support and AuxK's dead latents. Everything differentiable —
@@ -23,20 +26,64 @@ import torch.nn.functional as F
 
 from isae.core.arip import arip_support, rip_gap_exact, rip_gap_noise
 from isae.core.seeding import derive_seed
-from isae.core.sparse_ops import (LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values, rows_dot,
-                         sparse_decode, topk_indices)
+from isae.core.sparse_ops import (LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values,
+                                  rows_dot, sparse_decode, topk_indices)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What one architecture does differently from the others."""
+
+    name: str
+    """The name in ``SAEConfig.architecture``."""
+    display_name: str
+    """The paper's name for it."""
+    k_sparse: bool
+    """Keeps the k largest (signed: largest |·|) pre-activations; otherwise a dense activation with an L1 loss."""
+    signed: bool = False
+    """AbsTopK family: ranks latents by |pre-activation| and keeps the sign. Unsigned k-sparse (TopK): ranks by
+    pre-activation and applies a ReLU to the values."""
+    multistep: bool = False
+    """iSAE-ME: T encoder steps z ← AbsTopK(S z + W(x − b)) with a learned lateral matrix S."""
+    default_arip_coef: float = 0.0
+    """aRIP weight when ``SAEConfig.arip_coef`` is None (P1: 0.1 for iSAE and iSAE-ME)."""
+    encoder_bias: bool = False
+    """Always has a per-latent encoder bias (the dense models); the others only with ``SAEConfig.encoder_bias``."""
+    jump: bool = False
+    """Dense models: JumpReLU (z = pre · [pre > threshold]) rather than ReLU."""
+
+    def sparse_values(self, vals: torch.Tensor) -> torch.Tensor:
+        """Code values from the pre-activations at the selected latents (k-sparse models)."""
+        return vals if self.signed else vals.relu()
+
+    def dense_code(self, pre: torch.Tensor, threshold: float) -> torch.Tensor:
+        """The dense code from the pre-activation (ReLU+L1 and JumpReLU)."""
+        return pre * (pre > threshold) if self.jump else pre.relu()
+
+
+#: Every architecture, by name.
+REGISTRY: dict[str, Architecture] = {a.name: a for a in (
+    Architecture("topk", "TopK", k_sparse=True),
+    Architecture("abstopk", "AbsTopK", k_sparse=True, signed=True),
+    Architecture("isae", "iSAE", k_sparse=True, signed=True, default_arip_coef=0.1),
+    Architecture("isae_me", "iSAE-ME", k_sparse=True, signed=True, multistep=True, default_arip_coef=0.1),
+    Architecture("relu", "ReLU+L1", k_sparse=False, encoder_bias=True),
+    Architecture("jumprelu", "JumpReLU", k_sparse=False, encoder_bias=True, jump=True),
+)}
+
+
+def architecture(name: str) -> Architecture:
+    """The ``Architecture`` called ``name``; a ValueError lists the valid names."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"architecture={name!r} is unknown; use one of {sorted(REGISTRY)}.") from None
+
 
 #: Architecture name → the paper's display name.
-ARCHITECTURES: dict[str, str] = {
-    "topk": "TopK",
-    "abstopk": "AbsTopK",
-    "isae": "iSAE",
-    "isae_me": "iSAE-ME",
-    "relu": "ReLU+L1",
-    "jumprelu": "JumpReLU",
-}
-K_SPARSE = ("topk", "abstopk", "isae", "isae_me")
-SIGNED = ("abstopk", "isae", "isae_me")
+ARCHITECTURES: dict[str, str] = {name: a.display_name for name, a in REGISTRY.items()}
+K_SPARSE = tuple(name for name, a in REGISTRY.items() if a.k_sparse)
+SIGNED = tuple(name for name, a in REGISTRY.items() if a.signed)
 
 
 @dataclass
@@ -72,14 +119,11 @@ class SAEConfig:
     """AuxK loss weight (Gao et al.: 1/32)."""
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(
-                f"architecture={self.architecture!r} is unknown; use one of {sorted(ARCHITECTURES)}."
-            )
+        spec = architecture(self.architecture)
         for name in ("d_in", "d_sae"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer.")
-        if self.architecture in K_SPARSE and not 0 < self.k < self.d_sae:
+        if spec.k_sparse and not 0 < self.k < self.d_sae:
             raise ValueError(f"k={self.k} must satisfy 0 < k < d_sae={self.d_sae}; lower k or raise d_sae.")
         if self.n_steps < 1:
             raise ValueError(f"n_steps={self.n_steps} must be ≥ 1 (the multistep encoder's T).")
@@ -88,7 +132,7 @@ class SAEConfig:
         if self.me_init not in ("zero", "iht"):
             raise ValueError(f"me_init={self.me_init!r}; use 'zero' or 'iht'.")
         if self.arip_coef is None:
-            self.arip_coef = 0.1 if self.architecture in ("isae", "isae_me") else 0.0
+            self.arip_coef = spec.default_arip_coef
         for name in ("arip_coef", "l1_coef", "aux_coef", "jump_threshold"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be ≥ 0.")
@@ -96,27 +140,47 @@ class SAEConfig:
             raise ValueError(f"aux_k={self.aux_k} must be ≥ 0 (0 disables AuxK).")
 
     @property
+    def spec(self) -> Architecture:
+        """This architecture's behaviour (``REGISTRY[architecture]``)."""
+        return REGISTRY[self.architecture]
+
+    @property
     def display_name(self) -> str:
-        return ARCHITECTURES[self.architecture]
+        return self.spec.display_name
 
     @property
     def has_encoder_bias(self) -> bool:
-        return self.encoder_bias or self.architecture in ("relu", "jumprelu")
+        return self.encoder_bias or self.spec.encoder_bias
+
+    @property
+    def encoder_steps(self) -> int:
+        """Encoder iterations: ``n_steps`` for the multistep encoder, else 1."""
+        return self.n_steps if self.spec.multistep else 1
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 #: Rows per block of the encoder's selection pass on the CPU: d_sae × rows ≈ this many floats (16 MiB), so
-#: no batch × K pre-activation is ever allocated whole. Our choice, from whole-step timings of TopK and
-#: AbsTopK at B = 2048, K = 4096 on the 2-core CPU with blocks of 128–2048 rows: 1024 rows was fastest
-#: (≈ 8% over one 2048-row block, ≈ 10% over 128–256-row blocks). On a GPU the whole batch is one block.
+#: no batch × K pre-activation is ever allocated whole (our choice, the fastest block size in whole-step
+#: timings on the CPU). On a GPU the whole batch is one block.
 _SELECTION_BLOCK_ELEMENTS = 1 << 22
 
-#: AuxK uses dense products over the dead latents while n_dead ≤ this × k_aux, else the sparse kernels.
-#: Our choice: at B = 2048, N = 768, K = 4096, k_aux = 256 on the CPU, 410 dead latents took 80 ms densely
-#: against 250 ms sparsely, and the dense cost grows with n_dead while the sparse one does not.
+#: AuxK uses dense products over the dead latents while n_dead ≤ this × k_aux, else the sparse kernels
+#: (our choice: the dense cost grows with n_dead while the sparse one does not).
 _AUXK_DENSE_MAX_DEAD_PER_K = 4
+
+
+@dataclass
+class _AuxPlan:
+    """AuxK's part of a selection: which latents are dead and how their residual fit will be computed."""
+
+    dead_idx: torch.Tensor
+    """[n_dead] the dead latents."""
+    k_aux: int
+    """Dead latents chosen per input."""
+    dense: bool
+    """Dense path (products over every dead latent) rather than the sparse kernels over the chosen ones."""
 
 
 @dataclass
@@ -124,14 +188,81 @@ class _Selection:
     """The encoder's discrete choices (``SAE._encoder_selection``), all [B, ·] integer or value tensors."""
 
     idx: list[torch.Tensor]
+    """Per encoder step, [B, k] active latents."""
     pre_at: list[torch.Tensor]
-    support: torch.Tensor | None
-    aux_idx: torch.Tensor | None
-    aux_pre: torch.Tensor | None
-    aux_dead_pre: torch.Tensor | None
+    """Per encoder step, [B, k] pre-activations (float32) at those latents."""
+    support: torch.Tensor | None = None
+    """[B, 2k] aRIP support of the final step (when asked for)."""
+    aux_idx: torch.Tensor | None = None
+    """[B, k_aux] AuxK's choice of dead latents."""
+    aux_pre: torch.Tensor | None = None
+    """[B, k_aux] their pre-activations (sparse AuxK path)."""
+    aux_dead_pre: torch.Tensor | None = None
+    """[B, n_dead] pre-activations at every dead latent (dense AuxK path)."""
+
+    @staticmethod
+    def concat(blocks: list[_Selection]) -> _Selection:
+        """One selection from the selections of consecutive row blocks."""
+        def cat(name: str) -> torch.Tensor | None:
+            parts = [getattr(b, name) for b in blocks]
+            return None if parts[0] is None else torch.cat(parts)
+
+        n_steps = len(blocks[0].idx)
+        return _Selection(idx=[torch.cat([b.idx[t] for b in blocks]) for t in range(n_steps)],
+                          pre_at=[torch.cat([b.pre_at[t] for b in blocks]) for t in range(n_steps)],
+                          support=cat("support"), aux_idx=cat("aux_idx"), aux_pre=cat("aux_pre"),
+                          aux_dead_pre=cat("aux_dead_pre"))
+
+
+class _SelectionPass:
+    """The weights and reused work buffers of one ``SAE._encoder_selection`` call.
+
+    The block-sized buffers are allocated once per call and reused by every block: a fresh multi-MiB
+    allocation per block costs page faults.
+    """
+
+    def __init__(self, sae: SAE, x_c: torch.Tensor, rows: int, bf16_selection: bool):
+        cfg = sae.cfg
+        self.sae, self.bf16 = sae, bf16_selection
+        shape = (min(rows, x_c.shape[0]), cfg.d_sae)
+        self.pre_buffer = torch.empty(shape, dtype=x_c.dtype, device=x_c.device)
+        multistep = cfg.encoder_steps > 1
+        self.score_buffer = torch.empty(shape, dtype=x_c.dtype, device=x_c.device) if multistep else None
+        self.W_rank = sae.W_enc.to(torch.bfloat16) if bf16_selection else None
+        # iSAE-ME's lateral input S z only ranks latents (values are recomputed in float32 afterwards), so with
+        # bf16_selection it is bfloat16 as well.
+        self.S_rank = (sae.S.to(torch.bfloat16) if bf16_selection else sae.S) if multistep else None
+
+    def ranking_preact(self, block: torch.Tensor) -> torch.Tensor:
+        """The block's dense pre-activation that ranks the latents (the O(B·K·N) product), in the pre buffer."""
+        sae = self.sae
+        pre = self.pre_buffer[: block.shape[0]]
+        if not self.bf16:
+            return sae.preact(block, out=pre)
+        pre.copy_(torch.mm(block.to(torch.bfloat16), self.W_rank.T))
+        if sae.cfg.has_encoder_bias:
+            pre.add_(sae.b_enc)
+        return pre
+
+    def values_at(self, block: torch.Tensor, pre: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The pre-activations at ``idx`` in float32 (recomputed when the ranking product was bfloat16)."""
+        if not self.bf16:
+            return pre.gather(1, idx)
+        sae = self.sae
+        exact = rows_dot(sae.W_enc, idx, block)
+        return exact + sae.b_enc[idx] if sae.cfg.has_encoder_bias else exact
+
+    def values_at_columns(self, block: torch.Tensor, ranked: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """The pre-activations at every latent of ``columns`` in float32; ``ranked`` holds them as ranked."""
+        if not self.bf16:
+            return ranked
+        sae = self.sae
+        exact = torch.mm(block, sae.W_enc[columns].T)
+        return exact + sae.b_enc[columns] if sae.cfg.has_encoder_bias else exact
 
 
 class SparseCode(NamedTuple):
+
     """A k-sparse code (``SAE.encode_sparse``)."""
 
     vals: torch.Tensor
@@ -184,7 +315,7 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae), requires_grad=cfg.has_encoder_bias)
         # Γ of P2's weighted SAE loss ‖Γ(x − x̂)‖²; all ones gives the plain squared error.
         self.register_buffer("loss_weight", torch.ones(cfg.d_in))
-        if cfg.architecture == "isae_me":
+        if cfg.spec.multistep:
             # Stored so that S·z = z @ S (row j = the contribution of latent j); S is symmetric at init.
             self.S = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_sae))
             if cfg.me_init == "iht":
@@ -195,7 +326,7 @@ class SAE(nn.Module):
 
     # --- encoder -------------------------------------------------------------------------------------
     def preact(self, x_c: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Dense pre-activation x_c W_encᵀ + b_enc (differentiable; ``out``: a buffer to write it into, without grad)."""
+        """Dense pre-activation x_c W_encᵀ + b_enc (differentiable; ``out``: a buffer to write it into, no grad)."""
         if self.cfg.has_encoder_bias:
             return torch.addmm(self.b_enc, x_c, self.W_enc.T, out=out)
         return torch.mm(x_c, self.W_enc.T, out=out)  # b_enc is zero and frozen: skip a batch × K addition
@@ -208,83 +339,72 @@ class SAE(nn.Module):
         Per block: the dense pre-activation (the one O(B·K·N) product), the k active latents of each
         encoder step (iSAE-ME: T steps of z ← AbsTopK(S z + pre), S z from the sparse z), the pre-activations
         at those latents, the aRIP support of the final score and the AuxK choice among dead latents. Only
-        [B, k]-sized results leave the loop; the block-sized work tensors are allocated once per call and
-        reused (a fresh multi-MiB allocation per block costs page faults: writing |score| took 3 ms that way
-        against 0.3 ms into a reused buffer, in an earlier version that still wrote it).
+        [B, k]-sized results leave the loop, so no batch × K tensor outlives its block.
 
-        ``bf16_selection``: the dense product that ranks the latents is computed in bfloat16 (4.8× faster than
-        float32 on the 2-core CPU here; tensor cores on a GPU); the pre-activations of the chosen latents are
+        ``bf16_selection``: the dense product that ranks the latents is computed in bfloat16 (much faster on
+        CPUs with bfloat16 support; tensor cores on a GPU); the pre-activations of the chosen latents are
         then recomputed in float32, so every code value is float32 and only near-ties (within bfloat16's
         ≈ 0.4% rounding) may be ranked differently than in float32.
         """
-        cfg = self.cfg
-        n_steps = cfg.n_steps if cfg.architecture == "isae_me" else 1
-        signed = cfg.architecture in SIGNED
-        k_aux = 0
-        if dead_mask is not None and cfg.aux_coef > 0 and cfg.aux_k > 0:
-            dead_idx = dead_mask.nonzero().squeeze(1)
-            k_aux = min(cfg.aux_k, dead_idx.numel(), cfg.d_sae - cfg.k)
-            aux_dense = dead_idx.numel() <= _AUXK_DENSE_MAX_DEAD_PER_K * k_aux
-        rows = x_c.shape[0] if x_c.is_cuda else max(1, _SELECTION_BLOCK_ELEMENTS // cfg.d_sae)
-        work = {name: torch.empty(min(rows, x_c.shape[0]), cfg.d_sae, dtype=x_c.dtype, device=x_c.device)
-                for name in ("pre",) + (("score",) if n_steps > 1 else ())}
-        parts: dict[str, list[torch.Tensor]] = {}
-
-        def keep(name: str, t: torch.Tensor) -> None:
-            parts.setdefault(name, []).append(t)
-
-        W_bf16 = self.W_enc.to(torch.bfloat16) if bf16_selection else None
-        # iSAE-ME's lateral input S z only ranks latents here (values are recomputed in float32 later), so with
-        # bf16_selection it is bfloat16 as well: the embedding-bag over rows of S ran 2.2× faster that way.
-        S_rank = None if n_steps == 1 else self.S.to(torch.bfloat16) if bf16_selection else self.S
-
-        def pre_at(block: torch.Tensor, pre: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            """The pre-activations at idx, in float32 (recomputed when the ranking product was bfloat16)."""
-            if not bf16_selection:
-                return pre.gather(1, idx)
-            exact = rows_dot(self.W_enc, idx, block)
-            return exact + self.b_enc[idx] if cfg.has_encoder_bias else exact
-
+        aux = self._aux_plan(dead_mask)
+        rows = x_c.shape[0] if x_c.is_cuda else max(1, _SELECTION_BLOCK_ELEMENTS // self.cfg.d_sae)
+        selection_pass = _SelectionPass(self, x_c, rows, bf16_selection)
+        blocks = []
         for start in range(0, x_c.shape[0], rows):
             block = x_c[start : start + rows]
-            n = block.shape[0]
-            pre = work["pre"][:n]
-            if bf16_selection:
-                pre.copy_(torch.mm(block.to(torch.bfloat16), W_bf16.T))
-                if cfg.has_encoder_bias:
-                    pre.add_(self.b_enc)
-            else:
-                self.preact(block, out=pre)
-            score = pre
-            for t in range(n_steps):
-                if t > 0:  # iSAE-ME: score = pre + S z, the lateral input from the previous step's sparse code
-                    z_prev = score.gather(1, idx).to(S_rank.dtype)
-                    score = add_sparse_decode(pre, z_prev, idx, S_rank, out=work["score"][:n])
-                if t == n_steps - 1 and with_support:  # the aRIP support: the 2k largest |score|
-                    support = arip_support(score, cfg.k)
-                    # the support is sorted descending, so for the AbsTopK family the active set is its first k
-                    idx = support[:, : cfg.k] if signed else topk_indices(score, cfg.k, sorted=False)
-                    keep("support", support)
-                else:  # the order of the active latents is never used: skip sorting them
-                    idx = topk_indices(score, cfg.k, sorted=False, magnitude=signed)
-                keep(f"idx{t}", idx)
-                keep(f"pre{t}", pre_at(block, pre, idx))
-            if k_aux:  # AuxK ranks dead latents by the first step's pre-activation (our choice for iSAE-ME)
-                ranked = pre.index_select(1, dead_idx)  # unsorted topk: AuxK sums over its choice, and this
-                chosen = (ranked.abs() if signed else ranked).topk(k_aux, dim=1, sorted=False).indices  # is 2.8× faster
-                aux_idx = dead_idx[chosen]
-                keep("aux_idx", aux_idx)
-                if not aux_dense:
-                    keep("aux_pre", pre_at(block, pre, aux_idx))
-                elif not bf16_selection:  # the dense AuxK path reads every dead latent's pre-activation
-                    keep("aux_dead_pre", ranked)
-                else:  # the ranking product was bfloat16: the values in float32
-                    exact = torch.mm(block, self.W_enc[dead_idx].T)
-                    keep("aux_dead_pre", exact + self.b_enc[dead_idx] if cfg.has_encoder_bias else exact)
-        cat = {name: torch.cat(ts) for name, ts in parts.items()}
-        return _Selection(idx=[cat[f"idx{t}"] for t in range(n_steps)], pre_at=[cat[f"pre{t}"] for t in range(n_steps)],
-                          support=cat.get("support"), aux_idx=cat.get("aux_idx"), aux_pre=cat.get("aux_pre"),
-                          aux_dead_pre=cat.get("aux_dead_pre"))
+            pre = selection_pass.ranking_preact(block)
+            selection = self._select_active(selection_pass, block, pre, with_support)
+            if aux is not None:
+                self._select_dead(selection_pass, selection, block, pre, aux)
+            blocks.append(selection)
+        return _Selection.concat(blocks)
+
+    def _aux_plan(self, dead_mask: torch.Tensor | None) -> _AuxPlan | None:
+        """AuxK's plan for this batch, or None when AuxK is off or no latent is dead."""
+        cfg = self.cfg
+        if dead_mask is None or cfg.aux_coef <= 0 or cfg.aux_k <= 0:
+            return None
+        dead_idx = dead_mask.nonzero().squeeze(1)
+        k_aux = min(cfg.aux_k, dead_idx.numel(), cfg.d_sae - cfg.k)
+        if not k_aux:
+            return None
+        return _AuxPlan(dead_idx, k_aux, dense=dead_idx.numel() <= _AUXK_DENSE_MAX_DEAD_PER_K * k_aux)
+
+    def _select_active(self, selection_pass: _SelectionPass, block: torch.Tensor, pre: torch.Tensor,
+                       with_support: bool) -> _Selection:
+        """The active latents of every encoder step for one block (and the aRIP support of the last step)."""
+        cfg, signed = self.cfg, self.cfg.spec.signed
+        n_steps = cfg.encoder_steps
+        selection = _Selection(idx=[], pre_at=[])
+        score = pre
+        for t in range(n_steps):
+            if t > 0:  # iSAE-ME: score = pre + S z, the lateral input from the previous step's sparse code
+                idx = selection.idx[-1]
+                z_prev = score.gather(1, idx).to(selection_pass.S_rank.dtype)
+                score = add_sparse_decode(pre, z_prev, idx, selection_pass.S_rank,
+                                          out=selection_pass.score_buffer[: block.shape[0]])
+            if t == n_steps - 1 and with_support:  # the aRIP support: the 2k largest |score|
+                selection.support = arip_support(score, cfg.k)
+                # the support is sorted descending, so for the AbsTopK family the active set is its first k
+                idx = selection.support[:, : cfg.k] if signed else topk_indices(score, cfg.k, sorted=False)
+            else:  # the order of the active latents is never used: skip sorting them
+                idx = topk_indices(score, cfg.k, sorted=False, magnitude=signed)
+            selection.idx.append(idx)
+            selection.pre_at.append(selection_pass.values_at(block, pre, idx))
+        return selection
+
+    def _select_dead(self, selection_pass: _SelectionPass, selection: _Selection, block: torch.Tensor,
+                     pre: torch.Tensor, aux: _AuxPlan) -> None:
+        """AuxK's choice of dead latents for one block, by the first step's pre-activation (our choice for
+        iSAE-ME), with the pre-activations its loss needs."""
+        ranked = pre.index_select(1, aux.dead_idx)
+        # unsorted topk: AuxK sums over its choice, so the order is never used
+        chosen = (ranked.abs() if self.cfg.spec.signed else ranked).topk(aux.k_aux, dim=1, sorted=False).indices
+        selection.aux_idx = aux.dead_idx[chosen]
+        if aux.dense:  # the dense AuxK path reads every dead latent's pre-activation
+            selection.aux_dead_pre = selection_pass.values_at_columns(block, ranked, aux.dead_idx)
+        else:
+            selection.aux_pre = selection_pass.values_at(block, pre, selection.aux_idx)
 
     def _values(self, x: torch.Tensor, pre_at: torch.Tensor, idx: torch.Tensor,
                 layout: LatentMajor | None = None) -> torch.Tensor:
@@ -293,7 +413,7 @@ class SAE(nn.Module):
         vals = gather_preact(x, self.W_enc, pre_at, idx, shift=self.b_dec, layout=layout)  # value includes b_enc
         if self.cfg.has_encoder_bias:  # route the gradient to b_enc without changing the value
             vals = vals + (self.b_enc[idx] - self.b_enc.detach()[idx])
-        return vals.relu() if self.cfg.architecture == "topk" else vals
+        return self.cfg.spec.sparse_values(vals)
 
     def encode_sparse(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None,
                       with_support: bool = False, bf16_selection: bool = False) -> SparseCode:
@@ -302,7 +422,7 @@ class SAE(nn.Module):
         ``dead_mask`` (bool [d_sae]) adds AuxK's choice of dead latents; ``with_support`` the aRIP support;
         ``bf16_selection`` ranks the latents with a bfloat16 encoder product (see ``_encoder_selection``).
         """
-        if self.cfg.architecture not in K_SPARSE:
+        if not self.cfg.spec.k_sparse:
             raise ValueError(f"encode_sparse needs a k-sparse architecture, not {self.cfg.architecture!r}.")
         x_c = x - self.b_dec
         sel = self._encoder_selection(x_c.detach(), dead_mask, with_support, bf16_selection)
@@ -319,13 +439,11 @@ class SAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Dense code z [B, d_sae] for any architecture."""
-        if self.cfg.architecture in K_SPARSE:
+        if self.cfg.spec.k_sparse:
             vals, idx, *_ = self.encode_sparse(x)
             return torch.zeros(x.shape[0], self.cfg.d_sae, dtype=vals.dtype, device=x.device).scatter(1, idx, vals)
         pre = self.preact(x - self.b_dec)
-        if self.cfg.architecture == "relu":
-            return pre.relu()
-        return pre * (pre > self.cfg.jump_threshold)
+        return self.cfg.spec.dense_code(pre, self.cfg.jump_threshold)
 
     # --- decoder -------------------------------------------------------------------------------------
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -349,10 +467,10 @@ class SAE(nn.Module):
         cfg = self.cfg
         if x.shape[-1] != cfg.d_in:
             raise ValueError(f"input has {x.shape[-1]} features but the SAE has d_in={cfg.d_in}.")
-        if cfg.architecture not in K_SPARSE:
+        if not cfg.spec.k_sparse:
             x_c = x - self.b_dec
             pre = self.preact(x_c)
-            z = pre.relu() if cfg.architecture == "relu" else pre * (pre > cfg.jump_threshold)
+            z = cfg.spec.dense_code(pre, cfg.jump_threshold)
             x_hat = self.decode(z)
             mse = self.reconstruction_loss(x, x_hat)
             l1 = z.abs().sum(1).mean()  # atoms are unit norm, so this is the decoder-norm-weighted L1
@@ -396,7 +514,8 @@ class SAE(nn.Module):
             raise ValueError(f"gamma must be positive with shape ({self.cfg.d_in},), got {tuple(gamma.shape)}.")
         self.loss_weight.copy_(gamma)
 
-    def _auxk_loss(self, x: torch.Tensor, x_hat: torch.Tensor, code: SparseCode, dead_mask: torch.Tensor) -> torch.Tensor:
+    def _auxk_loss(self, x: torch.Tensor, x_hat: torch.Tensor, code: SparseCode,
+                   dead_mask: torch.Tensor) -> torch.Tensor:
         """Gao et al.'s AuxK: reconstruct the detached residual from the top-k_aux dead latents.
 
         Dead latents are ranked by pre-activation (TopK) or |pre-activation| (AbsTopK family) of the first
@@ -417,7 +536,7 @@ class SAE(nn.Module):
             position[dead_idx] = torch.arange(n_dead, device=dead_idx.device)  # latent → column of pre
             chosen = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, position[code.aux_idx], True)
             z = pre * chosen
-            residual_hat = (z.relu() if self.cfg.architecture == "topk" else z) @ self.W_dec[dead_idx]
+            residual_hat = self.cfg.spec.sparse_values(z) @ self.W_dec[dead_idx]
         else:
             residual_hat = sparse_decode(self._values(x, code.aux_pre, code.aux_idx), code.aux_idx, self.W_dec)
         residual = (x - x_hat).detach()
@@ -435,7 +554,6 @@ class SAE(nn.Module):
         """Remove the gradient component parallel to each (unit) atom, so a step moves along the sphere."""
         if self.W_dec.grad is not None:
             g, atoms = self.W_dec.grad, self.W_dec
-            # g_i · d_i as a sampled product on the diagonal (rows_dot with idx[i] = [i]): no K × N temporary,
-            # 0.22 against 0.44 ms for torch.linalg.vecdot (a product, then a sum) and 2.0 for a batched bmm here
+            # g_i · d_i as a sampled product on the diagonal (rows_dot with idx[i] = [i]): no K × N temporary
             rows = torch.arange(atoms.shape[0], device=atoms.device)[:, None]
             g.addcmul_(rows_dot(atoms, rows, g), atoms, value=-1.0)

@@ -10,15 +10,16 @@ from __future__ import annotations
 import torch
 
 from isae.core.arip import arip_support, rip_gap_exact
-from isae.core.models import SAE, SIGNED
+from isae.core.models import SAE
 
 
 def _sparsify(sae: SAE, pre: torch.Tensor) -> torch.Tensor:
-    key = pre.abs() if sae.cfg.architecture in SIGNED else pre
+    """The k-sparse code of one encoder step, densely: keep the k largest (signed: largest |·|) entries."""
+    key = pre.abs() if sae.cfg.spec.signed else pre
     idx = key.topk(sae.cfg.k, dim=1).indices
     mask = torch.zeros_like(pre, dtype=torch.bool).scatter(1, idx, True)
     z = pre * mask
-    return z.relu() if sae.cfg.architecture == "topk" else z
+    return sae.cfg.spec.sparse_values(z)
 
 
 def dense_encode(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,7 +30,7 @@ def dense_encode(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     pre = (x - sae.b_dec) @ sae.W_enc.T + sae.b_enc
     score = pre
     z = _sparsify(sae, score)
-    if sae.cfg.architecture == "isae_me":
+    if sae.cfg.spec.multistep:
         for _ in range(sae.cfg.n_steps - 1):
             score = pre + z @ sae.S
             z = _sparsify(sae, score)

@@ -14,20 +14,16 @@ and dense over a few hundred columns for AuxK) a gradient without recomputing th
 runs iSAE-ME's multistep encoder on k × k blocks of S per input, and ``add_sparse_decode`` computes its
 dense lateral input during the selection, one cache-sized tile of S at a time.
 
-Why these kernels (measured one op at a time on the 2-core CPU here, batch 2048, N = 768, K = 4096, k = 40,
-float32; whole steps are timed side by side by ``benchmarks/bench_training.py``):
+Why these kernels (whole training steps are timed by ``benchmarks/bench_training.py``):
 
 * ``scatter_rows`` is a CSR sparse × dense product (latent-major, built with one stable argsort, int32
-  indices, written by ``addmm(beta=0, out=)`` into an uninitialised output). Inside whole TopK/iSAE training
-  steps (A/B, same process, alternating) the CSR version was as fast as embedding_bag's own weight-gradient
-  kernel called directly, or up to 5% faster; both beat that kernel reached through autograd (12 ms: it also
-  fills a dummy K × N weight), the dense ``Gᵀ x`` product (71 ms) and ``index_add`` over materialised outer
-  products (275 ms). Alone it takes 2–3 ms here, but 3–5 ms inside a step, where its K × N output is
-  fresh memory: a first touch of a 4 KiB page costs about 1 µs on this virtual machine;
+  indices, written by ``addmm(beta=0, out=)`` into an uninitialised output). It is as fast as embedding_bag's
+  own weight-gradient kernel called directly, and faster than that kernel reached through autograd (which also
+  fills a dummy K × N weight), the dense ``Gᵀ x`` product and ``index_add`` over materialised outer products;
 * ``rows_dot`` is a sampled dense × dense product, ``torch.sparse.sampled_addmm`` over the CSR pattern of
-  idx: 2.9 ms against 4.2 ms for embedding_bag's per-sample-weights backward kernel (a private
-  ``torch.ops.aten`` op that computes the same product, kept for the GPU and other dtypes), 5.1 against 7.9 ms
-  at k = 80 (the aRIP support), and 55 ms for ``bmm`` over gathered [chunk, k, N] blocks.
+  idx, faster on the CPU than embedding_bag's per-sample-weights backward kernel (a private ``torch.ops.aten``
+  op that computes the same product, kept for the GPU and other dtypes) and than ``bmm`` over gathered
+  [chunk, k, N] blocks.
 
 ``tests/test_sparse_ops.py`` checks values and gradients against the dense computation in float64.
 """
@@ -63,7 +59,7 @@ class LatentMajor:
     ``scatter(weights, rows)`` returns grad [n_rows, N] with grad[i] = Σ_{(b, j): idx[b, j] = i} weights[b, j] ·
     rows[b], i.e. G @ rows, summed in a fixed order (the stable sort), hence deterministic. The product is
     written into a fresh, uninitialised output (``addmm(beta=0, out=)``): ``G @ rows`` would zero-fill its output
-    and then copy MKL's result into it, 2.5 against 2.0 ms alone here and two extra K × N passes in a step.
+    and then copy MKL's result into it, two extra K × N passes per step.
     """
 
     def __init__(self, idx: torch.Tensor, n_rows: int):
@@ -139,13 +135,13 @@ def _decode(vals: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torc
 
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, vals, idx, weight, layout):  # noqa: D102
+    def forward(ctx, vals, idx, weight, layout):
         ctx.save_for_backward(vals, idx, weight)
         ctx.layout = layout
         return _decode(vals, idx, weight)
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: D102
+    def backward(ctx, grad_out):
         vals, idx, weight = ctx.saved_tensors
         grad_vals = _rows_dot(weight, idx, grad_out) if ctx.needs_input_grad[0] else None
         grad_w = scatter_rows(idx, vals, grad_out, weight.shape[0], ctx.layout) if ctx.needs_input_grad[2] else None
@@ -173,9 +169,7 @@ def add_sparse_decode(base: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor,
     iSAE-ME's lateral input S z reads k rows of S (K × K, 64 MiB at K = 4096) per input, so it is bound by
     memory traffic. On the CPU it runs one column tile of S at a time (embedding_bag copies the strided view
     into a contiguous K × 128 tile, 2 MiB), which stays in cache while every input reads it, and the sum with
-    ``base`` is written straight into ``out``. Over 1024 inputs here: 6.5 ms against 10.7 ms for the whole
-    width at once, copies included (tiling all of S once per step instead saved nothing once the fresh
-    64 MiB copy's page faults were counted).
+    ``base`` is written straight into ``out``. This is faster than the whole width at once, copies included.
     """
     if weight.is_cuda:
         return torch.add(base, _decode(vals, idx, weight).to(base.dtype), out=out)
@@ -189,14 +183,14 @@ class _RowsDot(torch.autograd.Function):
     """out[b, j] = weight[idx[b, j]] · (u[b] − shift), or the given ``values`` when they are known already."""
 
     @staticmethod
-    def forward(ctx, weight, idx, u, shift, values, layout):  # noqa: D102
+    def forward(ctx, weight, idx, u, shift, values, layout):
         u_c = u if shift is None else u - shift
         ctx.save_for_backward(weight, idx, u_c)
         ctx.layout = layout
         return _rows_dot(weight, idx, u_c) if values is None else values
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: D102
+    def backward(ctx, grad_out):
         weight, idx, u_c = ctx.saved_tensors
         n_rows = weight.shape[0]
         layout = ctx.layout if ctx.layout is not None else LatentMajor(idx, n_rows)
@@ -208,7 +202,8 @@ class _RowsDot(torch.autograd.Function):
         return grad_w, None, grad_u, grad_shift, None, None
 
 
-def rows_dot(weight: torch.Tensor, idx: torch.Tensor, u: torch.Tensor, layout: LatentMajor | None = None) -> torch.Tensor:
+def rows_dot(weight: torch.Tensor, idx: torch.Tensor, u: torch.Tensor,
+             layout: LatentMajor | None = None) -> torch.Tensor:
     """Return weight[idx[b, j]] · u[b] for every (b, j) — the adjoint of ``sparse_decode`` — with a sparse backward."""
     return _RowsDot.apply(weight, idx, u, None, None, layout)
 
@@ -227,12 +222,12 @@ def gather_preact(x: torch.Tensor, W_enc: torch.Tensor, pre_at_idx: torch.Tensor
 
 class _ColumnsPreact(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, weight, cols, x, shift, values):  # noqa: D102
+    def forward(ctx, weight, cols, x, shift, values):
         ctx.save_for_backward(weight, cols, x if shift is None else x - shift)
         return values
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: D102
+    def backward(ctx, grad_out):
         weight, cols, x_c = ctx.saved_tensors
         w_cols = weight.index_select(0, cols)
         grad_w = None
@@ -260,7 +255,7 @@ def columns_preact(x: torch.Tensor, weight: torch.Tensor, cols: torch.Tensor, pr
 
 class _MultistepValues(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, base, idx, S):  # noqa: D102
+    def forward(ctx, base, idx, S):
         batch, n_steps, k = idx.shape
         layout = None
         if n_steps == 1:
@@ -279,7 +274,7 @@ class _MultistepValues(torch.autograd.Function):
         return vals[-1]
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: D102
+    def backward(ctx, grad_out):
         idx, blocks, *prev_vals = ctx.saved_tensors
         n = len(prev_vals)
         g = grad_out.contiguous()
@@ -332,7 +327,7 @@ def topk_indices(key: torch.Tensor, k: int, sorted: bool = True, magnitude: bool
     or, with ``magnitude``, of |key| (AbsTopK's ranking).
 
     On the CPU (float32/float64, K a multiple of ``kernels.GROUP`` and k ≤ K / (4 · GROUP)) this is the exact
-    numba kernel in ``isae.core.kernels``: 1.2 against 6.4 ms for ``torch.topk`` at B = 1024, K = 4096, k = 40 here.
+    numba kernel in ``isae.core.kernels`` (several times faster than ``torch.topk`` there).
     Elsewhere (a GPU, other shapes and dtypes) it is ``torch.topk``. Tied values may be picked in a different
     order than ``torch.topk`` picks them. ``sorted=False``: the k indices in no particular order (cheaper).
     """

@@ -3,8 +3,8 @@
 ``cache_lm_activations`` and ``cache_vision_activations`` build an ``isae.data.cache`` folder (shards +
 manifest; atomic, resumable, refused when it does not match the request) and return the reader. Every
 input is deterministic — the first windows of a text split in corpus order, the first images of a seeded
-subset — so a resumed build equals an uninterrupted one. ``lm_stream`` computes the same shards on the
-fly (no disk cache) for runs larger than the disk.
+subset — so a resumed build equals an uninterrupted one. ``open_or_build`` and ``profile_caches`` open
+complete caches without loading any model.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from isae.data import assets
-from isae.data.cache import ActivationCache, OnTheFlyStream, build_cache
+from isae.data.cache import ActivationCache, build_cache
 from isae.core.seeding import derive_seed
 
 
@@ -133,19 +132,6 @@ def cache_lm_activations(directory: str | Path, req: LMRequest, device: str | No
     return ActivationCache(directory)
 
 
-def lm_stream(req: LMRequest, batch_size: int, seed: int = 0, device: str | None = None, bridge=None,
-              tokenizer=None) -> OnTheFlyStream:
-    """The streaming mode of ``cache_lm_activations``: the same shards, computed on demand, never on disk."""
-    from isae.data.lm import load_language_model
-
-    if bridge is None:
-        bridge, tokenizer = load_language_model(req.model, device=device)
-    windows = lm_windows(tokenizer, req)
-    return OnTheFlyStream(_lm_shard_fn(bridge, windows, req), math.ceil(len(windows) / req.windows_per_shard),
-                          bridge.cfg.d_model, batch_size, seed=seed, device=device or "cpu",
-                          identity=lm_spec(req, bridge.cfg.d_model))
-
-
 # --- vision model --------------------------------------------------------------------------------------
 
 def vision_images(req: VisionRequest):
@@ -189,17 +175,6 @@ def cache_vision_activations(directory: str | Path, req: VisionRequest, device: 
     n_shards = math.ceil(len(images) / req.images_per_shard)
     build_cache(directory, vision_spec(req, c, h * w), n_shards, make_shard, progress=progress)
     return ActivationCache(directory)
-
-
-def cache_throughput(make_shard, n_shards: int) -> float:
-    """Rows per second of ``make_shard`` over the first ``n_shards`` shards (no disk writes)."""
-    import time
-
-    t0, rows = time.perf_counter(), 0
-    for i in tqdm(range(n_shards), desc="timing", leave=False):
-        out = make_shard(i)
-        rows += len(out["acts"] if isinstance(out, dict) else out)
-    return rows / (time.perf_counter() - t0)
 
 
 def heldout_activations(cache: ActivationCache, n: int, seed: int = 0) -> torch.Tensor:

@@ -97,7 +97,7 @@ class SyntheticStream:
         dense = torch.randn(n, self.cfg.n_atoms, generator=gen, device=self.device)
         idx = dense.abs().topk(self.cfg.k, dim=1).indices
         vals = dense.gather(1, idx)
-        x = sparse_decode(vals, idx, self.dictionary)  # z D* from the k non-zeros (a dense product costs 20× more)
+        x = sparse_decode(vals, idx, self.dictionary)  # z D* from the k non-zeros (far cheaper than a dense product)
         norm = x.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return x / norm, vals / norm, idx
 

@@ -14,7 +14,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from isae.core.arip import arip_support, rip_gap_exact, rip_gap_noise
-from isae.core.models import K_SPARSE, SAE
+from isae.core.models import SAE
 from isae.core.sparse_ops import sparse_decode
 
 
@@ -36,6 +36,13 @@ class Matching:
     @property
     def signs(self) -> np.ndarray:
         return np.where(self.cos < 0, -1.0, 1.0)
+
+
+def coherence(atoms: torch.Tensor) -> dict[str, float]:
+    """How coherent a dictionary is: the mean |cos| over pairs of distinct atoms, and the mean over atoms of
+    the largest |cos| with another atom (rows of ``atoms`` are unit norm)."""
+    cos = (atoms @ atoms.T).abs().fill_diagonal_(0)
+    return {"mean |cos|": cos.mean().item(), "mean max |cos|": cos.max(1).values.mean().item()}
 
 
 def cosines(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
@@ -96,7 +103,7 @@ def omp(atoms: torch.Tensor, x: torch.Tensor, k: int, chunk: int | None = None) 
     """
     if not 0 < k <= atoms.shape[0]:
         raise ValueError(f"k={k} must satisfy 0 < k ≤ number of atoms={atoms.shape[0]}.")
-    if chunk is None:  # inputs per batch: small on CPU keeps the [chunk, K] temporaries in cache (~2× faster)
+    if chunk is None:  # inputs per batch: small on CPU keeps the [chunk, K] temporaries in cache
         chunk = 256 if x.device.type == "cpu" else 4096
     atoms = atoms.float()
     gram = atoms @ atoms.T
@@ -149,7 +156,7 @@ def single_metrics(sae: SAE, x: torch.Tensor, chunk: int = 4096) -> dict[str, fl
     mse, l0, r_s, fired = [], [], [], torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device)
     for s in range(0, x.shape[0], chunk):
         xs = x[s : s + chunk]
-        if sae.cfg.architecture in K_SPARSE:
+        if sae.cfg.spec.k_sparse:
             code = sae.encode_sparse(xs, with_support=True)
             z = torch.zeros(xs.shape[0], sae.cfg.d_sae, dtype=code.vals.dtype, device=x.device)
             z.scatter_(1, code.idx, code.vals)

@@ -1,6 +1,8 @@
-"""Experiment drivers: train models × seeds on one stream, evaluate every seed pair, tabulate mean ± sd.
+"""P1's experiment driver: train models × seeds on one stream, evaluate every seed pair, tabulate mean ± sd.
 
-Notebooks call these; they hold no logic of their own beyond parameters, narrative and plots.
+Models are keyed by ``isae.core.runs.RunKey``; every per-run and per-pair table carries the key's fields as
+columns (``variant``, ``seed`` or ``seed_a``/``seed_b``, ``trained``) beside the human-readable labels
+``run``, ``pair`` and ``model``, which are rendered from the key here and nowhere else.
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from isae.eval import metrics
-from isae.data.synthetic import SyntheticConfig, SyntheticStream
 from isae.core.io import save_sae
 from isae.core.models import ARCHITECTURES, SAE, SAEConfig
+from isae.core.runs import RunKey
+from isae.data.synthetic import SyntheticConfig, SyntheticStream, make_dictionary
+from isae.eval import metrics
 from isae.experiments.profiles import SyntheticProfile
+from isae.report.summary import mean_sd
 from isae.train.trainer import Stream, TrainConfig, initialise_decoder_bias, train_many
 
 #: Metrics of one SAE (mean ± sd over seeds) and of a pair of SAEs (mean ± sd over seed pairs).
 RUN_METRICS = ("mse", "r_s", "l0", "dead_frac", "gt_dcs", "gt_recovered")
 PAIR_METRICS = ("sae_iou", "sae_l2", "oracle_iou", "oracle_l2", "dcs", "pw_mcc")
 TABLE_METRICS = ("mse", "r_s", "sae_iou", "sae_l2", "oracle_iou", "oracle_l2", "dcs")
+#: The columns of P1's Tables 1 and 2: setting, model, mean and sd of ``TABLE_METRICS``, and the counts.
+TABLE_COLUMNS = ("setting", "model", *(c for m in TABLE_METRICS for c in (m, f"{m}_sd")), "n_seeds", "n_pairs")
 UNTRAINED_SEED_OFFSET = 1_000  # random-init baseline SAEs use seeds 1000, 1001 (never a trained seed)
 
 
@@ -34,39 +40,56 @@ class ExperimentResult:
     runs: pd.DataFrame
     pairs: pd.DataFrame
     log: pd.DataFrame
-    saes: dict[str, SAE]
+    saes: dict[RunKey, SAE]
     x_eval: torch.Tensor
     """The held-out inputs the metrics were computed on."""
 
 
-def run_name(architecture: str, seed: int) -> str:
-    return f"{architecture}/seed{seed}"
+def run_label(key: RunKey) -> str:
+    """The ``run`` column: "<variant>/seed<N>" (the untrained flag has its own column)."""
+    return f"{key.variant}/seed{key.seed}"
 
 
-def evaluate(saes: dict[str, SAE], x: torch.Tensor, true_atoms: torch.Tensor | None = None,
-             oracle: bool = True, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-SAE metrics and metrics of every same-architecture pair of ``saes`` (named "arch/seedN")."""
+def model_label(key: RunKey, sae: SAE) -> str:
+    """The ``model`` column: the architecture's display name, "(untrained)" for a random-init baseline."""
+    return sae.cfg.display_name + ("" if key.trained else " (untrained)")
+
+
+def pair_columns(a: RunKey, b: RunKey) -> dict:
+    """The key columns of a pair of runs of one variant."""
+    return {"variant": a.variant, "seed_a": a.seed, "seed_b": b.seed, "trained": a.trained}
+
+
+def seed_pairs(keys) -> list[tuple[RunKey, RunKey]]:
+    """Every pair of runs that differ only in their seed (same variant, both trained or both not)."""
+    groups: dict[tuple[str, bool], list[RunKey]] = {}
+    for key in keys:
+        groups.setdefault((key.variant, key.trained), []).append(key)
+    return [pair for group in groups.values() for pair in itertools.combinations(group, 2)]
+
+
+def evaluate(saes: dict[RunKey, SAE], x: torch.Tensor, true_atoms: torch.Tensor | None = None,
+             progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-SAE metrics and metrics of every seed pair of ``saes`` (``seed_pairs``)."""
     runs = []
-    for name, sae in saes.items():
-        row = {"run": name, "model": sae.cfg.display_name, **metrics.single_metrics(sae, x)}
+    for key, sae in saes.items():
+        row = {"run": run_label(key), "model": model_label(key, sae), **key.columns(),
+               **metrics.single_metrics(sae, x)}
         if true_atoms is not None:
             row |= metrics.ground_truth_recovery(sae, true_atoms)
         runs.append(row)
-    groups: dict[str, list[str]] = {}
-    for name in saes:
-        groups.setdefault(name.split("/")[0], []).append(name)
     pairs, codes = [], {}
-    todo = [(a, b) for names in groups.values() for a, b in itertools.combinations(names, 2)]
-    for a, b in tqdm(todo, desc="comparing seed pairs", disable=not progress):
-        row = metrics.pair_metrics(saes[a], saes[b], x, oracle=oracle, codes=codes)
-        pairs.append({"pair": f"{a} vs {b}", "model": saes[a].cfg.display_name, **row})
+    for a, b in tqdm(seed_pairs(saes), desc="comparing seed pairs", disable=not progress):
+        row = metrics.pair_metrics(saes[a], saes[b], x, codes=codes)
+        pairs.append({"pair": f"{run_label(a)} vs {run_label(b)}", "model": model_label(a, saes[a]),
+                      **pair_columns(a, b), **row})
     return pd.DataFrame(runs), pd.DataFrame(pairs)
 
 
-def untrained_pair(cfg: SAEConfig, stream: Stream, n_median_samples: int, device) -> dict[str, SAE]:
+def untrained_pair(cfg: SAEConfig, stream: Stream, n_median_samples: int, device) -> dict[RunKey, SAE]:
     """Two random-init SAEs (b_dec at the data's geometric median, as at step 0 of training)."""
-    saes = {run_name(cfg.architecture, UNTRAINED_SEED_OFFSET + s): SAE(cfg, seed=UNTRAINED_SEED_OFFSET + s).to(device)
-            for s in range(2)}
+    seeds = [UNTRAINED_SEED_OFFSET + s for s in range(2)]
+    saes = {RunKey(cfg.architecture, seed, trained=False): SAE(cfg, seed=seed).to(device) for seed in seeds}
     initialise_decoder_bias(saes.values(), stream, n_median_samples)
     return saes
 
@@ -81,11 +104,15 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
     under ``out_dir/saes/<setting>_<arch>_seed<N>`` in SAELens's layout.
     """
     dev = train_cfg.resolved_device()
-    saes = {run_name(a, s): SAE(cfg, seed=s) for a, cfg in sae_cfgs.items() for s in range(n_seeds)}
+    saes = {RunKey(a, s): SAE(cfg, seed=s) for a, cfg in sae_cfgs.items() for s in range(n_seeds)}
     out_dir = Path(out_dir) if out_dir is not None else None
-    log = train_many(saes, stream, train_cfg, checkpoint_dir=out_dir / "checkpoints" / setting if out_dir else None,
-                     progress=progress)
+    # The trainer names models by str(key): its checkpoints, aRIP noise seeds and log rows use that name.
+    by_name = {str(key): key for key in saes}
+    log = train_many({name: saes[key] for name, key in by_name.items()}, stream, train_cfg,
+                     checkpoint_dir=out_dir / "checkpoints" / setting if out_dir else None, progress=progress)
     log.insert(0, "setting", setting)
+    if len(log):
+        log = log.join(pd.DataFrame([by_name[name].columns() for name in log["model"]], index=log.index))
 
     x_eval = x_eval.to(dev)
     runs, pairs = evaluate(saes, x_eval, true_atoms=true_atoms, progress=progress)
@@ -93,26 +120,22 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
     for cfg in sae_cfgs.values():
         baseline |= untrained_pair(cfg, stream, train_cfg.geometric_median_samples, dev)
     base_runs, base_pairs = evaluate(baseline, x_eval, true_atoms=true_atoms, progress=False)
-    for df in (base_runs, base_pairs):
-        df["model"] = df["model"] + " (untrained)"
     runs = pd.concat([runs, base_runs], ignore_index=True)
     pairs = pd.concat([pairs, base_pairs], ignore_index=True)
     for df in (runs, pairs):
         df.insert(0, "setting", setting)
 
     if out_dir is not None:
-        for name, sae in saes.items():
-            arch, seed = name.split("/")
-            save_sae(sae, out_dir / "saes" / f"{setting}_{arch}_{seed}", setting=setting, seed=sae.seed,
-                     train=train_cfg.__dict__, **provenance_params)
+        for key, sae in saes.items():
+            save_sae(sae, out_dir / "saes" / f"{setting}_{key.variant}_seed{key.seed}", setting=setting,
+                     seed=sae.seed, train=train_cfg.__dict__, **provenance_params)
     return ExperimentResult(runs=runs, pairs=pairs, log=log, saes=saes, x_eval=x_eval)
 
 
 def run_synthetic_setting(setting: str, p: SyntheticProfile, out_dir: str | Path | None = None,
                           device: str | None = None, progress: bool = True, **provenance_params) -> ExperimentResult:
     """P1's synthetic experiment for one setting ("iid" or "mixture") at the sizes of ``p``."""
-    data_cfg = SyntheticConfig(d_in=p.d_in, n_atoms=p.n_atoms, k=p.k, kind=setting,
-                               n_components=p.n_components, spread=p.spread, seed=p.data_seed)
+    data_cfg = synthetic_data_config(setting, p)
     train_cfg = TrainConfig(n_steps=p.n_steps, batch_size=p.batch_size, lr=p.lr, log_every=p.log_every,
                             checkpoint_every=p.checkpoint_every, device=device)
     stream = SyntheticStream(data_cfg, p.batch_size, seed=p.data_seed, device=train_cfg.resolved_device())
@@ -123,23 +146,43 @@ def run_synthetic_setting(setting: str, p: SyntheticProfile, out_dir: str | Path
                               **provenance_params)
 
 
+def synthetic_data_config(setting: str, p: SyntheticProfile) -> SyntheticConfig:
+    """The data of one synthetic setting ("iid" or "mixture") at the sizes of ``p``."""
+    return SyntheticConfig(d_in=p.d_in, n_atoms=p.n_atoms, k=p.k, kind=setting, n_components=p.n_components,
+                           spread=p.spread, seed=p.data_seed)
+
+
+def dictionary_coherence(p: SyntheticProfile) -> pd.DataFrame:
+    """``metrics.coherence`` of the ground-truth dictionary of every setting of ``p``, one row per setting."""
+    return pd.DataFrame({s: metrics.coherence(make_dictionary(synthetic_data_config(s, p))) for s in p.settings}).T
+
+
+def run_synthetic(p: SyntheticProfile, out_dir: str | Path | None = None, device: str | None = None,
+                  progress: bool = True, **provenance_params) -> dict[str, ExperimentResult]:
+    """``run_synthetic_setting`` for every setting of ``p``, by setting."""
+    return {setting: run_synthetic_setting(setting, p, out_dir=out_dir, device=device, progress=progress,
+                                           **provenance_params) for setting in p.settings}
+
+
 def summarise(runs: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     """One row per (setting, model): mean and sd (``<metric>_sd``) over seeds / seed pairs, n_seeds, n_pairs.
 
-    Columns follow P1's tables (``TABLE_METRICS``) first, then the extra metrics this project reports.
+    Rows: per setting, trained models in ``ARCHITECTURES`` order, then their random-init baselines. Columns
+    follow P1's tables (``TABLE_METRICS``) first, then the extra metrics this project reports and the key
+    columns ``variant`` and ``trained``.
     """
-    keys = ["setting", "model"]
-    run_cols = [c for c in RUN_METRICS if c in runs]
-    pair_cols = [c for c in PAIR_METRICS if c in pairs]
-    r = runs.groupby(keys, sort=False)[run_cols].agg(["mean", "std"])
-    q = pairs.groupby(keys, sort=False)[pair_cols].agg(["mean", "std"])
-    table = r.join(q, how="outer")
-    table.columns = [m if stat == "mean" else f"{m}_sd" for m, stat in table.columns]
-    table["n_seeds"] = runs.groupby(keys, sort=False).size()
-    table["n_pairs"] = pairs.groupby(keys, sort=False).size()
-    table = table.reset_index()
-    order = {name: i for i, name in enumerate(ARCHITECTURES.values())}
-    table["_order"] = table["model"].map(lambda m: (m.endswith("(untrained)"), order.get(m.split(" (")[0], 99)))
-    table = table.sort_values(["setting", "_order"], kind="stable").drop(columns="_order")
-    first = keys + [c for m in TABLE_METRICS for c in (m, f"{m}_sd")] + ["n_seeds", "n_pairs"]
+    keys = ["setting", "model", "variant", "trained"]
+    table = mean_sd(runs, keys, RUN_METRICS, count="n_seeds").merge(
+        mean_sd(pairs, keys, PAIR_METRICS, count="n_pairs"), on=keys, how="outer")
+    order = {name: i for i, name in enumerate(ARCHITECTURES)}
+    table = table.assign(_untrained=~table["trained"].astype(bool), _order=table["variant"].map(order).fillna(99))
+    table = table.sort_values(["setting", "_untrained", "_order"], kind="stable").drop(columns=["_untrained", "_order"])
+    first = list(TABLE_COLUMNS)
     return table[[c for c in first if c in table] + [c for c in table if c not in first]].reset_index(drop=True)
+
+
+
+def combine(results: dict[str, ExperimentResult]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(runs, pairs, log) of several settings, one table each."""
+    return tuple(pd.concat([getattr(r, part) for r in results.values()], ignore_index=True)
+                 for part in ("runs", "pairs", "log"))

@@ -2,39 +2,45 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from isae.experiments.p1_synthetic import TABLE_METRICS
-from isae.plots.common import save_figure  # noqa: F401  (re-exported: notebooks call plots.save_figure)
+from isae.experiments.p1_synthetic import TABLE_METRICS, pair_columns, run_label, seed_pairs
+from isae.plots.common import save_figure
 
-LABELS = {"mse": "MSE ↓", "r_s": "R_S ↓", "sae_iou": "SAE IoU ↑", "sae_l2": "SAE ℓ2 ↓", "oracle_iou": "Oracle IoU ↑",
-          "oracle_l2": "Oracle ℓ2 ↓", "dcs": "DCS ↑"}
+# save_figure is re-exported: notebook 05 calls it from this module.
+__all__ = ["LABELS", "activation_sanity", "matched_cos_distributions", "matched_cosines", "metric_bars", "save_figure",
+           "tradeoff_scatter", "training_curves"]
+
+LABELS = {"mse": "MSE ↓", "r_s": "R_S ↓", "sae_iou": "SAE IoU ↑", "sae_l2": "SAE ℓ2 ↓",
+          "oracle_iou": "Oracle IoU ↑", "oracle_l2": "Oracle ℓ2 ↓", "dcs": "DCS ↑"}
 
 
 def metric_bars(table: pd.DataFrame, paper: pd.DataFrame | None = None,
                 metrics: tuple[str, ...] = TABLE_METRICS) -> plt.Figure:
     """One panel per metric: bars (mean ± sd over seeds or seed pairs) per model, grouped by setting.
 
-    Untrained (random-init) baselines are drawn hatched; the paper's values, where given, as black ticks.
+    Untrained (random-init) baselines (``trained`` False) are drawn hatched in their architecture's colour; the
+    paper's values, where given, as black ticks.
     """
     settings = list(dict.fromkeys(table["setting"]))
     models = list(dict.fromkeys(table["model"]))
-    palette = dict(zip([m for m in models if "untrained" not in m], sns.color_palette("colorblind")))
+    first = table.drop_duplicates("model").set_index("model")
+    trained = first["trained"].astype(bool) if "trained" in first else pd.Series(True, index=first.index)
+    variant = first["variant"] if "variant" in first else pd.Series(first.index, index=first.index)
+    palette = dict(zip([variant[m] for m in models if trained[m]], sns.color_palette("colorblind")))
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 3.6), squeeze=False)
     width = 0.8 / len(models)
     for ax, metric in zip(axes[0], metrics):
         for i, model in enumerate(models):
             rows = table[table["model"] == model].set_index("setting").reindex(settings)
             xs = [j - 0.4 + width * (i + 0.5) for j in range(len(settings))]
-            base = model.replace(" (untrained)", "")
             ax.bar(xs, rows[metric], width, yerr=rows.get(f"{metric}_sd"), capsize=2, label=model,
-                   color=palette.get(base, "grey"), hatch="//" if "untrained" in model else None,
-                   alpha=0.45 if "untrained" in model else 1.0, edgecolor="black", linewidth=0.3)
-            if paper is not None and "untrained" not in model:
+                   color=palette.get(variant[model], "grey"), hatch=None if trained[model] else "//",
+                   alpha=1.0 if trained[model] else 0.45, edgecolor="black", linewidth=0.3)
+            if paper is not None and trained[model]:
                 ref = paper[paper["model"] == model].set_index("setting").reindex(settings)
                 ax.scatter(xs, ref[metric], marker="_", s=120, color="black", zorder=3,
                            label="paper" if i == 0 else None)
@@ -48,7 +54,7 @@ def metric_bars(table: pd.DataFrame, paper: pd.DataFrame | None = None,
 
 def training_curves(log: pd.DataFrame, metric: str = "mse") -> plt.Figure:
     """Logged ``metric`` against step, one line per run, one panel per setting (if the log has settings)."""
-    log = log.assign(architecture=log["model"].str.split("/").str[0])
+    log = log.assign(architecture=log["variant"])
     col = "setting" if "setting" in log else None
     grid = sns.relplot(data=log, x="step", y=metric, hue="architecture", units="model", estimator=None,
                        kind="line", col=col, height=3.2, aspect=1.3, facet_kws={"sharey": False})
@@ -58,47 +64,45 @@ def training_curves(log: pd.DataFrame, metric: str = "mse") -> plt.Figure:
 
 # --- P1 on real activations: matched-cosine distributions and the reconstruction/stability trade-off ----------
 
-def matched_cosines(saes: dict, setting: str = "", suffix: str = "") -> pd.DataFrame:
-    """|cos| of every matched atom pair between the first two seeds of each architecture in ``saes``.
+def matched_cosines(saes: dict, setting: str = "") -> pd.DataFrame:
+    """|cos| of every matched atom pair between the two lowest seeds of each variant in ``saes``.
 
-    ``saes`` maps "arch/seedN" to SAEs (``ExperimentResult.saes`` or ``experiments.untrained_pair``); atoms are
-    matched by ``metrics.match_atoms`` (Hungarian on |cos|, as DCS). Returns one row per matched pair:
-    setting, model (display name + ``suffix``), pair, abs_cos. The mean of abs_cos per model is its DCS.
+    ``saes`` maps ``RunKey`` to SAEs (``ExperimentResult.saes`` or ``p1_synthetic.untrained_pair``); atoms are
+    matched by ``metrics.match_atoms`` (Hungarian on |cos|, as DCS). Returns one row per matched pair: setting,
+    model (display name), pair, the pair's key columns and abs_cos. The mean of abs_cos per model is its DCS.
     """
     import numpy as np
 
     from isae.eval.metrics import match_atoms
 
-    groups: dict[str, list[str]] = {}
-    for name in saes:
-        groups.setdefault(name.split("/")[0], []).append(name)
+    first_pairs: dict[tuple[str, bool], tuple] = {}
+    for a, b in seed_pairs(sorted(saes, key=lambda key: key.seed)):
+        first_pairs.setdefault((a.variant, a.trained), (a, b))
     frames = []
-    for names in groups.values():
-        if len(names) < 2:
-            continue
-        a, b = sorted(names, key=lambda n: saes[n].seed)[:2]
+    for a, b in first_pairs.values():
         m = match_atoms(saes[a].W_dec, saes[b].W_dec)
-        frames.append(pd.DataFrame({"setting": setting, "model": saes[a].cfg.display_name + suffix,
-                                    "pair": f"{a} vs {b}", "abs_cos": np.abs(m.cos)}))
+        frames.append(pd.DataFrame({"setting": setting, "model": saes[a].cfg.display_name,
+                                    "pair": f"{run_label(a)} vs {run_label(b)}", **pair_columns(a, b),
+                                    "abs_cos": np.abs(m.cos)}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["setting", "model", "pair", "abs_cos"])
+        columns=["setting", "model", "pair", "variant", "seed_a", "seed_b", "trained", "abs_cos"])
 
 
 def matched_cos_distributions(frame: pd.DataFrame, bins: int = 40) -> plt.Figure:
     """Histogram (density, step lines) of matched |cos| per model, one panel per setting.
 
-    Models whose name ends in "(untrained)" (the random-init pairs) are drawn dashed in grey: the floor a
-    trained dictionary has to beat. Each legend entry gives the mean (= DCS).
+    Random-init pairs (``trained`` False) are drawn dashed in grey: the floor a trained dictionary has to beat.
+    Each legend entry gives the mean (= DCS).
     """
     settings = list(dict.fromkeys(frame["setting"]))
-    models = [m for m in dict.fromkeys(frame["model"]) if "untrained" not in m]
+    models = list(dict.fromkeys(frame.loc[frame["trained"].astype(bool), "model"]))
     palette = dict(zip(models, sns.color_palette("colorblind")))
     fig, axes = plt.subplots(1, len(settings), figsize=(5.0 * len(settings), 3.6), squeeze=False)
     edges = [i / bins for i in range(bins + 1)]
     for ax, setting in zip(axes[0], settings):
         sub = frame[frame["setting"] == setting]
         for model, rows in sub.groupby("model", sort=False):
-            untrained = "untrained" in model
+            untrained = not rows["trained"].astype(bool).iloc[0]
             ax.hist(rows["abs_cos"], bins=edges, density=True, histtype="step", linewidth=1.6,
                     linestyle="--" if untrained else "-",
                     color="grey" if untrained else palette.get(model),
@@ -114,10 +118,10 @@ def tradeoff_scatter(table: pd.DataFrame, paper: pd.DataFrame | None = None,
     """Reconstruction (MSE, x) against stability (y), one panel per stability metric.
 
     Filled markers: our means with ± sd bars (seeds for MSE, seed pairs for stability); colour = model,
-    marker = setting. Untrained baselines are left out. With ``paper`` (same setting names as ``table``),
-    the paper's values are drawn as hollow markers of the same colour and shape.
+    marker = setting. Untrained baselines (``trained`` False) are left out. With ``paper`` (same setting names
+    as ``table``), the paper's values are drawn as hollow markers of the same colour and shape.
     """
-    ours = table[~table["model"].str.contains("untrained")]
+    ours = table[table["trained"].astype(bool)]
     settings = list(dict.fromkeys(ours["setting"]))
     models = list(dict.fromkeys(ours["model"]))
     palette = dict(zip(models, sns.color_palette("colorblind")))
@@ -143,4 +147,27 @@ def tradeoff_scatter(table: pd.DataFrame, paper: pd.DataFrame | None = None,
                               label="paper (hollow)"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False, fontsize=8)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
+# --- activation caches (notebook 02) ---------------------------------------------------------------------------
+
+def activation_sanity(caches: dict, names: tuple[str, ...] = ("lm_train", "vision_train"),
+                      max_rows: int = 20_000) -> plt.Figure:
+    """Two panels for the first ``max_rows`` rows of each cache in ``names``: the density of activation norms,
+    and the share of variance per dimension (sorted, on a log scale)."""
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    for name in names:
+        x = caches[name].rows(0, min(len(caches[name]), max_rows)).astype(np.float32)
+        axes[0].hist(np.linalg.norm(x, axis=1), bins=60, alpha=0.6, label=name, density=True)
+        var = np.sort(x.var(0))[::-1]
+        axes[1].plot(np.arange(1, len(var) + 1) / len(var), var / var.sum(), label=name)
+    axes[0].set(xlabel="‖x‖", ylabel="density", title="activation norms")
+    axes[0].legend()
+    axes[1].set(xlabel="dimension (fraction, sorted)", ylabel="share of variance", yscale="log",
+                title="per-dimension variance")
+    axes[1].legend()
+    fig.tight_layout()
     return fig

@@ -1,0 +1,158 @@
+"""P1 on real activations (notebook 03): train the P1 models on cached activations, the random-init floor of
+matched cosines, the downstream splice and the sparse probes of the first seed of every model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from isae.core.models import SAE, SAEConfig
+from isae.core.runs import RunKey
+from isae.data import activations
+from isae.data.cache import ActivationCache
+from isae.eval import downstream, probing
+from isae.experiments.p1_synthetic import ExperimentResult, train_and_evaluate, untrained_pair
+from isae.experiments.profiles import RealProfile
+from isae.plots.p1 import matched_cosines
+from isae.train.trainer import TrainConfig
+
+#: Our setting name → the caches it trains and evaluates on.
+SETTINGS = {"smollm2": ("lm_train", "lm_heldout"), "efficientnet-lite0": ("vision_train", "vision_heldout")}
+#: Our setting name → the row of P1's Table 2 it stands in for.
+PAPER_SETTING = {"smollm2": "pythia-160m", "efficientnet-lite0": "dinov2"}
+
+
+@dataclass
+class RealSetting:
+    """One trained setting: its stream, recipe, model configs and results."""
+
+    name: str
+    stream: object
+    train_cfg: TrainConfig
+    sae_cfgs: dict[str, SAEConfig]
+    result: ExperimentResult
+    n_eval: int
+
+    def describe(self, p: RealProfile) -> str:
+        """One line: what was trained on what."""
+        n = self.stream.steps_per_pass * p.batch_size
+        return (f"{self.name}: {len(self.sae_cfgs) * p.n_seeds} SAEs (K={p.d_sae}, k={p.k}) on "
+                f"{self.stream.steps_per_pass} steps of {p.batch_size} = {n:,} activations of dimension "
+                f"{self.stream.d_in}; metrics on {self.n_eval} held-out rows")
+
+    def untrained_baseline(self) -> dict[RunKey, SAE]:
+        """A random-init TopK pair with b_dec at this stream's geometric median (the four architectures share
+        their initial atoms, so one pair serves all)."""
+        return untrained_pair(self.sae_cfgs["topk"], self.stream, self.train_cfg.geometric_median_samples,
+                              self.train_cfg.resolved_device())
+
+    def first_seeds(self) -> dict[str, SAE]:
+        """The seed-0 SAE of every model, by display name."""
+        return {sae.cfg.display_name: sae for key, sae in self.result.saes.items() if key.seed == 0 and key.trained}
+
+
+def train_real_setting(setting: str, caches: dict[str, ActivationCache], p: RealProfile, out_dir: str | Path,
+                       device: str | None = None, progress: bool = True, **provenance_params) -> RealSetting:
+    """Train ``p.models`` × ``p.n_seeds`` SAEs for one pass over the setting's training cache, then evaluate
+    them (and a random-init pair) on ``p.n_eval`` held-out rows (``p1_synthetic.train_and_evaluate``)."""
+    train_name, eval_name = SETTINGS[setting]
+    cache = caches[train_name]
+    stream = cache.stream(p.batch_size, seed=0)
+    train_cfg = TrainConfig(n_steps=stream.steps_per_pass, batch_size=p.batch_size, lr=p.lr, log_every=p.log_every,
+                            checkpoint_every=p.checkpoint_every, device=device,
+                            geometric_median_samples=min(8192, stream.steps_per_pass * p.batch_size))
+    sae_cfgs = {a: SAEConfig(d_in=cache.d_in, d_sae=p.d_sae, k=p.k, architecture=a) for a in p.models}
+    x_eval = activations.heldout_activations(caches[eval_name], p.n_eval)
+    result = train_and_evaluate(setting, stream, x_eval, sae_cfgs, train_cfg, p.n_seeds, out_dir=out_dir,
+                                progress=progress, real_profile=p.to_dict(), cache=str(cache.directory),
+                                **provenance_params)
+    return RealSetting(setting, stream, train_cfg, sae_cfgs, result, len(x_eval))
+
+
+def train_real_settings(caches: dict[str, ActivationCache], p: RealProfile, out_dir: str | Path,
+                        device: str | None = None, progress: bool = True,
+                        **provenance_params) -> dict[str, RealSetting]:
+    """``train_real_setting`` for every setting of ``SETTINGS``, by setting."""
+    return {setting: train_real_setting(setting, caches, p, out_dir, device=device, progress=progress,
+                                        **provenance_params) for setting in SETTINGS}
+
+
+def matched_cosines_with_floor(settings: dict[str, RealSetting]) -> pd.DataFrame:
+    """Matched |cos| of seed 0 vs seed 1 of every model per setting, and of a random-init pair (model
+    "random init (untrained)")."""
+    frames = []
+    for name, s in settings.items():
+        frames += [matched_cosines(s.result.saes, setting=name),
+                   matched_cosines(s.untrained_baseline(), setting=name).assign(model="random init (untrained)")]
+    return pd.concat(frames, ignore_index=True)
+
+
+def splice_first_seeds(setting: RealSetting, p: RealProfile, bridge, tokenizer) -> tuple[pd.DataFrame, int]:
+    """Downstream CE/KL with each model's seed-0 SAE spliced in at ``p.lm_hook`` on the first ``p.ce_windows``
+    held-out windows (``downstream.splice_metrics``); also returns the number of windows."""
+    request = activations.LMRequest(split="heldout", hook=p.lm_hook, context_length=p.context_length,
+                                    n_tokens=p.ce_windows * (p.context_length - 1), windows_per_shard=p.ce_windows)
+    windows = activations.lm_windows(tokenizer, request)[: p.ce_windows]
+    reconstructors = {name: downstream.sae_reconstructor(sae) for name, sae in setting.first_seeds().items()}
+    return downstream.splice_metrics(bridge, windows.tokens, windows.mask, p.lm_hook, reconstructors), len(windows)
+
+
+@dataclass
+class ProbeResults:
+    summary: pd.DataFrame
+    """``probing.probe_summary``: one row per encoder."""
+    per_class: pd.DataFrame
+    """Every (encoder, class, k) result, with a ``model`` column."""
+    n_train: int
+    n_test: int
+
+
+def probe_first_seeds(setting: RealSetting, caches: dict[str, ActivationCache], pooling: str) -> ProbeResults:
+    """Sparse probing (``probing.sparse_probe``) of the raw activations and each model's seed-0 SAE codes, pooled
+    per image (``pooling``), fitted on ``vision_train`` and scored on ``vision_heldout``."""
+    device = setting.train_cfg.resolved_device()
+    encoders = {"activations (no SAE)": lambda x: x} | {name: sae.encode for name, sae in setting.first_seeds().items()}
+    results = {}
+    for name, encode in encoders.items():
+        z_train, y_train = probing.pooled_codes(encode, caches["vision_train"], how=pooling, device=device)
+        z_test, y_test = probing.pooled_codes(encode, caches["vision_heldout"], how=pooling, device=device)
+        results[name] = probing.sparse_probe(z_train, y_train, z_test, y_test, ks=probing.DEFAULT_K)
+    per_class = pd.concat([df.assign(model=name) for name, df in results.items()], ignore_index=True)
+    return ProbeResults(probing.probe_summary(results), per_class, len(z_train), len(z_test))
+
+
+def table3(splice: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
+    """Our Table 3: the splice columns and the sparse-probing test accuracy at each k (``sparse_probing_k<k>``)."""
+    probe_cols = {f"test_acc_k{k}": f"sparse_probing_k{k}" for k in probing.DEFAULT_K}
+    return splice.merge(probes[["model", *probe_cols]].rename(columns=probe_cols), on="model", how="left")
+
+
+def paper_table2_as_ours(paper2: pd.DataFrame) -> pd.DataFrame:
+    """P1's Table 2 with its settings renamed to the settings standing in for them (``paper_setting`` keeps
+    the paper's name)."""
+    ours_setting = {v: k for k, v in PAPER_SETTING.items()}
+    return paper2.assign(paper_setting=paper2["setting"], setting=paper2["setting"].map(ours_setting))
+
+
+def claims_beside_paper(table: pd.DataFrame, splice: pd.DataFrame, paper2_as_ours: pd.DataFrame,
+                        paper3: pd.DataFrame, downstream_setting: str = "smollm2 (CE)") -> pd.DataFrame:
+    """``report.p1.check_real_claims`` on our tables, with the same check on P1's own numbers beside each claim
+    (columns "holds in P1's numbers" and "P1's evidence")."""
+    from isae.report.p1 import check_real_claims
+
+    claims = check_real_claims(table, downstream=splice, downstream_setting=downstream_setting)
+    paper_claims = check_real_claims(paper2_as_ours, downstream=paper3, downstream_setting=downstream_setting)
+    return claims.merge(paper_claims[["claim", "setting", "holds", "evidence"]].rename(
+        columns={"holds": "holds in P1's numbers", "evidence": "P1's evidence"}), on=["claim", "setting"], how="left")
+
+
+def dcs_above_floor(table: pd.DataFrame) -> pd.DataFrame:
+    """Per setting of a ``summarise`` table: the range of the trained models' DCS and the DCS of the random-init
+    TopK pair (the floor). When trained DCS is close to the floor the dictionaries have not converged, and the
+    stability claims are not tested at this budget."""
+    trained = table["trained"].astype(bool)
+    floor = table[~trained & (table["variant"] == "topk")].set_index("setting")["dcs"]
+    by_setting = table[trained].groupby("setting", sort=False)["dcs"]
+    return pd.DataFrame({"trained_min": by_setting.min(), "trained_max": by_setting.max(), "floor": floor})
