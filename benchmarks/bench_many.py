@@ -30,13 +30,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from isae.data.synthetic import SyntheticConfig, SyntheticStream
-from isae.core.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
-import isae.train.trainer
-from isae.train.trainer import TrainConfig, train_many
-
 # benchmarks/ is on sys.path when run as a script
 from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402
+
+import isae.train.trainer
+from isae.core.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
+from isae.data.synthetic import SyntheticConfig, SyntheticStream
+from isae.train.trainer import TrainConfig, train_many
 
 PAPER = {"d_in": 768, "d_sae": 4096, "k": 40, "batch": 2048, "n_atoms": 4096, "data_k": 40}
 
@@ -91,6 +91,10 @@ class TimedStream:
     @property
     def d_in(self) -> int:
         return self.stream.d_in
+
+    @property
+    def steps_per_pass(self) -> int | None:
+        return self.stream.steps_per_pass
 
     def identity(self) -> dict:
         return self.stream.identity()

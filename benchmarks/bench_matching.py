@@ -36,10 +36,10 @@ import pandas as pd
 import scipy
 import torch
 
-import isae.eval.metrics as metrics
-
 # benchmarks/ is on sys.path when run as a script
 from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402
+
+import isae.eval.metrics as metrics
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -41,10 +41,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from isae.eval.metrics import omp
-
 # benchmarks/ is on sys.path when run as a script
 from _common import device_name, print_load, setup_device, sync, write_results  # noqa: E402
+
+from isae.eval.metrics import omp
 
 try:
     import sklearn
@@ -240,12 +240,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         # the loop and scikit-learn on the round's share of their subsets. Per-input time: the fastest round.
         for r in range(R):
             print(f"[{kind} {r + 1}/{R}] isae.eval.metrics.omp on {args.n} inputs ...", file=sys.stderr, flush=True)
-            codes, t = timed(lambda: omp(atoms_dev, x_dev, k, **chunk_kw), device)
+            codes, t = timed(lambda x=x_dev: omp(atoms_dev, x, k, **chunk_kw), device)
             t_fast.append(t / args.n)
             lo, hi = r * args.n_loop // R, (r + 1) * args.n_loop // R
             if hi > lo:
                 print(f"[{kind} {r + 1}/{R}] per-input loop on {hi - lo} inputs ...", file=sys.stderr, flush=True)
-                part, t = timed(lambda: omp_loop(atoms_dev, x_dev[lo:hi], k), device)
+                part, t = timed(lambda x=x_dev[lo:hi]: omp_loop(atoms_dev, x, k), device)
                 loop_parts.append(part.cpu())
                 t_loop.append(t / (hi - lo))
             lo, hi = r * args.n_sklearn // R, (r + 1) * args.n_sklearn // R

@@ -35,12 +35,18 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    add_size_args,
+    check_size_args,
+    device_name,
+    inputs_fingerprint,
+    make_inputs,
+    print_load,
+    write_results,
+)
+from bench_training import PeakMemory, time_training  # noqa: E402
 
 from isae.train.trainer import TrainConfig
-
-from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-    add_size_args, check_size_args, device_name, inputs_fingerprint, make_inputs, print_load, write_results)
-from bench_training import PeakMemory, time_training  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

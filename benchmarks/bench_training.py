@@ -39,14 +39,21 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    add_size_args,
+    check_size_args,
+    device_name,
+    make_inputs,
+    print_load,
+    setup_device,
+    sync,
+    write_results,
+)
 from tqdm.auto import tqdm
 
 from isae.core.models import ARCHITECTURES, K_SPARSE, SAE, SAEConfig
 from isae.core.reference import dense_loss
 from isae.train.trainer import TrainConfig, make_optimizer
-
-from _common import (  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-    add_size_args, check_size_args, device_name, make_inputs, print_load, setup_device, sync, write_results)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -211,7 +218,7 @@ def time_training(arch: str, path: str, args: argparse.Namespace, batches: list[
     tok_s = args.batch * args.steps / seconds
     print(f"  {label} {args.steps} steps in {seconds:7.2f} s → {tok_s:10.0f} tokens/s, "
           f"peak {peak_mib:7.0f} MiB, last loss {loss:.4f}", file=sys.stderr, flush=True)
-    del sae, opt, model
+    step = sae = opt = model = None  # free the model, its optimiser state and the closure before the next one
     return {"seconds": seconds, "tok_s": tok_s, "median_step_s": statistics.median(step_s),
             "median_probe_s": statistics.median(probe_s) if probe_s else float("nan"),
             "peak_mib": peak_mib, "loss": loss}
@@ -263,7 +270,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
               flush=True)
         ref = time_training(arch, "reference", args, batches, None, device, mem, probe)
         bf16_options = [False, True] if args.bf16_selection else [False]
-        for (frac, dead), bf16 in itertools.product(dead_masks.items(), bf16_options):
+        for (_frac, dead), bf16 in itertools.product(dead_masks.items(), bf16_options):
             fast = time_training(arch, "fast", args, batches, dead, device, mem, probe, bf16_selection=bf16)
             rows.append({
                 "model": ARCHITECTURES[arch], "dead_frac": float(dead.float().mean()),

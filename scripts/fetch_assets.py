@@ -30,7 +30,8 @@ def _remove_stale_temporaries(root: Path, min_age_s: float = 3600) -> None:
     if not root.is_dir():
         return
     for p in root.glob(".*"):
-        if p.is_dir() and p.name.startswith((".fetch-", ".smollm2-hf-")) and time.time() - p.stat().st_mtime > min_age_s:
+        if (p.is_dir() and p.name.startswith((".fetch-", ".smollm2-hf-"))
+                and time.time() - p.stat().st_mtime > min_age_s):
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", metavar="NAME", choices=sorted(ASSETS), help="fetch only these assets")
     ap.add_argument("--force", action="store_true", help="fetch again even when the files verify")
-    ap.add_argument("--check", action="store_true", help="only verify what is on disk (exit 1 if anything is missing or corrupt)")
+    ap.add_argument("--check", action="store_true",
+                    help="only verify what is on disk (exit 1 if anything is missing or corrupt)")
     ap.add_argument("--list", action="store_true", help="list the assets and their sources")
     ap.add_argument("--no-convert", action="store_true", help="do not write the safetensors copy of the SmolLM2 GGUF")
     ap.add_argument("--record", action="store_true",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from isae.data.synthetic import SyntheticConfig, SyntheticStream
 from isae.core.models import SAE, SAEConfig
+from isae.data.synthetic import SyntheticConfig, SyntheticStream
 
 torch.set_num_threads(1)  # tiny tensors: threads only add contention with other processes
 

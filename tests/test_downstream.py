@@ -14,9 +14,9 @@ import math
 import pytest
 import torch
 
-from isae.eval import downstream
-from isae.data.lm import load_language_model
 from isae.core.models import SAE, SAEConfig
+from isae.data.lm import load_language_model
+from isae.eval import downstream
 
 WORDS = "the cat sat on a mat and dog ran far away".split()
 HOOK = "blocks.0.hook_resid_post"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import D_IN, D_SAE, K, make_sae
 from safetensors.torch import load_file
 
 import isae.core.io
-from conftest import D_IN, D_SAE, K, make_sae
 from isae.core.io import load_sae, save_sae
 from isae.core.models import ARCHITECTURES, SAE
 

@@ -7,9 +7,11 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
 from conftest import D_SAE, K, make_sae, unit_rows
+
 from isae.core.arip import arip_support, rip_gap_exact
+from isae.core.models import SAE
+from isae.core.reference import dense_encode
 from isae.eval.metrics import (
     Matching,
     code_iou,
@@ -23,8 +25,6 @@ from isae.eval.metrics import (
     pw_mcc,
     single_metrics,
 )
-from isae.core.models import SAE
-from isae.core.reference import dense_encode
 
 
 def _random_atoms(n: int, d: int, seed: int) -> torch.Tensor:

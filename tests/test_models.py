@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
-
 from conftest import D_IN, D_SAE, K, make_sae, unit_rows
+
+from isae.core import kernels, models
 from isae.core.arip import arip_support, rip_gap_exact, rip_gap_noise
-from isae.core import kernels
-from isae.core import models
 from isae.core.models import K_SPARSE, SAE, SAEConfig
 from isae.core.reference import dense_encode, dense_loss
 

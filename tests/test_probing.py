@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from isae.eval import probing
 from isae.data.cache import ActivationCache, build_cache
+from isae.eval import probing
 
 
 def _separable(n: int, k_signal: int = 3, d: int = 40, seed: int = 0):

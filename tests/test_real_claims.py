@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from isae.experiments import p1_synthetic as experiments
-from isae.report import p1 as reporting
+from isae.core.models import SAEConfig
 from isae.data.activations import heldout_activations
 from isae.data.cache import ActivationCache, build_cache
-from isae.core.models import SAEConfig
+from isae.experiments import p1_synthetic as experiments
+from isae.report import p1 as reporting
 from isae.train.trainer import TrainConfig
 
 # A hand-made table in which every claim holds (shaped like P1's Pythia row: AbsTopK most stable, iSAE lowest R_S
@@ -136,7 +136,7 @@ def test_table2_driver_on_a_cache_has_the_paper_columns_and_one_row_per_model(tm
     assert list(table.columns[: len(required)]) == required
     assert set(zip(table["variant"], table["trained"])) == {(a, t) for a in sae_cfgs for t in (True, False)}
     trained = table[table["trained"]]
-    assert list(trained["model"]) == list(reporting.P1_MODELS)
+    assert list(trained["model"]) == list(reporting.P1_MODEL_LABELS)
     assert (trained["n_seeds"] == 3).all() and (trained["n_pairs"] == math.comb(3, 2)).all()
     assert np.isfinite(trained[list(experiments.TABLE_METRICS)].to_numpy()).all()
     assert stream.steps_per_pass == 512 // 64 and result.log["step"].max() == stream.steps_per_pass

@@ -7,9 +7,17 @@ import torch
 
 from isae.core import kernels
 from isae.core.kernels import GROUP
-from isae.core.sparse_ops import (LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values,
-                                  rows_dot,
-                             scatter_rows, sparse_decode, topk_indices)
+from isae.core.sparse_ops import (
+    LatentMajor,
+    add_sparse_decode,
+    columns_preact,
+    gather_preact,
+    multistep_values,
+    rows_dot,
+    scatter_rows,
+    sparse_decode,
+    topk_indices,
+)
 
 TOL = dict(rtol=1e-12, atol=1e-12)  # float64: the sparse and dense sums differ only by summation order
 

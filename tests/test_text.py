@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from isae.data import assets
-from isae.data.text import (SOURCES, Document, iter_windows, load_documents, split_documents, split_of,
-                       tokenize_windows)
+from isae.data.text import SOURCES, Document, iter_windows, load_documents, split_documents, split_of, tokenize_windows
 
 WORDS = [f"w{i}" for i in range(50)]
 
@@ -144,8 +143,9 @@ def test_corpus_split_is_disjoint(corpus):
 
 
 def test_corpus_windows_with_the_smollm2_tokenizer(corpus):
-    from isae.data.lm import smollm2_hf_dir
     from transformers import AutoTokenizer
+
+    from isae.data.lm import smollm2_hf_dir
 
     if not (smollm2_hf_dir() / "tokenizer.json").is_file():
         pytest.skip("SmolLM2 safetensors copy not built (make assets)")

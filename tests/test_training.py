@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import make_sae
-from isae.data.synthetic import SyntheticConfig, SyntheticStream
+
 from isae.core.models import SAE
+from isae.data.synthetic import SyntheticConfig, SyntheticStream
 from isae.train.trainer import TrainConfig, TrainingDiverged, geometric_median, train_many
 
 D_IN, D_SAE, K = 16, 96, 3
@@ -48,6 +48,7 @@ class RecordingStream:
     def __init__(self, inner, raise_at: int | None = None, nan_at: int | None = None):
         self.inner, self.raise_at, self.nan_at = inner, raise_at, nan_at
         self.steps: list[int] = []
+        self.steps_per_pass = inner.steps_per_pass
 
     @property
     def d_in(self) -> int:

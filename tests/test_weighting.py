@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import make_sae
+
 from isae.core.runs import RunKey
+from isae.data.synthetic import SyntheticConfig, SyntheticStream
 from isae.experiments import p2_weighted
 from isae.experiments.p2_weighted import WSAEKey
 from isae.experiments.profiles import WEIGHT_ALPHAS, weighted_profile
 from isae.report.p2 import check_claims
-from isae.data.synthetic import SyntheticConfig, SyntheticStream
 from isae.train.trainer import TrainConfig, train_many
 
 D_IN, D_SAE, K = 16, 48, 3

@@ -25,9 +25,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from isae.core.arip import arip_support, rip_gap_exact, rip_gap_noise
+from isae.core.losses import weighted_mse
 from isae.core.seeding import derive_seed
-from isae.core.sparse_ops import (LatentMajor, add_sparse_decode, columns_preact, gather_preact, multistep_values,
-                                  rows_dot, sparse_decode, topk_indices)
+from isae.core.sparse_ops import (
+    LatentMajor,
+    add_sparse_decode,
+    columns_preact,
+    gather_preact,
+    multistep_values,
+    rows_dot,
+    sparse_decode,
+    topk_indices,
+)
 
 
 @dataclass(frozen=True)
@@ -498,7 +507,7 @@ class SAE(nn.Module):
         """mean_x ‖Γ(x − x̂)‖², Γ = diag(loss_weight) (P2's weighted loss; Γ = I by default)."""
         if self._unweighted():  # one fused pass forward and backward instead of five
             return F.mse_loss(x_hat, x, reduction="sum") / x.shape[0]
-        return ((x - x_hat) * self.loss_weight).pow(2).sum(1).mean()
+        return weighted_mse(x - x_hat, self.loss_weight)
 
     def _unweighted(self) -> bool:
         """Whether Γ = I. Cached per storage and in-place version of the buffer, so ``set_loss_weight``,

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from isae.core.seeding import derive_seed
 from isae.data import assets
 from isae.data.cache import ActivationCache, build_cache
-from isae.core.seeding import derive_seed
 
 
 @dataclass(frozen=True)

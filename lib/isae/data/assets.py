@@ -25,9 +25,9 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from isae.core.provenance import atomic_write_json, repo_root
 
@@ -84,7 +84,7 @@ class Asset:
                 "path": self.path, "files": dict(sorted(self.files.items()))}
 
     @classmethod
-    def from_json(cls, name: str, d: dict) -> "Asset":
+    def from_json(cls, name: str, d: dict) -> Asset:
         ex = d["extract"]
         return cls(name=name, description=d["description"], license=d["license"], source=Source(**d["source"]),
                    strip=ex.get("strip", ""), include=tuple(ex["include"]), exclude=tuple(ex.get("exclude", ())),
@@ -241,7 +241,8 @@ def _download(src: Source, dest: Path, log: Callable[[str], None]) -> Path | Non
             _run(["apt-get", "update", "-qq"])
             p = _run(cmd, cwd=dest)
         if p.returncode != 0:
-            if shutil.which("dpkg-query") and _run(["dpkg-query", "-W", "-f=${Version}", src.package]).stdout == src.version:
+            installed = shutil.which("dpkg-query") and _run(["dpkg-query", "-W", "-f=${Version}", src.package]).stdout
+            if installed == src.version:
                 log(f"  apt-get download failed; using the installed Debian package {src.spec()}")
                 return None
             raise FetchError(

@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -171,7 +171,7 @@ class ActivationCache:
                                        "delete it and its manifest entry (or the whole cache) and rebuild.")
 
     def stream(self, batch_size: int, seed: int = 0, buffer_rows: int = 500_000, normalize: bool = True,
-               device: str | torch.device = "cpu", start_row: int = 0, stop_row: int | None = None) -> "CachedStream":
+               device: str | torch.device = "cpu", start_row: int = 0, stop_row: int | None = None) -> CachedStream:
         return CachedStream(self, batch_size, seed, buffer_rows, normalize, device, start_row, stop_row)
 
 

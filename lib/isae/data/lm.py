@@ -18,13 +18,13 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from isae.data.assets import ASSETS, AssetCorrupt, asset_path, assets_root, fetch_command, sha256_file
 from isae.core.provenance import atomic_write_json, provenance
+from isae.data.assets import ASSETS, AssetCorrupt, asset_path, assets_root, fetch_command, sha256_file
 
 DEFAULT_LM = "smollm2"
 SMOLLM2_HF = "smollm2-hf"  # folder under the assets root holding the dequantised copy

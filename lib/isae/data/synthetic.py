@@ -70,6 +70,9 @@ def make_dictionary(cfg: SyntheticConfig) -> torch.Tensor:
 class SyntheticStream:
     """Batches of unit-norm synthetic inputs; ``batch(step)`` depends only on (seed, step)."""
 
+    steps_per_pass = None
+    """An endless stream: no step repeats an earlier batch."""
+
     def __init__(self, cfg: SyntheticConfig, batch_size: int, seed: int = 0, device: str | torch.device = "cpu"):
         if batch_size <= 0:
             raise ValueError(f"batch_size={batch_size} must be positive.")

@@ -20,9 +20,9 @@ import hashlib
 import json
 import re
 import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -184,11 +184,11 @@ class Windows:
     def n_tokens(self) -> int:
         return int(self.mask.sum())
 
-    def __getitem__(self, idx) -> "Windows":
+    def __getitem__(self, idx) -> Windows:
         return Windows(self.tokens[idx], self.mask[idx], self.doc[idx])
 
     @staticmethod
-    def cat(parts: Sequence["Windows"], context_length: int) -> "Windows":
+    def cat(parts: Sequence[Windows], context_length: int) -> Windows:
         if not parts:
             return Windows(torch.zeros(0, context_length, dtype=torch.int64),
                            torch.zeros(0, context_length, dtype=torch.bool),

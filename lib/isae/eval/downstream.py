@@ -13,7 +13,7 @@ scored (our choice: their activations are outliers that the SAEs never saw).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 import torch
@@ -66,7 +66,7 @@ def splice_metrics(bridge, tokens: torch.Tensor, mask: torch.Tensor, hook: str,
         if n == 0:
             continue
 
-        def replace(fn: Reconstructor):
+        def replace(fn: Reconstructor, m: torch.Tensor = m):  # m bound now: this batch's mask
             def hook_fn(act, hook=None):
                 out = act.clone()
                 out[m] = fn(act[m])

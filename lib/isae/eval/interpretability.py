@@ -28,8 +28,8 @@ at random — is given by :func:`random_purity`: frequent tokens ("the", ",") ma
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd

@@ -22,8 +22,8 @@ SAEBench's default k values are 1, 2 and 5; P1 does not say which one its Table 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd

@@ -33,8 +33,8 @@ the SAE init.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import pandas as pd
 import torch

@@ -241,7 +241,7 @@ class WSAEKey(RunKey):
     control_k: int | None = None
 
     @classmethod
-    def of(cls, alpha: float, seed: int, control_k: int | None = None) -> "WSAEKey":
+    def of(cls, alpha: float, seed: int, control_k: int | None = None) -> WSAEKey:
         variant = f"uniform k={control_k}" if control_k is not None else f"alpha={alpha:g}"
         return cls(variant=variant, seed=seed, alpha=0.0 if control_k is not None else float(alpha),
                    control_k=control_k)

@@ -12,12 +12,12 @@ import re
 from dataclasses import asdict, dataclass, replace
 from numbers import Integral, Real
 
+from isae.core.models import ARCHITECTURES, K_SPARSE
+from isae.toy.data import W_P_KINDS
+from isae.toy.model import ACTIVATIONS as TOY_ACTIVATIONS
+
 PROFILES = ("smoke", "default", "paper")
 P1_MODELS = ("topk", "abstopk", "isae", "isae_me")
-ARCHITECTURES = ("topk", "abstopk", "isae", "isae_me", "relu", "jumprelu")
-"""The SAE architectures of ``isae.core.models.ARCHITECTURES`` (named here so that profiles import no torch)."""
-K_SPARSE = ("topk", "abstopk", "isae", "isae_me")
-"""The architectures with k active latents (0 < k < d_sae)."""
 SETTINGS = ("iid", "mixture")
 """The synthetic data settings of P1's Table 1."""
 DEFAULT_LM_LAYERS = 30
@@ -27,10 +27,6 @@ LM_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_ou
 VISION_LAYERS = ("stem", *(f"blocks.{i}" for i in range(16)), "head", *(f"stage{i}" for i in range(1, 8)))
 """Layers of the default vision model, EfficientNet-Lite0 (``stageN``: the last block of stage N)."""
 DTYPES = ("float32", "float16", "bfloat16")
-W_P_KINDS = ("gaussian", "heterogeneous")
-"""How the toy experiments draw W_p (``isae.experiments.p2_toy.W_P_KINDS``)."""
-TOY_ACTIVATIONS = ("none", "relu", "jumprelu", "topk")
-"""The toy SAE's activations σ (P2's toy experiments)."""
 WEIGHT_ALPHAS = (0.0, 0.5, 1.0)
 """α of P2's weights γ_j ∝ s_j^α on real activations (0: the uniform SAE)."""
 
@@ -153,7 +149,7 @@ class SyntheticProfile:
         _ints(self, w, ("data_seed",), minimum=0)
         _seeds(self, w)
         _subset(self, w, "settings", SETTINGS)
-        _subset(self, w, "models", ARCHITECTURES)
+        _subset(self, w, "models", tuple(ARCHITECTURES))
         _k(self, w, "k", "d_sae", self.models)
         if self.k > self.n_atoms:
             _fail(w, "k", self.k, f"must be at most n_atoms={self.n_atoms} (k active atoms per input)")
@@ -220,7 +216,7 @@ class RealProfile:
                         "vision_eval_images", "d_sae", "k", "batch_size", "n_eval", "log_every", "checkpoint_every"))
         _ints(self, w, ("image_size",), minimum=32)
         _seeds(self, w)
-        _subset(self, w, "models", ARCHITECTURES)
+        _subset(self, w, "models", tuple(ARCHITECTURES))
         _k(self, w, "k", "d_sae", self.models)
         if self.dtype not in DTYPES:
             _fail(w, "dtype", self.dtype, f"use one of {DTYPES}")

@@ -273,7 +273,7 @@ def plot_frontier(runs: pd.DataFrame, measure: str, settings: list[str]) -> plt.
     markers = ["o", "s", "^", "D", "v"]
     for ax, setting in zip(axes[0], settings):
         sub = runs[runs["setting"] == setting]
-        for j, (seed, g) in enumerate(sub.groupby("seed")):
+        for j, (_, g) in enumerate(sub.groupby("seed")):
             u = g[g["alpha"] == 0].sort_values("mse")
             ax.plot(u["mse"], u[measure], color="grey", marker=markers[j % 5], markersize=4, linewidth=1,
                     label="uniform (k varies)" if j == 0 else None)

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from isae.core.models import ARCHITECTURES
 from isae.core.provenance import repo_root
 from isae.experiments.p1_synthetic import TABLE_METRICS
+from isae.experiments.profiles import P1_MODELS
 
 PAPER_DIR = repo_root() / "data" / "paper"
 #: Direction of improvement of each metric (for the "better" arrows in tables).
@@ -112,7 +114,8 @@ def check_synthetic_claims(table: pd.DataFrame) -> pd.DataFrame:
 
 # --- P1 on real activations (Tables 2 and 3) ---------------------------------------------------------------
 
-P1_MODELS = ("TopK", "AbsTopK", "iSAE", "iSAE-ME")
+P1_MODEL_LABELS = tuple(ARCHITECTURES[a] for a in P1_MODELS)
+"""The display names of P1's four models, as the tables' ``model`` column holds them."""
 
 
 def paper_table3() -> pd.DataFrame:
@@ -135,7 +138,7 @@ def check_real_claims(table: pd.DataFrame, downstream: pd.DataFrame | None = Non
     for s in list(dict.fromkeys(table["setting"])):
         g = _metric_getter(table, s)
         untrained_dcs = _get_untrained(table, s, "topk", "dcs")
-        others = [m for m in P1_MODELS if m != "AbsTopK"]
+        others = [m for m in P1_MODEL_LABELS if m != "AbsTopK"]
         best_other_dcs = max(others, key=lambda m: g(m, "dcs") if g(m, "dcs") == g(m, "dcs") else -1)
         best_other_iou = max(others, key=lambda m: g(m, "sae_iou") if g(m, "sae_iou") == g(m, "sae_iou") else -1)
         claims += [
@@ -171,7 +174,7 @@ def check_real_claims(table: pd.DataFrame, downstream: pd.DataFrame | None = Non
     if downstream is not None:
         col = "ce_sae" if "ce_sae" in downstream else "ce_loss"
         ce = downstream.set_index("model")[col]
-        c = {m: float(ce.get(m, float("nan"))) for m in P1_MODELS}
+        c = {m: float(ce.get(m, float("nan"))) for m in P1_MODEL_LABELS}
         claims.append(Claim("iSAE-ME has the lowest CE loss with the SAE spliced in", downstream_setting,
                             c["iSAE-ME"] < min(c[m] for m in ("TopK", "AbsTopK", "iSAE")),
                             ", ".join(f"{m} {v:.3f}" for m, v in c.items())))

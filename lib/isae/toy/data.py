@@ -5,8 +5,8 @@ See ``isae.experiments.p2_toy`` for the model and the choices P2 leaves open (W_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -132,7 +132,7 @@ class ToyStream:
         """Evaluation inputs that no training step sees (drawn from step −1)."""
         return self.sample(n, step=-1, sparsity=sparsity)
 
-    def coupled(self, sparsity: Sequence[float]) -> "CoupledToyStream":
+    def coupled(self, sparsity: Sequence[float]) -> CoupledToyStream:
         """A stream for a bank whose model i sits at ``sparsity[i]``: batch(step) is [n_models, batch, n_input],
         all models' batches from the same draws (see ``sample``)."""
         return CoupledToyStream(self, sparsity)

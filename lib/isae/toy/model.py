@@ -7,16 +7,17 @@ is element-wise, so each model trains exactly as it would alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import torch
 import torch.nn as nn
 
 from isae.core.losses import weighted_mse
 from isae.core.seeding import derive_seed
-from isae.experiments.profiles import TOY_ACTIVATIONS as ACTIVATIONS
 
+ACTIVATIONS = ("none", "relu", "jumprelu", "topk")
+"""The toy SAE's activations σ."""
 ACTIVATION_NAMES = {"none": "none", "relu": "ReLU", "jumprelu": "JumpReLU (0.1)", "topk": "TopK (k=2)"}
 
 
@@ -89,7 +90,7 @@ class ToySAE(nn.Module):
         return self.W.shape[0]
 
     @classmethod
-    def from_atoms(cls, cfg: ToySAEConfig, atoms: torch.Tensor) -> "ToySAE":
+    def from_atoms(cls, cfg: ToySAEConfig, atoms: torch.Tensor) -> ToySAE:
         """A one-model bank with the given atoms [n_latents, n_input] (e.g. W_pᵀ: the ground-truth SAE)."""
         sae = cls(replace(cfg, n_latents=atoms.shape[0], n_input=atoms.shape[1]), seeds=(0,))
         with torch.no_grad():

@@ -16,9 +16,10 @@ loop core: batch ``step`` of one ``Stream`` at step ``step``, and one optimiser-
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Protocol
 
 import pandas as pd
 import torch
@@ -114,7 +115,7 @@ def initialise_decoder_bias(saes: Iterable[SAE], stream: Stream, n_samples: int)
     """
     batches, n = [], 0
     step = 0
-    last = getattr(stream, "steps_per_pass", None)
+    last = stream.steps_per_pass
     while n < n_samples and (last is None or step < last):
         batches.append(stream.batch(step))
         n += batches[-1].shape[0]
