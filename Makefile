@@ -49,7 +49,8 @@ unit: $(STAMP)  ## Run the unit tests only (no assets needed: the tests that nee
 lint: $(STAMP)  ## Check the code and the notebooks with ruff (rules in pyproject.toml)
 	$(VENV)/bin/ruff check .
 
-test: unit assets  ## Run the unit tests, fetch the assets, then run every notebook under nbval at the smoke profile
+test: unit assets  ## The unit tests, the assets, the asset tests again (a missing asset fails), every notebook under nbval at smoke
+	ISAE_REQUIRE_ASSETS=1 $(PY) -m pytest -q -p no:cacheprovider -m assets tests
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax $(NOTEBOOKS)
 
 lab: setup  ## Open the notebooks in JupyterLab

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from isae.core.models import SAE, SAEConfig
 from isae.data.synthetic import SyntheticConfig, SyntheticStream
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With ISAE_REQUIRE_ASSETS=1 (``make test`` after ``make assets``) a test skipped for a missing asset fails."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("ISAE_REQUIRE_ASSETS") == "1" and report.skipped and call.excinfo is not None:
+        reason = str(call.excinfo.value)
+        if "make assets" in reason or "make setup" in reason:
+            report.outcome, report.longrepr = "failed", f"an asset is required here but missing: {reason}"
+
 
 torch.set_num_threads(1)  # tiny tensors: threads only add contention with other processes
 

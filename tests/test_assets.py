@@ -19,6 +19,8 @@ import pytest
 from isae.data import assets
 from isae.data.assets import ASSETS, Asset, AssetCorrupt, AssetMissing, FetchError, Source, asset_path, fetch, verify
 
+pytestmark = pytest.mark.assets
+
 REQUIRED = {"smollm2", "efficientnet-lite0", "wiki-leads", "kjv", "shakespeare", "sotu", "moby-dick",
             "fashion-mnist", "skimage-photos"}
 HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -13,6 +13,8 @@ from isae.data import assets
 from isae.data.assets import AssetMissing
 from isae.data.lm import hook_layer, load_hf_model, load_language_model, residual_activations
 
+pytestmark = pytest.mark.assets
+
 N_LAYERS = 3
 
 

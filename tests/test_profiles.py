@@ -69,6 +69,7 @@ def test_vision_layers_agree_with_the_model():
     assert set(net.layer_names()) | {f"stage{i}" for i in range(1, len(net.stage_ends) + 1)} == set(P.VISION_LAYERS)
 
 
+@pytest.mark.assets
 def test_default_lm_layer_count_matches_the_asset_config():
     """DEFAULT_LM_LAYERS against the SmolLM2 asset's own config (skips when the asset is not fetched)."""
     import json

@@ -13,6 +13,8 @@ import torch
 from isae.data import assets
 from isae.data.text import SOURCES, Document, iter_windows, load_documents, split_documents, split_of, tokenize_windows
 
+pytestmark = pytest.mark.assets
+
 WORDS = [f"w{i}" for i in range(50)]
 
 

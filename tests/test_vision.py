@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
-torchvision = pytest.importorskip("torchvision")
-
-from isae.data import vision  # noqa: E402
-from isae.data.vision import (  # noqa: E402
+from isae.data import vision
+from isae.data.vision import (
     EfficientNetLite0,
     EfficientNetLite0Model,
     fashion_mnist,
@@ -28,6 +27,8 @@ from isae.data.vision import (  # noqa: E402
     load_vision_model,
     photo_crops,
 )
+
+pytestmark = pytest.mark.assets
 
 
 def _find(asset: str, env: str, fallback: Path | None = None) -> Path | None:
