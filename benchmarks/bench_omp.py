@@ -167,6 +167,17 @@ def gram_for(variant: str, atoms64: np.ndarray, grams: dict[str, np.ndarray]) ->
 
 
 # --- main ----------------------------------------------------------------------------------------------
+def compare_with(row: dict, name: str, codes: torch.Tensor, parts: list[torch.Tensor], times: list[float]
+                 ) -> torch.Tensor:
+    """Add ``name``'s time per input, its ratio to ours and the support agreement with ``codes`` to ``row``."""
+    other = torch.cat(parts)
+    row[f"{name}_ms"] = 1e3 * min(times)
+    row[f"{name}_ms_median"] = 1e3 * float(np.median(times))
+    row[f"speedup_vs_{name}"] = row[f"{name}_ms"] / row["omp_ms"]
+    row[f"agree_{name}"], row[f"overlap_{name}"] = supports_agree(codes, other)
+    return other
+
+
 def supports_agree(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     """(fraction of rows whose supports are equal as sets, mean |supp a ∩ supp b| / |supp a|)."""
     sa, sb = a != 0, b != 0
@@ -265,17 +276,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         if true_support is not None:
             row["omp_true_support"] = ((codes != 0) == true_support).all(1).float().mean().item()
         if loop_parts:
-            loop_codes = torch.cat(loop_parts)
-            row["loop_ms"] = 1e3 * min(t_loop)
-            row["loop_ms_median"] = 1e3 * float(np.median(t_loop))
-            row["speedup_vs_loop"] = row["loop_ms"] / row["omp_ms"]
-            row["agree_loop"], row["overlap_loop"] = supports_agree(codes[: args.n_loop], loop_codes)
+            loop_codes = compare_with(row, "loop", codes[: args.n_loop], loop_parts, t_loop)
         if sk_parts:
-            sk_codes = torch.cat(sk_parts)
-            row["sklearn_ms"] = 1e3 * min(t_sk)
-            row["sklearn_ms_median"] = 1e3 * float(np.median(t_sk))
-            row["speedup_vs_sklearn"] = row["sklearn_ms"] / row["omp_ms"]
-            row["agree_sklearn"], row["overlap_sklearn"] = supports_agree(codes[: args.n_sklearn], sk_codes)
+            sk_codes = compare_with(row, "sklearn", codes[: args.n_sklearn], sk_parts, t_sk)
             row["sklearn_premature"] = int((sk_codes != 0).sum(1).lt(k).sum())
             if loop_parts:
                 m = min(args.n_loop, args.n_sklearn)

@@ -16,6 +16,7 @@ import torch
 
 from isae.core.seeding import derive_seed
 from isae.core.sparse_ops import sparse_decode
+from isae.data.stream import SeededStream
 
 DICTIONARY_KINDS = ("iid", "mixture")
 
@@ -67,36 +68,22 @@ def make_dictionary(cfg: SyntheticConfig) -> torch.Tensor:
     return _unit_rows(centres[component] + cfg.spread * offsets)
 
 
-class SyntheticStream:
+class SyntheticStream(SeededStream):
     """Batches of unit-norm synthetic inputs; ``batch(step)`` depends only on (seed, step)."""
 
-    steps_per_pass = None
-    """An endless stream: no step repeats an earlier batch."""
+    name, seed_tag = "synthetic", "stream"
 
     def __init__(self, cfg: SyntheticConfig, batch_size: int, seed: int = 0, device: str | torch.device = "cpu"):
-        if batch_size <= 0:
-            raise ValueError(f"batch_size={batch_size} must be positive.")
-        self.cfg = cfg
-        self.batch_size = batch_size
-        self.seed = seed
-        self.device = torch.device(device)
+        super().__init__(cfg, batch_size, seed, device)
         self.dictionary = make_dictionary(cfg).to(self.device)
 
     @property
     def d_in(self) -> int:
         return self.cfg.d_in
 
-    def identity(self) -> dict:
-        """What determines the stream's batches (a checkpoint records it and refuses another stream)."""
-        return {"stream": "synthetic", **self.cfg.to_dict(), "stream_seed": self.seed, "batch_size": self.batch_size}
-
-    def _generator(self, step: int) -> torch.Generator:
-        # Distinct, reproducible seed for every (stream seed, step); negative steps are held-out data.
-        return torch.Generator(self.device).manual_seed(derive_seed("stream", self.seed, step))
-
     def _sparse_sample(self, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(unit-norm x [n, N], code values [n, k] rescaled with x, code indices [n, k]) for seed (seed, step)."""
-        gen = self._generator(step)
+        gen = self.generator(step)
         dense = torch.randn(n, self.cfg.n_atoms, generator=gen, device=self.device)
         idx = dense.abs().topk(self.cfg.k, dim=1).indices
         vals = dense.gather(1, idx)

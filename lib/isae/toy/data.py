@@ -13,6 +13,7 @@ import torch
 
 from isae.core.losses import unit_mean_square
 from isae.core.seeding import derive_seed
+from isae.data.stream import SeededStream
 
 W_P_KINDS = ("gaussian", "heterogeneous")
 
@@ -79,7 +80,7 @@ def wsae_weights(w_p: torch.Tensor, alpha: float) -> torch.Tensor:
     return unit_mean_square(polysemanticity(w_p).pow(-float(alpha)))
 
 
-class ToyStream:
+class ToyStream(SeededStream):
     """Seeded batches of the toy model (the trainer's ``Stream`` protocol: ``batch(step)`` is a pure function of
     (seed, step), ``held_out(n)``, unbounded: ``steps_per_pass`` is None); ``sample(n, step)`` likewise.
 
@@ -89,24 +90,15 @@ class ToyStream:
     also on at 0.5), which is how a sparsity sweep trains all its models from one stream.
     """
 
-    def __init__(self, cfg: ToyConfig, batch_size: int, seed: int = 0, device: str | torch.device = "cpu"):
-        if batch_size <= 0:
-            raise ValueError(f"batch_size={batch_size} must be positive.")
-        self.cfg = cfg
-        self.batch_size = batch_size
-        self.seed = seed
-        self.device = torch.device(device)
-        self.w_p = make_w_p(cfg).to(self.device)
+    name, seed_tag = "toy", "toy-stream"
 
-    steps_per_pass = None
-    """Unbounded: every step draws fresh data."""
+    def __init__(self, cfg: ToyConfig, batch_size: int, seed: int = 0, device: str | torch.device = "cpu"):
+        super().__init__(cfg, batch_size, seed, device)
+        self.w_p = make_w_p(cfg).to(self.device)
 
     @property
     def d_in(self) -> int:
         return self.cfg.n_input
-
-    def identity(self) -> dict:
-        return {"stream": "toy", **self.cfg.to_dict(), "stream_seed": self.seed, "batch_size": self.batch_size}
 
     def sample(self, n: int, step: int, sparsity: float | Sequence[float] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +106,7 @@ class ToyStream:
 
         With a sequence of sparsities both gain a leading axis, one slice per sparsity, from the same draws.
         """
-        gen = torch.Generator(self.device).manual_seed(derive_seed("toy-stream", self.seed, step))
+        gen = self.generator(step)
         u = torch.rand(n, self.cfg.n_features, generator=gen, device=self.device)
         v = torch.rand(n, self.cfg.n_features, generator=gen, device=self.device)
         s = self.cfg.sparsity if sparsity is None else sparsity
