@@ -1,6 +1,6 @@
 """Our TopK training step against SAELens's, on the CPU, alternating the two so that load drift hits both.
 
-Issue 6, goal 8 (optional). Sizes as ``bench_training.py`` (N = 768, K = 4096, k = 40, batch 2048, float32,
+Sizes as ``bench_training.py`` (N = 768, K = 4096, k = 40, batch 2048, float32,
 Adam). Each round times, one after the other:
 
 * ours: ``bench_training.time_training("topk", "fast", ...)`` — the very function ``bench_training.py``

@@ -122,21 +122,6 @@ def test_stream_normalises_rows_to_unit_norm(tmp_path):
     torch.testing.assert_close(x.norm(dim=1), torch.ones(8))
 
 
-def test_streaming_mode_gives_the_batches_a_cache_of_the_same_shards_would_hold(tmp_path):
-    from isae.data.cache import OnTheFlyStream
-
-    stream = OnTheFlyStream(make_shard, n_shards=3, d_in=8, batch_size=5, seed=1, normalize=False)
-    batches = [stream.batch(s) for s in range(12)]  # shards of 20, 23, 26 rows → 4 + 4 + 5 batches
-    assert torch.equal(OnTheFlyStream(make_shard, 3, 8, 5, seed=1, normalize=False).batch(7), batches[7])
-    all_rows = torch.cat([make_shard(i)["acts"] for i in range(3)])
-    seen = torch.cat(batches)
-    assert all(any(torch.equal(r, a) for a in all_rows) for r in seen[:10])  # rows come from the shards
-    assert len(torch.unique(seen, dim=0)) == len(seen)
-    assert torch.equal(stream.batch(2), batches[2])  # jumping back recomputes the same batch
-    with pytest.raises(ValueError, match="online"):
-        stream.batch(13)
-
-
 def test_decoder_bias_init_uses_a_short_cache_without_reading_past_it(tmp_path):
     from isae.core.models import SAE, SAEConfig
     from isae.train.trainer import geometric_median, initialise_decoder_bias
