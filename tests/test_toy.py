@@ -149,7 +149,7 @@ def test_toy_stream_follows_the_stream_protocol():
 
 
 def _reference_toy_loop(sae, stream, cfg, sparsity):
-    """The toy's training loop as it was written before it moved onto the shared trainer."""
+    """A plain, independent toy loop: Adam over the bank, the lr schedule by hand, the summed per-model loss."""
     levels = sorted(set(sparsity))
     which = torch.as_tensor([levels.index(s) for s in sparsity])
     opt = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=cfg.lr)

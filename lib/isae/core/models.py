@@ -5,7 +5,7 @@ added after the decoder. Layout: ``W_enc`` and ``W_dec`` are both [d_sae, d_in],
 the sparse kernels can gather rows; on disk they are written in SAELens's layout (see ``isae.core.io``).
 
 What distinguishes the architectures is data: one ``Architecture`` per name in ``REGISTRY`` (as SAELens's
-architecture registry), which ``SAE`` asks instead of comparing architecture names.
+architecture registry): ``SAE`` reads its behaviour from the spec of ``cfg.architecture``.
 
 The k-sparse models split the encoder in two. ``SAE._encoder_selection`` makes every discrete choice without
 grad, one block of rows at a time: the dense pre-activation (the one unavoidable O(B·K·N) product), the

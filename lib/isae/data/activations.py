@@ -3,8 +3,8 @@
 ``cache_lm_activations`` and ``cache_vision_activations`` build an ``isae.data.cache`` folder (shards +
 manifest; atomic, resumable, refused when it does not match the request) and return the reader. Every
 input is deterministic — the first windows of a text split in corpus order, the first images of a seeded
-subset — so a resumed build equals an uninterrupted one. ``open_or_build`` and ``profile_caches`` open
-complete caches without loading any model.
+subset — so a resumed build equals an uninterrupted one. ``open_or_build`` opens a complete cache
+without loading any model.
 """
 
 from __future__ import annotations
@@ -237,13 +237,6 @@ def open_or_build(directory: str | Path, req: LMRequest | VisionRequest, models:
         bridge, tokenizer = models.lm(req.model)
         return cache_lm_activations(directory, req, bridge=bridge, tokenizer=tokenizer, progress=progress)
     return cache_vision_activations(directory, req, model=models.vision(req.model, req.image_size), progress=progress)
-
-
-def profile_caches(root: str | Path, p, device: str | None = None, progress: bool = True) -> dict[str, ActivationCache]:
-    """Open the profile's caches under ``root``, building (or resuming) any that is missing or incomplete."""
-    models = ModelLoader(device)
-    return {name: open_or_build(Path(root) / name, req, models, progress)
-            for name, req in profile_requests(p).items()}
 
 
 def token_context(cache: ActivationCache, tokenizer, row: int, width: int = 6) -> str:

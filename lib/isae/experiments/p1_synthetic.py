@@ -181,7 +181,6 @@ def summarise(runs: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     return table[[c for c in first if c in table] + [c for c in table if c not in first]].reset_index(drop=True)
 
 
-
 def combine(results: dict[str, ExperimentResult]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(runs, pairs, log) of several settings, one table each."""
     return tuple(pd.concat([getattr(r, part) for r in results.values()], ignore_index=True)
