@@ -12,6 +12,7 @@ import torch
 from isae.core.provenance import repo_root, write_with_provenance
 from isae.core.runs import resolve_device
 from isae.experiments.profiles import check_profile
+from isae.plots.common import save_figure
 
 
 @dataclass
@@ -43,8 +44,6 @@ class NotebookSetup:
 
     def save_figure(self, fig, name: str, **extra) -> Path:
         """``fig`` as ``figures/<name>`` (atomic), with a provenance JSON beside it."""
-        from isae.plots.common import save_figure
-
         return save_figure(fig, self.figures / name, **self.params, **extra)
 
     def show(self) -> pd.DataFrame:
