@@ -82,7 +82,8 @@ def test_coherence_separates_orthogonal_from_repeated_atoms(tiny_result):
     assert metrics.coherence(repeated)["mean max |cos|"] == pytest.approx(2 / 3)
     p, _ = tiny_result
     table = experiments.dictionary_coherence(p)
-    assert list(table.index) == list(p.settings) and (table.to_numpy() > 0).all()
+    assert list(table.index) == [(r, s) for r in ("paper", "authors") for s in p.settings]
+    assert (table.to_numpy() > 0).all()
 
 
 def test_summary_means_equal_the_per_pair_means(tiny_result):
@@ -134,3 +135,40 @@ def test_paper_table_matches_the_published_numbers():
     assert (row.mse, row.sae_iou, row.dcs) == (0.001, 0.997, 0.999)
     with pytest.raises(ValueError, match="table=9"):
         reporting.paper_table(9)
+
+
+def test_authors_protocol_puts_the_authors_readings_in_the_paper_columns(tiny_result):
+    _, result = tiny_result
+    table = experiments.summarise(result.runs, result.pairs)
+    assert experiments.with_protocol(table, "paper") is table
+    authors = experiments.with_protocol(table, "authors")
+    for column, reading in experiments.AUTHORS_READINGS.items():
+        assert authors[column].equals(table[reading]) and authors[f"{column}_sd"].equals(table[f"{reading}_sd"])
+        assert not table[column].equals(table[reading])  # the readings do differ
+    for same in ("sae_iou", "dcs", "r_s", "oracle_iou"):
+        assert authors[same].equals(table[same])
+    with pytest.raises(ValueError, match="protocol='x'"):
+        experiments.with_protocol(table, "x")
+
+
+def test_recipes_are_trained_side_by_side_and_tabulated_per_recipe(tmp_path):
+    p = synthetic_profile("smoke", n_steps=4, n_seeds=2, settings=("iid",), models=("abstopk", "isae_me"), n_eval=64,
+                          log_every=2, checkpoint_every=2)
+    results = experiments.run_recipes(p, ("authors", "paper"), out_dir=tmp_path, device="cpu", progress=False)
+    runs, pairs, log = experiments.combine(results)
+    assert set(runs["recipe"]) == set(pairs["recipe"]) == set(log["recipe"]) == {"authors", "paper"}
+    table = experiments.summarise(runs, pairs)
+    assert list(table.columns[:2]) == ["recipe", "setting"]
+    assert (table.groupby("recipe").size() == 4).all()  # 2 trained models + 2 random-init baselines per recipe
+    # the headline recipe writes to out_dir itself, the other one beside it
+    assert (tmp_path / "saes" / "iid_isae_me_seed0").is_dir()
+    assert (tmp_path / "recipe-paper" / "saes" / "iid_isae_me_seed0").is_dir()
+    # the two recipes trained different models on different (centred vs not) data
+    a, b = results["authors"]["iid"], results["paper"]["iid"]
+    assert a.saes[RunKey("isae_me", 0)].cfg.me_init == "authors" and b.saes[RunKey("isae_me", 0)].cfg.me_init == "zero"
+    assert torch.allclose(a.x_eval.mean(1), torch.zeros(len(a.x_eval)), atol=1e-5)
+    assert not torch.allclose(b.x_eval.mean(1), torch.zeros(len(b.x_eval)), atol=1e-3)
+    claims = reporting.check_synthetic_claims_by_recipe(table)
+    assert list(claims.columns[:1]) == ["recipe"] and set(claims["recipe"]) == {"authors", "paper"}
+    with pytest.raises(ValueError, match="recipes="):
+        experiments.run_recipes(p, ("paper", "paper"))

@@ -47,3 +47,17 @@ def rip_gap_noise(atoms: torch.Tensor, support: torch.Tensor, generator: torch.G
     u = sparse_decode(noise, support, atoms, layout)  # D_S n, [B, N]
     g_n = rows_dot(atoms, support, u, layout)  # D_Sᵀ D_S n, [B, s]
     return g_n.pow(2).sum(1) / support.shape[1] - 1.0
+
+
+def rip_gap_ratio(atoms: torch.Tensor, support: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The authors' form of the stochastic estimate, one number per batch:
+    |S| · mean‖D_Sᵀ D_S n‖² / (mean‖D_S n‖²)² − 1.
+
+    A ratio of batch means (``rsae/rip_topk.py``): E‖D_S n‖² = tr(G_S) = |S| for unit atoms, so it estimates the
+    same tr(G_S²)/|S| − 1 as ``rip_gap_noise``, but the denominator also normalises away the atoms' scale.
+    """
+    noise = torch.randn(support.shape, generator=generator, device=support.device, dtype=atoms.dtype)
+    layout = LatentMajor(support, atoms.shape[0])
+    u = sparse_decode(noise, support, atoms, layout)  # D_S n
+    g_n = rows_dot(atoms, support, u, layout)  # D_Sᵀ D_S n
+    return support.shape[1] * g_n.pow(2).sum(1).mean() / u.pow(2).sum(1).mean().pow(2) - 1.0

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from isae.core.arip import arip_support, rip_gap_exact, rip_gap_noise
+from isae.core.arip import arip_support, rip_gap_exact, rip_gap_noise, rip_gap_ratio
 from isae.core.losses import weighted_mse
 from isae.core.seeding import derive_seed
 from isae.core.sparse_ops import (
@@ -95,6 +95,10 @@ K_SPARSE = tuple(name for name, a in REGISTRY.items() if a.k_sparse)
 SIGNED = tuple(name for name, a in REGISTRY.items() if a.signed)
 
 
+ME_INITS = ("zero", "iht", "authors")
+ARIP_ESTIMATORS = ("noise", "ratio", "exact")
+
+
 @dataclass
 class SAEConfig:
     """Architecture and loss of one SAE. Defaults are P1's unless marked "our choice"."""
@@ -110,16 +114,22 @@ class SAEConfig:
     arip_coef: float | None = None
     """Weight of the aRIP regulariser; None → 0.1 for iSAE/iSAE-ME (P1), 0 otherwise."""
     arip_estimator: str = "noise"
-    """"noise" (P1's stochastic estimate, one draw per input) or "exact" (tr(G_S²)/|S| − 1)."""
+    """"noise" (P1's stochastic estimate ‖G_S n‖²/|S| − 1, one draw per input, averaged), "ratio" (the authors'
+    form of the same estimate: |S| · mean‖G_S n‖² / (mean‖D_S n‖²)² − 1 over the batch) or "exact"
+    (tr(G_S²)/|S| − 1)."""
     n_steps: int = 5
     """Multistep encoder iterations T (iSAE-ME; P1: 5)."""
     me_init: str = "zero"
-    """iSAE-ME init. "zero": S = 0, so training starts from AbsTopK (our choice); "iht": S = I − μDᵀD and
-    W = μD, T steps of iterative hard thresholding at init (the alternative P1's spec suggests)."""
+    """iSAE-ME init (P1's text is silent). "zero": S = 0, so training starts from AbsTopK (our choice); "iht":
+    S = I − μDᵀD and W = μDᵀ with μ = 1/λ_max(DᵀD), T steps of iterative hard thresholding at init; "authors":
+    S = I − DᵀD / (1.1 λ_max(DᵀD)) with W = Dᵀ unscaled (the authors' code, ``rsae/rip_topk.py``)."""
     encoder_bias: bool = False
     """Per-latent encoder bias. P1: none; always on for ReLU/JumpReLU (our choice)."""
     l1_coef: float = 1e-3
     """L1 penalty weight for ReLU+L1 and JumpReLU (our choice; tune per data set)."""
+    code_l1_coef: float = 0.0
+    """k-sparse models: weight of an L1 penalty Σ|z| / (B·k) on the final codes. P1's text has none (0); the
+    authors' code gives iSAE and iSAE-ME 0.01 (``configs/model/``)."""
     jump_threshold: float = 0.1
     """Fixed JumpReLU threshold (P2: 0.1). Our choice: fixed, not learned with a straight-through estimator."""
     aux_k: int = 256
@@ -136,13 +146,13 @@ class SAEConfig:
             raise ValueError(f"k={self.k} must satisfy 0 < k < d_sae={self.d_sae}; lower k or raise d_sae.")
         if self.n_steps < 1:
             raise ValueError(f"n_steps={self.n_steps} must be ≥ 1 (the multistep encoder's T).")
-        if self.arip_estimator not in ("noise", "exact"):
-            raise ValueError(f"arip_estimator={self.arip_estimator!r}; use 'noise' or 'exact'.")
-        if self.me_init not in ("zero", "iht"):
-            raise ValueError(f"me_init={self.me_init!r}; use 'zero' or 'iht'.")
+        if self.arip_estimator not in ARIP_ESTIMATORS:
+            raise ValueError(f"arip_estimator={self.arip_estimator!r}; use one of {ARIP_ESTIMATORS}.")
+        if self.me_init not in ME_INITS:
+            raise ValueError(f"me_init={self.me_init!r}; use one of {ME_INITS}.")
         if self.arip_coef is None:
             self.arip_coef = spec.default_arip_coef
-        for name in ("arip_coef", "l1_coef", "aux_coef", "jump_threshold"):
+        for name in ("arip_coef", "l1_coef", "code_l1_coef", "aux_coef", "jump_threshold"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be ≥ 0.")
         if self.aux_k < 0:
@@ -324,14 +334,19 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae), requires_grad=cfg.has_encoder_bias)
         # Γ of P2's weighted SAE loss ‖Γ(x − x̂)‖²; all ones gives the plain squared error.
         self.register_buffer("loss_weight", torch.ones(cfg.d_in))
+        # Multiplies the reconstruction term of the training loss (not AuxK, aRIP or L1): 1 by default; the
+        # authors' recipe sets 1 / (N · the first batch's per-element variance), see ``TrainConfig.loss_normaliser``.
+        self.register_buffer("mse_scale", torch.ones(()))
         if cfg.spec.multistep:
             # Stored so that S·z = z @ S (row j = the contribution of latent j); S is symmetric at init.
             self.S = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_sae))
-            if cfg.me_init == "iht":
+            if cfg.me_init != "zero":  # S = I − μ DᵀD (a gradient step on ‖x − zD‖²/2), μ ≤ 1/λ_max(DᵀD)
                 with torch.no_grad():
-                    step = 1.0 / torch.linalg.matrix_norm(atoms, ord=2) ** 2
+                    lam_max = torch.linalg.matrix_norm(atoms, ord=2) ** 2  # = λ_max(DᵀD) = σ_max(D)²
+                    step = 1.0 / lam_max if cfg.me_init == "iht" else 1.0 / (1.1 * lam_max)
                     self.S.copy_(torch.eye(cfg.d_sae) - step * atoms @ atoms.T)
-                    self.W_enc.mul_(step)
+                    if cfg.me_init == "iht":
+                        self.W_enc.mul_(step)
 
     # --- encoder -------------------------------------------------------------------------------------
     def preact(self, x_c: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -484,19 +499,24 @@ class SAE(nn.Module):
             mse = self.reconstruction_loss(x, x_hat)
             l1 = z.abs().sum(1).mean()  # atoms are unit norm, so this is the decoder-norm-weighted L1
             return SAEOutput(x_hat, z=z, pre=pre.detach(), x_c=x_c,
-                             losses={"mse": mse, "l1": l1, "total": mse + cfg.l1_coef * l1})
+                             losses={"mse": mse, "l1": l1, "total": mse * self.mse_scale + cfg.l1_coef * l1})
 
         code = self.encode_sparse(x, dead_mask=dead_mask, with_support=cfg.arip_coef > 0, bf16_selection=bf16_selection)
         x_hat = self.decode_sparse(code.vals, code.idx, code.layout)
         mse = self.reconstruction_loss(x, x_hat)
         losses = {"mse": mse}
-        total = mse
+        total = mse * self.mse_scale
         if code.aux_idx is not None:
             losses["aux"] = self._auxk_loss(x, x_hat, code, dead_mask)
             total = total + cfg.aux_coef * losses["aux"]
+        if cfg.code_l1_coef > 0:
+            losses["code_l1"] = code.vals.abs().sum() / code.vals.numel()  # Σ|z| / (B·k)
+            total = total + cfg.code_l1_coef * losses["code_l1"]
         if cfg.arip_coef > 0:
             if cfg.arip_estimator == "exact":
                 losses["arip"] = rip_gap_exact(self.W_dec, code.support).mean()
+            elif cfg.arip_estimator == "ratio":
+                losses["arip"] = rip_gap_ratio(self.W_dec, code.support, generator)
             else:
                 losses["arip"] = rip_gap_noise(self.W_dec, code.support, generator).mean()
             total = total + cfg.arip_coef * losses["arip"]
@@ -528,15 +548,16 @@ class SAE(nn.Module):
         """Gao et al.'s AuxK: reconstruct the detached residual from the top-k_aux dead latents.
 
         Dead latents are ranked by pre-activation (TopK) or |pre-activation| (AbsTopK family) of the first
-        encoder step (our choice for iSAE-ME). Normalised by the residual's variance and scaled by
-        min(n_dead / k_aux, 1), as in sparsify.
+        encoder step (our choice for iSAE-ME; the authors' code ranks them by the last step's). Normalised by the
+        residual's variance (as the authors' code; k_aux never exceeds n_dead here, so sparsify's extra factor
+        min(n_dead / k_aux, 1) would always be 1).
 
         Two exact ways to compute it, chosen by cost (our choice, from timing both on the CPU): with few dead
         latents, dense matrix products over the dead latents only ([B, n_dead] codes, BLAS); with many, the
         sparse kernels over the k_aux chosen per input (cost independent of n_dead, but per-element slower).
         """
         dead_idx = dead_mask.nonzero().squeeze(1)
-        n_dead, k_aux = dead_idx.numel(), code.aux_idx.shape[1]
+        n_dead = dead_idx.numel()
         if code.aux_dead_pre is not None:  # dense path (the selection chose it and kept pre at the dead latents)
             pre = columns_preact(x, self.W_enc, dead_idx, code.aux_dead_pre, shift=self.b_dec)  # includes b_enc
             if self.cfg.has_encoder_bias:  # route the gradient to b_enc without changing the value
@@ -550,7 +571,7 @@ class SAE(nn.Module):
             residual_hat = sparse_decode(self._values(x, code.aux_pre, code.aux_idx), code.aux_idx, self.W_dec)
         residual = (x - x_hat).detach()
         variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
-        return (residual_hat - residual).pow(2).sum() / variance * min(n_dead / k_aux, 1.0)
+        return (residual_hat - residual).pow(2).sum() / variance
 
     # --- recipe helpers ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -19,6 +19,7 @@ from isae.core.sparse_ops import sparse_decode
 from isae.data.stream import SeededStream
 
 DICTIONARY_KINDS = ("iid", "mixture")
+MIXTURE_RECIPES = ("ours", "authors")
 
 
 @dataclass
@@ -38,12 +39,26 @@ class SyntheticConfig:
     spread: float = 1.0
     """Mixture: atom = normalise(centre + spread · g), g ~ N(0, I/N), centres unit. Our choice; 1.0 puts
     the mean |cos| between atoms of one component near 0.5."""
+    mixture_recipe: str = "ours"
+    """How the mixture dictionary is drawn. "ours": unit centres, ``n_components`` and ``spread`` as above.
+    "authors": max(2, M // 100) centres ~ N(0, s·I), as many atoms per centre (±1), atom = centre +
+    N(0, (1 − s)·I), s = ``mixture_scale``, then unit rows (``rsae/synthetic_data.py``; their "i.i.d." is the
+    same generator with s = 0)."""
+    mixture_scale: float = 0.3
+    """s of the authors' mixture (their mixture setting: 0.3)."""
+    center_inputs: bool = False
+    """Centre every input by its own mean over features before the unit-norm scaling (the authors' input
+    normalisation); P1's text only scales to unit norm."""
     seed: int = 0
     """Seed of the ground-truth dictionary."""
 
     def __post_init__(self) -> None:
         if self.kind not in DICTIONARY_KINDS:
             raise ValueError(f"kind={self.kind!r} is unknown; use one of {DICTIONARY_KINDS}.")
+        if self.mixture_recipe not in MIXTURE_RECIPES:
+            raise ValueError(f"mixture_recipe={self.mixture_recipe!r}; use one of {MIXTURE_RECIPES}.")
+        if not 0.0 <= self.mixture_scale < 1.0:
+            raise ValueError(f"mixture_scale={self.mixture_scale} must lie in [0, 1).")
         if not 0 < self.k <= self.n_atoms:
             raise ValueError(f"k={self.k} must satisfy 0 < k ≤ n_atoms={self.n_atoms}.")
         if self.d_in <= 0 or self.n_components <= 0 or self.spread < 0:
@@ -62,10 +77,21 @@ def make_dictionary(cfg: SyntheticConfig) -> torch.Tensor:
     gen = torch.Generator().manual_seed(derive_seed("dictionary", cfg.seed))
     if cfg.kind == "iid":
         return _unit_rows(torch.randn(cfg.n_atoms, cfg.d_in, generator=gen))
+    if cfg.mixture_recipe == "authors":
+        s, n_components = cfg.mixture_scale, authors_components(cfg.n_atoms)
+        centres = s**0.5 * torch.randn(n_components, cfg.d_in, generator=gen)
+        # balanced: every component gets M // n_components or one more atoms, in a random order
+        component = (torch.arange(cfg.n_atoms) % n_components)[torch.randperm(cfg.n_atoms, generator=gen)]
+        return _unit_rows(centres[component] + (1 - s) ** 0.5 * torch.randn(cfg.n_atoms, cfg.d_in, generator=gen))
     centres = _unit_rows(torch.randn(cfg.n_components, cfg.d_in, generator=gen))
     component = torch.randint(cfg.n_components, (cfg.n_atoms,), generator=gen)
     offsets = torch.randn(cfg.n_atoms, cfg.d_in, generator=gen) / cfg.d_in**0.5
     return _unit_rows(centres[component] + cfg.spread * offsets)
+
+
+def authors_components(n_atoms: int) -> int:
+    """Components of the authors' mixture dictionary: max(2, M // 100)."""
+    return max(2, n_atoms // 100)
 
 
 class SyntheticStream(SeededStream):
@@ -88,6 +114,8 @@ class SyntheticStream(SeededStream):
         idx = dense.abs().topk(self.cfg.k, dim=1).indices
         vals = dense.gather(1, idx)
         x = sparse_decode(vals, idx, self.dictionary)  # z D* from the k non-zeros (far cheaper than a dense product)
+        if self.cfg.center_inputs:  # the ground-truth code then reconstructs x up to a multiple of the ones vector
+            x = x - x.mean(1, keepdim=True)
         norm = x.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return x / norm, vals / norm, idx
 

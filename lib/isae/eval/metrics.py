@@ -92,6 +92,16 @@ def code_l2(z_a: torch.Tensor, z_b_mapped: torch.Tensor) -> float:
     return float((z_a - z_b_mapped).norm(dim=1).mean() / z_a.norm(dim=1).mean().clamp_min(1e-12))
 
 
+def code_l2_resampled(z_a: torch.Tensor, z_b_mapped: torch.Tensor, seed: int = 0) -> float:
+    """mean_x ‖z − Πz′‖ / mean_x ‖z − Πz′_σ‖, σ a random re-pairing of the inputs: the authors' normalised ℓ2
+    (``rsae/metrics/identifiability_metrics.py``), 1 for codes no better matched than codes of other inputs.
+    ``seed`` fixes σ (our choice: one permutation, seeded, so the number is reproducible)."""
+    gen = torch.Generator().manual_seed(seed)
+    sigma = torch.randperm(z_a.shape[0], generator=gen).to(z_a.device)
+    num = (z_a - z_b_mapped).norm(dim=1).mean()
+    return float(num / (z_a - z_b_mapped[sigma]).norm(dim=1).mean().clamp_min(1e-12))
+
+
 @torch.no_grad()
 def omp(atoms: torch.Tensor, x: torch.Tensor, k: int, chunk: int | None = None) -> torch.Tensor:
     """Orthogonal matching pursuit with sparsity k, batched over inputs. Returns dense codes [n, K].
@@ -149,7 +159,11 @@ def oracle_codes(sae: SAE, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def single_metrics(sae: SAE, x: torch.Tensor, chunk: int = 4096) -> dict[str, float]:
-    """MSE (mean ‖x − x̂‖² on unit-norm inputs), L0, dead fraction on x, and R_S.
+    """MSE in two readings, L0, dead fraction on x, and R_S.
+
+    mse = mean_x ‖x − x̂‖² (P1's text, on unit-norm inputs); mse_fvu = Σ‖x − x̂‖² / Σ‖x − x̄‖², x̄ the feature means
+    of x: per-element MSE over per-element variance, as the authors' code reports it (theirs divides by the first
+    training batch's variance; ours by the evaluation inputs', from the same distribution).
 
     R_S = mean_x R(S_x), S_x the 2k largest |pre-activations| of the final sparsification (``isae.core.arip``).
     """
@@ -168,20 +182,24 @@ def single_metrics(sae: SAE, x: torch.Tensor, chunk: int = 4096) -> dict[str, fl
         l0.append((z != 0).sum(1).float())
         fired |= (z != 0).any(0)
         r_s.append(rip_gap_exact(sae.W_dec, support))
-    return {"mse": float(torch.cat(mse).mean()), "l0": float(torch.cat(l0).mean()),
+    variance = float((x - x.mean(0)).pow(2).sum(1).mean())
+    return {"mse": float(torch.cat(mse).mean()), "mse_fvu": float(torch.cat(mse).mean()) / max(variance, 1e-12),
+            "l0": float(torch.cat(l0).mean()),
             "dead_frac": float((~fired).float().mean()), "r_s": float(torch.cat(r_s).mean())}
 
 
-def code_consistency(z_a: torch.Tensor, z_b: torch.Tensor, matching: Matching) -> tuple[float, float]:
-    """(IoU, ℓ2) between codes of A and codes of B mapped through the signed matching."""
+def code_consistency(z_a: torch.Tensor, z_b: torch.Tensor, matching: Matching) -> tuple[float, float, float]:
+    """(IoU, ℓ2 normalised by the mean code norm, ℓ2 normalised by re-paired inputs) between codes of A and codes
+    of B mapped through the signed matching."""
     mapped = map_codes(z_b, matching, z_a.shape[1])
-    return code_iou(z_a, mapped), code_l2(z_a, mapped)
+    return code_iou(z_a, mapped), code_l2(z_a, mapped), code_l2_resampled(z_a, mapped)
 
 
 @torch.no_grad()
 def pair_metrics(a: SAE, b: SAE, x: torch.Tensor, oracle: bool = True,
                  codes: dict[int, tuple[torch.Tensor, torch.Tensor | None]] | None = None) -> dict[str, float]:
-    """DCS, PW-MCC, SAE code IoU/ℓ2 and (with ``oracle``) OMP-oracle IoU/ℓ2 between two SAEs on inputs x.
+    """DCS, PW-MCC, SAE code IoU/ℓ2 and (with ``oracle``) OMP-oracle IoU/ℓ2 between two SAEs on inputs x; each ℓ2
+    in both readings (``code_l2``: P1's text, ``*_l2_authors``: ``code_l2_resampled``, the authors' code).
 
     ``codes`` optionally caches (SAE codes, oracle codes) per ``id(sae)`` so that each SAE is encoded once
     when it appears in several pairs.
@@ -193,9 +211,11 @@ def pair_metrics(a: SAE, b: SAE, x: torch.Tensor, oracle: bool = True,
     cos = cosines(a.W_dec, b.W_dec)
     matching = match_atoms(a.W_dec, b.W_dec, cos)
     out = {"dcs": dcs(matching), "pw_mcc": pw_mcc(a.W_dec, b.W_dec, cos)}
-    out["sae_iou"], out["sae_l2"] = code_consistency(codes[id(a)][0], codes[id(b)][0], matching)
+    out["sae_iou"], out["sae_l2"], out["sae_l2_authors"] = code_consistency(codes[id(a)][0], codes[id(b)][0],
+                                                                            matching)
     if oracle:
-        out["oracle_iou"], out["oracle_l2"] = code_consistency(codes[id(a)][1], codes[id(b)][1], matching)
+        out["oracle_iou"], out["oracle_l2"], out["oracle_l2_authors"] = code_consistency(
+            codes[id(a)][1], codes[id(b)][1], matching)
     return out
 
 

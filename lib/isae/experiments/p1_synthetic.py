@@ -22,12 +22,18 @@ from isae.data.synthetic import SyntheticConfig, SyntheticStream, make_dictionar
 from isae.eval import metrics
 from isae.experiments.profiles import SyntheticProfile
 from isae.report.summary import mean_sd
+from isae.train.recipe import RECIPES, Recipe
+from isae.train.recipe import recipe as get_recipe
 from isae.train.trainer import Stream, TrainConfig, initialise_decoder_bias, train_many
 
 #: Metrics of one SAE (mean ± sd over seeds) and of a pair of SAEs (mean ± sd over seed pairs).
-RUN_METRICS = ("mse", "r_s", "l0", "dead_frac", "gt_dcs", "gt_recovered")
-PAIR_METRICS = ("sae_iou", "sae_l2", "oracle_iou", "oracle_l2", "dcs", "pw_mcc")
+RUN_METRICS = ("mse", "mse_fvu", "r_s", "l0", "dead_frac", "gt_dcs", "gt_recovered")
+PAIR_METRICS = ("sae_iou", "sae_l2", "sae_l2_authors", "oracle_iou", "oracle_l2", "oracle_l2_authors", "dcs", "pw_mcc")
 TABLE_METRICS = ("mse", "r_s", "sae_iou", "sae_l2", "oracle_iou", "oracle_l2", "dcs")
+#: Where P1's text and the authors' code read a table column differently: the column → the authors' reading
+#: (``isae.eval.metrics.single_metrics`` and ``code_l2_resampled``). IoU, DCS and R_S read the same.
+AUTHORS_READINGS = {"mse": "mse_fvu", "sae_l2": "sae_l2_authors", "oracle_l2": "oracle_l2_authors"}
+PROTOCOLS = ("paper", "authors")
 #: The columns of P1's Tables 1 and 2: setting, model, mean and sd of ``TABLE_METRICS``, and the counts.
 TABLE_COLUMNS = ("setting", "model", *(c for m in TABLE_METRICS for c in (m, f"{m}_sd")), "n_seeds", "n_pairs")
 UNTRAINED_SEED_OFFSET = 1_000  # random-init baseline SAEs use seeds 1000, 1001 (never a trained seed)
@@ -96,9 +102,10 @@ def untrained_pair(cfg: SAEConfig, stream: Stream, n_median_samples: int, device
 
 def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_cfgs: dict[str, SAEConfig],
                        train_cfg: TrainConfig, n_seeds: int, out_dir: str | Path | None = None,
-                       true_atoms: torch.Tensor | None = None, progress: bool = True,
+                       true_atoms: torch.Tensor | None = None, progress: bool = True, baseline: bool = True,
                        **provenance_params) -> ExperimentResult:
-    """Train ``sae_cfgs`` × ``n_seeds`` SAEs on one stream, then evaluate them and a random-init pair on x_eval.
+    """Train ``sae_cfgs`` × ``n_seeds`` SAEs on one stream, then evaluate them and (with ``baseline``) a random-init
+    pair per architecture on x_eval.
 
     With ``out_dir``: checkpoints under ``out_dir/checkpoints/<setting>`` (a re-run resumes), SAEs saved
     under ``out_dir/saes/<setting>_<arch>_seed<N>`` in SAELens's layout.
@@ -116,12 +123,13 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
 
     x_eval = x_eval.to(dev)
     runs, pairs = evaluate(saes, x_eval, true_atoms=true_atoms, progress=progress)
-    baseline = {}
-    for cfg in sae_cfgs.values():
-        baseline |= untrained_pair(cfg, stream, train_cfg.geometric_median_samples, dev)
-    base_runs, base_pairs = evaluate(baseline, x_eval, true_atoms=true_atoms, progress=False)
-    runs = pd.concat([runs, base_runs], ignore_index=True)
-    pairs = pd.concat([pairs, base_pairs], ignore_index=True)
+    if baseline:
+        untrained = {}
+        for cfg in sae_cfgs.values():
+            untrained |= untrained_pair(cfg, stream, train_cfg.geometric_median_samples, dev)
+        base_runs, base_pairs = evaluate(untrained, x_eval, true_atoms=true_atoms, progress=False)
+        runs = pd.concat([runs, base_runs], ignore_index=True)
+        pairs = pd.concat([pairs, base_pairs], ignore_index=True)
     for df in (runs, pairs):
         df.insert(0, "setting", setting)
 
@@ -132,56 +140,101 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
     return ExperimentResult(runs=runs, pairs=pairs, log=log, saes=saes, x_eval=x_eval)
 
 
-def run_synthetic_setting(setting: str, p: SyntheticProfile, out_dir: str | Path | None = None,
-                          device: str | None = None, progress: bool = True, **provenance_params) -> ExperimentResult:
-    """P1's synthetic experiment for one setting ("iid" or "mixture") at the sizes of ``p``."""
-    data_cfg = synthetic_data_config(setting, p)
-    train_cfg = TrainConfig(n_steps=p.n_steps, batch_size=p.batch_size, lr=p.lr, log_every=p.log_every,
-                            checkpoint_every=p.checkpoint_every, device=device)
+def run_synthetic_setting(setting: str, p: SyntheticProfile, recipe: str | Recipe = "authors",
+                          out_dir: str | Path | None = None, device: str | None = None, progress: bool = True,
+                          baseline: bool = True, **provenance_params) -> ExperimentResult:
+    """P1's synthetic experiment for one setting ("iid" or "mixture") at the sizes of ``p``, trained with
+    ``recipe`` ("paper", "authors" or any ``Recipe``; see ``isae.train.recipe``)."""
+    rec = get_recipe(recipe)
+    data_cfg = synthetic_data_config(setting, p, rec)
+    train_cfg = rec.train_config(p.n_steps, p.batch_size, lr=p.lr, log_every=p.log_every,
+                                 checkpoint_every=p.checkpoint_every, device=device)
     stream = SyntheticStream(data_cfg, p.batch_size, seed=p.data_seed, device=train_cfg.resolved_device())
-    sae_cfgs = {a: SAEConfig(d_in=p.d_in, d_sae=p.d_sae, k=p.k, architecture=a) for a in p.models}
+    sae_cfgs = {a: rec.sae_config(p.d_in, p.d_sae, p.k, a) for a in p.models}
     x_eval, _ = stream.held_out(p.n_eval)
     return train_and_evaluate(setting, stream, x_eval, sae_cfgs, train_cfg, p.n_seeds, out_dir=out_dir,
-                              true_atoms=stream.dictionary, progress=progress, data=data_cfg.to_dict(),
-                              **provenance_params)
+                              true_atoms=stream.dictionary, progress=progress, baseline=baseline,
+                              data=data_cfg.to_dict(), recipe=rec.to_dict(), **provenance_params)
 
 
-def synthetic_data_config(setting: str, p: SyntheticProfile) -> SyntheticConfig:
-    """The data of one synthetic setting ("iid" or "mixture") at the sizes of ``p``."""
+def synthetic_data_config(setting: str, p: SyntheticProfile, recipe: str | Recipe = "authors") -> SyntheticConfig:
+    """The data of one synthetic setting ("iid" or "mixture") at the sizes of ``p`` under ``recipe``."""
     return SyntheticConfig(d_in=p.d_in, n_atoms=p.n_atoms, k=p.k, kind=setting, n_components=p.n_components,
-                           spread=p.spread, seed=p.data_seed)
+                           spread=p.spread, seed=p.data_seed, **get_recipe(recipe).data_options())
 
 
-def dictionary_coherence(p: SyntheticProfile) -> pd.DataFrame:
-    """``metrics.coherence`` of the ground-truth dictionary of every setting of ``p``, one row per setting."""
-    return pd.DataFrame({s: metrics.coherence(make_dictionary(synthetic_data_config(s, p))) for s in p.settings}).T
+def dictionary_coherence(p: SyntheticProfile, recipes: tuple[str, ...] = RECIPES) -> pd.DataFrame:
+    """``metrics.coherence`` of the ground-truth dictionary of every setting of ``p`` under each recipe's data."""
+    rows = [{"recipe": r, "setting": s, **metrics.coherence(make_dictionary(synthetic_data_config(s, p, r)))}
+            for r in recipes for s in p.settings]
+    return pd.DataFrame(rows).set_index(["recipe", "setting"])
 
 
-def run_synthetic(p: SyntheticProfile, out_dir: str | Path | None = None, device: str | None = None,
-                  progress: bool = True, **provenance_params) -> dict[str, ExperimentResult]:
+def run_synthetic(p: SyntheticProfile, recipe: str | Recipe = "authors", out_dir: str | Path | None = None,
+                  device: str | None = None, progress: bool = True, **provenance_params) -> dict[str, ExperimentResult]:
     """``run_synthetic_setting`` for every setting of ``p``, by setting."""
-    return {setting: run_synthetic_setting(setting, p, out_dir=out_dir, device=device, progress=progress,
+    return {setting: run_synthetic_setting(setting, p, recipe, out_dir=out_dir, device=device, progress=progress,
                                            **provenance_params) for setting in p.settings}
 
 
 def summarise(runs: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (setting, model): mean and sd (``<metric>_sd``) over seeds / seed pairs, n_seeds, n_pairs.
+    """One row per (recipe, setting, model): mean and sd (``<metric>_sd``) over seeds / seed pairs, n_seeds,
+    n_pairs (tables without a ``recipe`` column: per (setting, model)).
 
-    Rows: per setting, trained models in ``ARCHITECTURES`` order, then their random-init baselines. Columns
-    follow P1's tables (``TABLE_METRICS``) first, then the extra metrics this project reports and the key
-    columns ``variant`` and ``trained``.
+    Rows: per recipe and setting, trained models in ``ARCHITECTURES`` order, then their random-init baselines.
+    Columns follow P1's tables (``TABLE_METRICS``) first, then the extra metrics this project reports and the
+    key columns ``variant`` and ``trained``.
     """
-    keys = ["setting", "model", "variant", "trained"]
+    keys = ["recipe", "setting", "model", "variant", "trained"] if "recipe" in runs else \
+        ["setting", "model", "variant", "trained"]
     table = mean_sd(runs, keys, RUN_METRICS, count="n_seeds").merge(
         mean_sd(pairs, keys, PAIR_METRICS, count="n_pairs"), on=keys, how="outer")
     order = {name: i for i, name in enumerate(ARCHITECTURES)}
     table = table.assign(_untrained=~table["trained"].astype(bool), _order=table["variant"].map(order).fillna(99))
-    table = table.sort_values(["setting", "_untrained", "_order"], kind="stable").drop(columns=["_untrained", "_order"])
-    first = list(TABLE_COLUMNS)
+    table = table.sort_values(keys[:-4] + ["setting", "_untrained", "_order"], kind="stable")
+    table = table.drop(columns=["_untrained", "_order"])
+    first = keys[:-4] + list(TABLE_COLUMNS)
     return table[[c for c in first if c in table] + [c for c in table if c not in first]].reset_index(drop=True)
 
 
-def combine(results: dict[str, ExperimentResult]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(runs, pairs, log) of several settings, one table each."""
+def with_protocol(table: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    """``table`` (``summarise``'s output) with the ``TABLE_METRICS`` columns in the readings of ``protocol``:
+    "paper" (P1's text) leaves it as it is; "authors" puts the authors' readings (``AUTHORS_READINGS``, means and
+    sds) in the columns P1's table names, so the table can stand beside the paper's."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r}; use one of {PROTOCOLS}.")
+    if protocol == "paper":
+        return table
+    out = table.copy()
+    for column, reading in AUTHORS_READINGS.items():
+        for suffix in ("", "_sd"):
+            if reading + suffix in out:
+                out[column + suffix] = out[reading + suffix]
+    return out
+
+
+def run_recipes(p: SyntheticProfile, recipes: tuple[str, ...] = RECIPES, out_dir: str | Path | None = None,
+                device: str | None = None, progress: bool = True, **provenance_params
+                ) -> dict[str, dict[str, ExperimentResult]]:
+    """``run_synthetic`` under each recipe, by recipe. The first recipe writes to ``out_dir`` itself (its SAEs
+    are the ones ``outputs/<profile>/saes/`` holds), every other one to ``out_dir/recipe-<name>/``."""
+    if not recipes or len(set(recipes)) != len(recipes) or any(r not in RECIPES for r in recipes):
+        raise ValueError(f"recipes={recipes!r}: pass distinct names from {RECIPES}, the headline's first.")
+    out = {}
+    for i, name in enumerate(recipes):
+        sub = None if out_dir is None else Path(out_dir) if i == 0 else Path(out_dir) / f"recipe-{name}"
+        out[name] = run_synthetic(p, name, out_dir=sub, device=device, progress=progress, **provenance_params)
+    return out
+
+
+def combine(results: dict[str, ExperimentResult] | dict[str, dict[str, ExperimentResult]]
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(runs, pairs, log) of several settings, one table each; of several recipes (``run_recipes``' output) with
+    a ``recipe`` column."""
+    first = next(iter(results.values()))
+    if isinstance(first, dict):
+        parts = [combine(by_setting) for by_setting in results.values()]
+        return tuple(pd.concat([p[i].assign(recipe=name) for p, name in zip(parts, results)], ignore_index=True)
+                     for i in range(3))
     return tuple(pd.concat([getattr(r, part) for r in results.values()], ignore_index=True)
                  for part in ("runs", "pairs", "log"))

@@ -10,8 +10,8 @@ from isae.experiments.p1_synthetic import TABLE_METRICS, pair_columns, run_label
 from isae.plots.common import save_figure
 
 # save_figure is re-exported: notebook 05 calls it from this module.
-__all__ = ["LABELS", "activation_sanity", "matched_cos_distributions", "matched_cosines", "metric_bars", "save_figure",
-           "tradeoff_scatter", "training_curves"]
+__all__ = ["LABELS", "activation_sanity", "matched_cos_distributions", "matched_cosines", "metric_bars",
+           "recipe_ablation", "save_figure", "tradeoff_scatter", "training_curves"]
 
 LABELS = {"mse": "MSE ↓", "r_s": "R_S ↓", "sae_iou": "SAE IoU ↑", "sae_l2": "SAE ℓ2 ↓",
           "oracle_iou": "Oracle IoU ↑", "oracle_l2": "Oracle ℓ2 ↓", "dcs": "DCS ↑"}
@@ -169,4 +169,32 @@ def activation_sanity(caches: dict, names: tuple[str, ...] = ("lm_train", "visio
                 title="per-dimension variance")
     axes[1].legend()
     fig.tight_layout()
+    return fig
+
+
+def recipe_ablation(table: pd.DataFrame, metrics: tuple[str, ...] = ("sae_iou", "oracle_iou", "dcs", "mse")
+                    ) -> plt.Figure:
+    """The recipe ablation (``p1_recipe.summarise_ablation``): one row of panels per (setting, model), one panel
+    per metric; per switched element, its change from the base recipe (mean over seeds, error bar: the
+    variant's sd), "paper + element from authors" and "authors + element from paper" side by side."""
+    groups = list(dict.fromkeys(zip(table["setting"], table["model"])))
+    elements = [e for e in dict.fromkeys(table["element"]) if e != "—"]
+    fig, axes = plt.subplots(len(groups), len(metrics), figsize=(3.1 * len(metrics), 0.32 * len(elements) * len(groups)
+                                                                 + 1.2 * len(groups)), squeeze=False, sharey=True)
+    colours = {"paper": sns.color_palette("colorblind")[0], "authors": sns.color_palette("colorblind")[1]}
+    for (setting, model), row in zip(groups, axes):
+        sub = table[(table["setting"] == setting) & (table["model"] == model) & (table["element"] != "—")]
+        for ax, metric in zip(row, metrics):
+            for offset, base in ((-0.18, "paper"), (0.18, "authors")):
+                rows = sub[sub["base"] == base].set_index("element").reindex(elements)
+                ax.errorbar(rows[f"d_{metric}"], [i + offset for i in range(len(elements))], xerr=rows[f"{metric}_sd"],
+                            fmt="o", ms=3.5, capsize=2, color=colours[base],
+                            label=f"{base} + element from {'authors' if base == 'paper' else 'paper'}")
+            ax.axvline(0, color="black", lw=0.6)
+            ax.set_yticks(range(len(elements)), elements, fontsize=7)
+            ax.set_title(f"{setting} · {model}: Δ {LABELS.get(metric, metric)}", fontsize=8)
+            ax.tick_params(axis="x", labelsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig

@@ -112,6 +112,15 @@ def check_synthetic_claims(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([c.__dict__ for c in claims])
 
 
+def check_synthetic_claims_by_recipe(table: pd.DataFrame) -> pd.DataFrame:
+    """``check_synthetic_claims`` for each recipe of a ``summarise`` table that has a ``recipe`` column (the
+    claims table gains that column first)."""
+    parts = [check_synthetic_claims(t.drop(columns="recipe")).assign(recipe=r)
+             for r, t in table.groupby("recipe", sort=False)]
+    out = pd.concat(parts, ignore_index=True)
+    return out[["recipe", *(c for c in out if c != "recipe")]]
+
+
 # --- P1 on real activations (Tables 2 and 3) ---------------------------------------------------------------
 
 P1_MODEL_LABELS = tuple(ARCHITECTURES[a] for a in P1_MODELS)

@@ -47,6 +47,9 @@ class Stream(Protocol):
         ...
 
 
+LOSS_NORMALISERS = ("none", "first_batch_variance")
+
+
 class TrainingDiverged(RuntimeError):
     """Raised when a loss becomes non-finite; the last good checkpoint on disk is kept."""
 
@@ -71,6 +74,19 @@ class TrainConfig:
     bf16_selection: bool = False
     """k-sparse models: rank latents with a bfloat16 encoder product, code values still float32 (our option;
     faster, approximate only at near-ties; see ``SAE._encoder_selection``). Off: everything in float32."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up over the first steps (0: none)."""
+    decay_frac: float = 0.0
+    """Linear learning-rate decay over this last fraction of the steps (0: a constant learning rate)."""
+    grad_clip: float | None = None
+    """Clip each model's global gradient norm (all its parameters) to this value before the step (None: never)."""
+    remove_radial_grad: bool = True
+    """Remove the gradient component parallel to each atom before the step (Gao et al.); the atoms are
+    renormalised after every step either way."""
+    loss_normaliser: str = "none"
+    """"none": the reconstruction term is mean_x ‖x − x̂‖². "first_batch_variance": it is divided by N times the
+    per-element variance of the first training batch, i.e. per-element MSE / variance (≈ the fraction of
+    variance unexplained), the other terms unchanged."""
 
     def __post_init__(self) -> None:
         if self.n_steps <= 0:
@@ -81,9 +97,29 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr} must be positive (or None for the default scaling).")
         if self.log_every <= 0 or self.checkpoint_every <= 0:
             raise ValueError("log_every and checkpoint_every must be positive.")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps!r} must be an integer ≥ 0.")
+        if not 0.0 <= self.decay_frac <= 1.0:
+            raise ValueError(f"decay_frac={self.decay_frac} must lie in [0, 1].")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip={self.grad_clip} must be positive (or None for no clipping).")
+        if self.loss_normaliser not in LOSS_NORMALISERS:
+            raise ValueError(f"loss_normaliser={self.loss_normaliser!r}; use one of {LOSS_NORMALISERS}.")
 
     def learning_rate(self, d_sae: int) -> float:
+        """The base (peak) learning rate."""
         return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 2**14)
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate of 0-based ``step`` as a fraction of the base rate: (step + 1) / warmup_steps during
+        the warm-up, 1 after it, and (n_steps − step) / (n_steps − start) from start = int(n_steps · (1 −
+        decay_frac)) on, so the last step runs at 1 / (n_steps − start) of the base rate, not 0."""
+        start = int(self.n_steps * (1.0 - self.decay_frac))
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.decay_frac > 0 and step >= start:
+            return (self.n_steps - step) / (self.n_steps - start)
+        return 1.0
 
     def dead_window(self) -> int:
         if self.dead_after_tokens is not None:
@@ -123,6 +159,15 @@ def initialise_decoder_bias(saes: Iterable[SAE], stream: Stream, n_samples: int)
     median = geometric_median(torch.cat(batches)[:n_samples])
     for sae in saes:
         sae.b_dec.copy_(median.to(sae.b_dec.device))
+
+
+@torch.no_grad()
+def set_mse_scale(saes: Iterable[SAE], first_batch: torch.Tensor) -> None:
+    """Make every SAE's reconstruction term per-element MSE / the first batch's per-element variance, the mean
+    over features of each feature's (biased) variance in the batch."""
+    variance = (first_batch - first_batch.mean(0)).float().pow(2).mean()
+    for sae in saes:
+        sae.mse_scale.fill_(1.0 / (first_batch.shape[1] * variance.item()))
 
 
 def make_optimizer(sae: SAE, lr: float) -> torch.optim.Adam:
@@ -172,6 +217,16 @@ def _optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, name: str, s
     opt.step()
     if after is not None:
         after()
+
+
+def _before_step(sae: SAE, cfg: TrainConfig) -> Callable[[], None]:
+    """What runs between backward and the optimiser step: the radial-gradient removal and the clipping."""
+    def before() -> None:
+        if cfg.remove_radial_grad:
+            sae.remove_radial_grad()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_([p for p in sae.parameters() if p.requires_grad], cfg.grad_clip)
+    return before
 
 
 def _check_inputs(saes: dict[str | RunKey, SAE], stream: Stream, cfg: TrainConfig) -> None:
@@ -226,6 +281,8 @@ def train_many(
             since_fired[n] = state["since_fired"][n].to(device)
     else:
         initialise_decoder_bias(saes.values(), stream, cfg.geometric_median_samples)
+        if cfg.loss_normaliser == "first_batch_variance":
+            set_mse_scale(saes.values(), stream.batch(0))
 
     def save_checkpoint(step: int) -> None:
         if ckpt_path is None:
@@ -240,14 +297,18 @@ def train_many(
 
     where = f"the last good checkpoint is kept at {ckpt_path}" if ckpt_path else "no checkpoint was kept"
     loop = _Steps(stream, start, cfg.n_steps, device, progress, f"training {len(saes)} SAEs")
+    base_lr = {n: cfg.learning_rate(s.cfg.d_sae) for n, s in saes.items()}
     for step, x in loop:
+        factor = cfg.lr_factor(step)
         for name, sae in saes.items():
+            for group in opts[name].param_groups:
+                group["lr"] = base_lr[name] * factor
             dead = since_fired[name] >= window
             k_sparse = sae.cfg.architecture in K_SPARSE
             out = sae(x, dead_mask=dead if k_sparse else None, generator=gens[name],
                       bf16_selection=cfg.bf16_selection and k_sparse)
             loss = out.losses["total"]
-            _optimiser_step(loss, opts[name], str(name), step, before=sae.remove_radial_grad,
+            _optimiser_step(loss, opts[name], str(name), step, before=_before_step(sae, cfg),
                             after=sae.normalize_atoms, where=where)
             fired = _fired(out, sae.cfg.d_sae)
             since_fired[name] += x.shape[0]

@@ -1,0 +1,115 @@
+"""Which element of the training recipe makes iSAE-ME identifiable: an ablation P1 does not have.
+
+Starting from each complete recipe (``isae.train.recipe``: ``PAPER``, P1's text, and ``AUTHORS``, the authors'
+code), every element where the two differ is switched to the other recipe's value alone, and the models are
+trained and evaluated exactly as in Table 1 (``p1_synthetic.run_synthetic_setting``). A variant trains only the
+models the element changes anything for (e.g. the S initialisation only for iSAE-ME).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from isae.experiments import p1_synthetic
+from isae.experiments.profiles import SyntheticProfile
+from isae.report.summary import mean_sd
+from isae.train.recipe import AUTHORS, ELEMENTS, PAPER, Recipe
+
+#: The metrics the ablation table and figure show (Table 1's columns that decide identifiability, and MSE).
+ABLATION_METRICS = ("sae_iou", "oracle_iou", "dcs", "mse")
+BASES = {"paper": PAPER, "authors": AUTHORS}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One recipe of the ablation: a base recipe with at most one element taken from the other."""
+
+    base: str
+    """"paper" or "authors": the recipe the variant starts from."""
+    element: str | None
+    """The switched element; None for the base recipe itself."""
+    recipe: Recipe
+
+    @property
+    def slug(self) -> str:
+        """A folder name: "paper", "authors", "paper+lr", ..."""
+        return self.base if self.element is None else f"{self.base}+{self.element}"
+
+    def models(self, models: tuple[str, ...], setting: str) -> tuple[str, ...]:
+        """The models of ``models`` this variant changes anything for on ``setting``."""
+        if self.element is None:
+            return models
+        return tuple(m for m in models if self.recipe.applies(self.element, m, setting))
+
+
+def variants(elements: tuple[str, ...] | None = None) -> list[Variant]:
+    """The two bases, then for each element where they differ: paper with it from authors, authors with it from
+    paper. ``elements`` restricts the switched elements (default: all of ``ELEMENTS``)."""
+    elements = tuple(ELEMENTS) if elements is None else elements
+    unknown = [e for e in elements if e not in ELEMENTS]
+    if unknown:
+        raise ValueError(f"elements={unknown!r} are not recipe elements; use names from {list(ELEMENTS)}.")
+    out = [Variant("paper", None, PAPER), Variant("authors", None, AUTHORS)]
+    for e in elements:
+        if getattr(PAPER, e) != getattr(AUTHORS, e):
+            out += [Variant("paper", e, PAPER.switch(e, AUTHORS)), Variant("authors", e, AUTHORS.switch(e, PAPER))]
+    return out
+
+
+def run_ablation(p: SyntheticProfile, models: tuple[str, ...] = ("abstopk", "isae_me"),
+                 elements: tuple[str, ...] | None = None, out_dir: str | Path | None = None,
+                 device: str | None = None, progress: bool = True, **provenance_params
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and evaluate every variant (``variants``) on every setting of ``p``; returns (runs, pairs), the
+    per-SAE and per-seed-pair tables of ``p1_synthetic.evaluate`` with the columns ``base`` and ``element``
+    ("—" for a base); trained SAEs only (the random-init floor is notebook 01's). Each variant checkpoints under
+    ``out_dir/ablation/<slug>/``, so a re-run resumes; one progress bar counts the variants."""
+    jobs = [(setting, v, v.models(models, setting)) for setting in p.settings for v in variants(elements)]
+    jobs = [job for job in jobs if job[2]]
+    runs, pairs = [], []
+    for setting, v, archs in tqdm(jobs, desc="recipe variants", unit="variant", disable=not progress):
+        sub = Path(out_dir) / "ablation" / v.slug if out_dir is not None else None
+        res = p1_synthetic.run_synthetic_setting(setting, replace(p, models=archs), v.recipe, out_dir=sub,
+                                                 device=device, progress=False, baseline=False, **provenance_params)
+        runs.append(res.runs.assign(base=v.base, element=v.element or "—"))
+        pairs.append(res.pairs.assign(base=v.base, element=v.element or "—"))
+    return pd.concat(runs, ignore_index=True), pd.concat(pairs, ignore_index=True)
+
+
+def summarise_ablation(runs: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (setting, model, base, element): mean and sd of ``ABLATION_METRICS`` (in the authors' readings
+    where they differ, as the headline table) and each mean's change from its base recipe (``d_<metric>``)."""
+    keys = ["setting", "model", "base", "element"]
+    run_metrics = [m for m in p1_synthetic.RUN_METRICS if m in runs]
+    pair_metrics = [m for m in p1_synthetic.PAIR_METRICS if m in pairs]
+    table = mean_sd(runs, keys, run_metrics, count="n_seeds").merge(
+        mean_sd(pairs, keys, pair_metrics, count="n_pairs"), on=keys, how="outer")
+    table = p1_synthetic.with_protocol(table, "authors")
+    base_rows = table[table["element"] == "—"].set_index(["setting", "model", "base"])
+    for m in ABLATION_METRICS:
+        base = table.set_index(["setting", "model", "base"]).index.map(base_rows[m].to_dict().get)
+        table[f"d_{m}"] = table[m].to_numpy() - pd.array(base, dtype="float64")
+    order = {e: i for i, e in enumerate(["—", *ELEMENTS])}
+    table = table.assign(_e=table["element"].map(order)).sort_values(["setting", "model", "base", "_e"])
+    cols = keys + [c for m in ABLATION_METRICS for c in (m, f"{m}_sd", f"d_{m}")] + ["n_seeds", "n_pairs"]
+    return table[cols].reset_index(drop=True)
+
+
+def effects(table: pd.DataFrame, metric: str = "sae_iou", spread: float = 2.0) -> pd.DataFrame:
+    """The switched elements whose change of ``metric`` exceeds ``spread`` times the larger seed sd of the
+    variant and its base (our rule for "moves it"), largest change first: setting, model, base, element, the
+    change and both sds."""
+    base_sd = table[table["element"] == "—"].set_index(["setting", "model", "base"])[f"{metric}_sd"]
+    rows = table[table["element"] != "—"].copy()
+    rows["base_sd"] = [base_sd.get((s, m, b), float("nan")) for s, m, b in zip(rows["setting"], rows["model"],
+                                                                               rows["base"])]
+    noise = rows[[f"{metric}_sd", "base_sd"]].max(axis=1)
+    moved = rows[(rows[f"d_{metric}"].abs() > spread * noise)]
+    moved = moved.assign(_size=moved[f"d_{metric}"].abs()).sort_values(["setting", "model", "_size"],
+                                                                        ascending=[True, True, False])
+    return moved[["setting", "model", "base", "element", f"d_{metric}", f"{metric}_sd", "base_sd"]].reset_index(
+        drop=True)

@@ -1,0 +1,75 @@
+"""The recipe ablation: which variants are trained, how the table measures each switch against its base."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from isae.experiments import p1_recipe
+from isae.experiments.profiles import synthetic_profile
+from isae.train.recipe import AUTHORS, ELEMENTS, PAPER
+
+
+def test_variants_are_the_two_bases_and_each_element_switched_both_ways():
+    variants = p1_recipe.variants()
+    assert [(v.base, v.element) for v in variants[:2]] == [("paper", None), ("authors", None)]
+    differing = [e for e in ELEMENTS if getattr(PAPER, e) != getattr(AUTHORS, e)]
+    assert [(v.base, v.element) for v in variants[2:]] == [(b, e) for e in differing for b in ("paper", "authors")]
+    for v in variants[2:]:
+        other = AUTHORS if v.base == "paper" else PAPER
+        assert getattr(v.recipe, v.element) == getattr(other, v.element)
+    with pytest.raises(ValueError, match="not recipe elements"):
+        p1_recipe.variants(("lr", "colour"))
+
+
+def test_a_variant_trains_only_the_models_its_element_changes():
+    v = {(x.base, x.element): x for x in p1_recipe.variants()}
+    assert v[("paper", "me_init")].models(("abstopk", "isae_me"), "iid") == ("isae_me",)
+    assert v[("paper", "mixture")].models(("abstopk", "isae_me"), "iid") == ()
+    assert v[("paper", "mixture")].models(("abstopk", "isae_me"), "mixture") == ("abstopk", "isae_me")
+    assert v[("paper", None)].models(("abstopk",), "iid") == ("abstopk",)
+
+
+def _table(rows):
+    runs = pd.DataFrame([{"setting": "iid", "model": "iSAE-ME", "base": b, "element": e, "mse": m, "mse_fvu": m,
+                          "seed": s} for b, e, m, s in rows])
+    pairs = pd.DataFrame([{"setting": "iid", "model": "iSAE-ME", "base": b, "element": e, "sae_iou": iou,
+                           "oracle_iou": iou, "dcs": iou, "sae_l2": 0.1, "sae_l2_authors": 0.1}
+                          for b, e, iou, _ in rows])
+    return runs, pairs
+
+
+def test_summary_measures_each_switch_against_its_own_base():
+    runs, pairs = _table([("paper", "—", 0.5, 0), ("paper", "—", 0.52, 1), ("paper", "lr", 0.9, 0),
+                          ("paper", "lr", 0.92, 1), ("authors", "—", 0.95, 0), ("authors", "—", 0.97, 1),
+                          ("authors", "lr", 0.6, 0), ("authors", "lr", 0.62, 1)])
+    table = p1_recipe.summarise_ablation(runs, pairs).set_index(["base", "element"])
+    assert table.loc[("paper", "lr"), "d_sae_iou"] == pytest.approx(0.4)
+    assert table.loc[("authors", "lr"), "d_sae_iou"] == pytest.approx(-0.35)
+    assert table.loc[("paper", "—"), "d_sae_iou"] == 0.0
+    assert table.loc[("paper", "lr"), "d_mse"] == pytest.approx(0.4)  # mse in the authors' reading (FVU)
+    moved = p1_recipe.effects(table.reset_index(), "sae_iou")
+    assert list(moved["element"]) == ["lr", "lr"] and list(moved["base"]) == ["paper", "authors"]
+
+
+def test_effects_ignore_a_change_within_the_seed_spread():
+    runs, pairs = _table([("paper", "—", 0.5, 0), ("paper", "—", 0.7, 1), ("paper", "lr", 0.6, 0),
+                          ("paper", "lr", 0.75, 1)])
+    table = p1_recipe.summarise_ablation(runs, pairs)
+    assert p1_recipe.effects(table, "sae_iou").empty
+
+
+def test_ablation_runs_end_to_end_and_resumes(tmp_path):
+    p = synthetic_profile("smoke", n_steps=4, n_seeds=2, settings=("iid",), n_eval=64, log_every=2,
+                          checkpoint_every=2)
+    runs, pairs = p1_recipe.run_ablation(p, ("abstopk", "isae_me"), ("me_init", "lr"), out_dir=tmp_path,
+                                         device="cpu", progress=False)
+    keys = set(zip(pairs["base"], pairs["element"], pairs["variant"]))
+    assert keys == {(b, "—", m) for b in ("paper", "authors") for m in ("abstopk", "isae_me")} | \
+        {(b, "lr", m) for b in ("paper", "authors") for m in ("abstopk", "isae_me")} | \
+        {(b, "me_init", "isae_me") for b in ("paper", "authors")}
+    assert pairs["trained"].all()
+    assert (tmp_path / "ablation" / "paper+lr" / "checkpoints" / "iid" / "checkpoint.pt").exists()
+    again, _ = p1_recipe.run_ablation(p, ("abstopk", "isae_me"), ("me_init", "lr"), out_dir=tmp_path, device="cpu",
+                                      progress=False)
+    pd.testing.assert_frame_equal(again, runs)  # resumed from the finished checkpoints: the same numbers
