@@ -172,3 +172,16 @@ def test_recipes_are_trained_side_by_side_and_tabulated_per_recipe(tmp_path):
     assert list(claims.columns[:1]) == ["recipe"] and set(claims["recipe"]) == {"authors", "paper"}
     with pytest.raises(ValueError, match="recipes="):
         experiments.run_recipes(p, ("paper", "paper"))
+
+
+def test_several_data_seeds_train_on_their_own_dictionaries_and_pool_in_the_summary(tmp_path):
+    p = synthetic_profile("smoke", n_steps=4, n_seeds=2, n_data_seeds=2, settings=("iid",), models=("abstopk",),
+                          n_eval=64, log_every=2, checkpoint_every=2)
+    results = experiments.run_synthetic(p, "paper", out_dir=tmp_path, device="cpu", progress=False)
+    assert list(results) == ["iid", "iid_data1"]
+    assert not torch.equal(results["iid"].x_eval, results["iid_data1"].x_eval)
+    assert (tmp_path / "checkpoints" / "iid_data1").is_dir() and (tmp_path / "saes" / "iid_data1_abstopk_seed0").is_dir()
+    runs, pairs, _ = experiments.combine(results)
+    assert sorted(set(pairs["data_seed"])) == [0, 1] and set(runs["setting"]) == {"iid"}
+    trained = experiments.summarise(runs, pairs).query("trained")
+    assert list(trained["n_seeds"]) == [4] and list(trained["n_pairs"]) == [2]  # one pair per data seed, pooled

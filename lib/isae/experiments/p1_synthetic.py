@@ -8,7 +8,7 @@ columns (``variant``, ``seed`` or ``seed_a``/``seed_b``, ``trained``) beside the
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -103,20 +103,21 @@ def untrained_pair(cfg: SAEConfig, stream: Stream, n_median_samples: int, device
 def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_cfgs: dict[str, SAEConfig],
                        train_cfg: TrainConfig, n_seeds: int, out_dir: str | Path | None = None,
                        true_atoms: torch.Tensor | None = None, progress: bool = True, baseline: bool = True,
-                       **provenance_params) -> ExperimentResult:
+                       run_name: str | None = None, **provenance_params) -> ExperimentResult:
     """Train ``sae_cfgs`` × ``n_seeds`` SAEs on one stream, then evaluate them and (with ``baseline``) a random-init
     pair per architecture on x_eval.
 
-    With ``out_dir``: checkpoints under ``out_dir/checkpoints/<setting>`` (a re-run resumes), SAEs saved
-    under ``out_dir/saes/<setting>_<arch>_seed<N>`` in SAELens's layout.
+    With ``out_dir``: checkpoints under ``out_dir/checkpoints/<run_name>`` (a re-run resumes), SAEs saved
+    under ``out_dir/saes/<run_name>_<arch>_seed<N>`` in SAELens's layout; ``run_name`` defaults to ``setting``.
     """
+    run_name = run_name or setting
     dev = train_cfg.resolved_device()
     saes = {RunKey(a, s): SAE(cfg, seed=s) for a, cfg in sae_cfgs.items() for s in range(n_seeds)}
     out_dir = Path(out_dir) if out_dir is not None else None
     # The trainer names models by str(key): its checkpoints, aRIP noise seeds and log rows use that name.
     by_name = {str(key): key for key in saes}
     log = train_many({name: saes[key] for name, key in by_name.items()}, stream, train_cfg,
-                     checkpoint_dir=out_dir / "checkpoints" / setting if out_dir else None, progress=progress)
+                     checkpoint_dir=out_dir / "checkpoints" / run_name if out_dir else None, progress=progress)
     log.insert(0, "setting", setting)
     if len(log):
         log = log.join(pd.DataFrame([by_name[name].columns() for name in log["model"]], index=log.index))
@@ -135,7 +136,7 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
 
     if out_dir is not None:
         for key, sae in saes.items():
-            save_sae(sae, out_dir / "saes" / f"{setting}_{key.variant}_seed{key.seed}", setting=setting,
+            save_sae(sae, out_dir / "saes" / f"{run_name}_{key.variant}_seed{key.seed}", setting=setting,
                      seed=sae.seed, train=train_cfg.__dict__, **provenance_params)
     return ExperimentResult(runs=runs, pairs=pairs, log=log, saes=saes, x_eval=x_eval)
 
@@ -152,9 +153,14 @@ def run_synthetic_setting(setting: str, p: SyntheticProfile, recipe: str | Recip
     stream = SyntheticStream(data_cfg, p.batch_size, seed=p.data_seed, device=train_cfg.resolved_device())
     sae_cfgs = {a: rec.sae_config(p.d_in, p.d_sae, p.k, a) for a in p.models}
     x_eval, _ = stream.held_out(p.n_eval)
-    return train_and_evaluate(setting, stream, x_eval, sae_cfgs, train_cfg, p.n_seeds, out_dir=out_dir,
-                              true_atoms=stream.dictionary, progress=progress, baseline=baseline,
-                              data=data_cfg.to_dict(), recipe=rec.to_dict(), **provenance_params)
+    # the first data seed keeps the plain setting name, so one-data-seed folders stay where they were
+    run_name = setting if p.data_seed == 0 else f"{setting}_data{p.data_seed}"
+    result = train_and_evaluate(setting, stream, x_eval, sae_cfgs, train_cfg, p.n_seeds, out_dir=out_dir,
+                                true_atoms=stream.dictionary, progress=progress, baseline=baseline,
+                                run_name=run_name, data=data_cfg.to_dict(), recipe=rec.to_dict(), **provenance_params)
+    for table in (result.runs, result.pairs, result.log):
+        table.insert(1, "data_seed", p.data_seed)
+    return result
 
 
 def synthetic_data_config(setting: str, p: SyntheticProfile, recipe: str | Recipe = "authors") -> SyntheticConfig:
@@ -172,9 +178,13 @@ def dictionary_coherence(p: SyntheticProfile, recipes: tuple[str, ...] = RECIPES
 
 def run_synthetic(p: SyntheticProfile, recipe: str | Recipe = "authors", out_dir: str | Path | None = None,
                   device: str | None = None, progress: bool = True, **provenance_params) -> dict[str, ExperimentResult]:
-    """``run_synthetic_setting`` for every setting of ``p``, by setting."""
-    return {setting: run_synthetic_setting(setting, p, recipe, out_dir=out_dir, device=device, progress=progress,
-                                           **provenance_params) for setting in p.settings}
+    """``run_synthetic_setting`` for every setting and data seed of ``p`` (``p.data_seeds()``), by
+    "<setting>" (first data seed) or "<setting>_data<seed>". ``summarise`` then pools the seed pairs of every
+    data seed, as the authors' tables do."""
+    return {(s if d == p.data_seed else f"{s}_data{d}"): run_synthetic_setting(
+                s, replace(p, data_seed=d), recipe, out_dir=out_dir, device=device, progress=progress,
+                **provenance_params)
+            for s in p.settings for d in p.data_seeds()}
 
 
 def summarise(runs: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
