@@ -21,7 +21,7 @@ import pandas as pd
 
 from isae.core.provenance import atomic_write_text, git_commit, repo_root
 
-CORE_COLUMNS = ("claim", "setting", "holds", "evidence")
+CORE_COLUMNS = ("recipe", "claim", "setting", "holds", "evidence")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ SECTIONS: tuple[Section, ...] = (
             ("table2_", "table3_")),
     Section("P2: toy conditions", "04_p2_toy_conditions", "p2_toy_claims.csv", ("p2_toy_",)),
     Section("P2: weighted SAE on real activations", "05_p2_weighted_sae", "p2_wsae_claims.csv", ("p2_wsae_",)),
+    Section("P1's recipe, element by element", "06_p1_recipe_ablation", None, ("recipe_ablation",)),
 )
 
 CSS = """
@@ -82,7 +83,7 @@ def _is_verdict_column(name: str) -> bool:
 def claims_html(df: pd.DataFrame) -> str:
     """The claims as an HTML table: claim, setting, ours (evidence), our verdict, then the paper's columns."""
     paper = [c for c in df.columns if c not in CORE_COLUMNS]
-    columns = [c for c in ("claim", "setting", "evidence", "holds") if c in df.columns] + paper
+    columns = [c for c in ("recipe", "claim", "setting", "evidence", "holds") if c in df.columns] + paper
     heads = {"evidence": "ours", "holds": "holds here"}
     out = ["<table><tr>" + "".join(f"<th>{html.escape(heads.get(c, str(c)))}</th>" for c in columns) + "</tr>"]
     for _, row in df.iterrows():

@@ -1,9 +1,10 @@
 """Train several SAEs (models × seeds) from ONE data stream, in identical order, with Gao et al.'s recipe.
 
-Recipe (shared by every model): unit-norm inputs (the stream's job); b_dec initialised to the geometric
-median of a data sample; tied encoder init and random unit atoms (``SAE.__init__``); Adam; the radial
-gradient of every atom removed before each step and atoms renormalised after it; AuxK against latents that
-have not fired for ``dead_after_tokens`` tokens.
+Shared by every model: unit-norm inputs (the stream's job); b_dec initialised to the geometric median of a data
+sample; tied encoder init and random unit atoms (``SAE.__init__``); Adam; atoms renormalised after every step;
+AuxK against latents that have not fired for ``dead_after_tokens`` tokens. ``TrainConfig`` holds the options in
+which P1's two recipes differ (``isae.train.recipe``): radial-gradient removal, learning-rate warm-up and decay,
+gradient clipping, bf16 ranking, the loss scale.
 
 A checkpoint (models, optimisers, dead counters, noise generators, logs) is written atomically every
 ``checkpoint_every`` steps; ``train_many`` resumes from it and ends identical to an uninterrupted run.
