@@ -180,7 +180,8 @@ def test_several_data_seeds_train_on_their_own_dictionaries_and_pool_in_the_summ
     results = experiments.run_synthetic(p, "paper", out_dir=tmp_path, device="cpu", progress=False)
     assert list(results) == ["iid", "iid_data1"]
     assert not torch.equal(results["iid"].x_eval, results["iid_data1"].x_eval)
-    assert (tmp_path / "checkpoints" / "iid_data1").is_dir() and (tmp_path / "saes" / "iid_data1_abstopk_seed0").is_dir()
+    assert (tmp_path / "checkpoints" / "iid_data1").is_dir()
+    assert (tmp_path / "saes" / "iid_data1_abstopk_seed0").is_dir()
     runs, pairs, _ = experiments.combine(results)
     assert sorted(set(pairs["data_seed"])) == [0, 1] and set(runs["setting"]) == {"iid"}
     trained = experiments.summarise(runs, pairs).query("trained")
