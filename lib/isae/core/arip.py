@@ -42,10 +42,7 @@ def rip_gap_noise(atoms: torch.Tensor, support: torch.Tensor, generator: torch.G
     E_n ‖G n‖² = tr(G²), so for unit-norm atoms this is unbiased for R(S) (P1's regulariser). It costs
     O(B·|S|·N) through the sparse decode and its adjoint, never forming G_S.
     """
-    noise = torch.randn(support.shape, generator=generator, device=support.device, dtype=atoms.dtype)
-    layout = LatentMajor(support, atoms.shape[0])  # both products' weight gradients scatter through the support
-    u = sparse_decode(noise, support, atoms, layout)  # D_S n, [B, N]
-    g_n = rows_dot(atoms, support, u, layout)  # D_Sᵀ D_S n, [B, s]
+    _, g_n = _noise_products(atoms, support, generator)
     return g_n.pow(2).sum(1) / support.shape[1] - 1.0
 
 
@@ -56,8 +53,15 @@ def rip_gap_ratio(atoms: torch.Tensor, support: torch.Tensor, generator: torch.G
     A ratio of batch means (``rsae/rip_topk.py``): E‖D_S n‖² = tr(G_S) = |S| for unit atoms, so it estimates the
     same tr(G_S²)/|S| − 1 as ``rip_gap_noise``, but the denominator also normalises away the atoms' scale.
     """
-    noise = torch.randn(support.shape, generator=generator, device=support.device, dtype=atoms.dtype)
-    layout = LatentMajor(support, atoms.shape[0])
-    u = sparse_decode(noise, support, atoms, layout)  # D_S n
-    g_n = rows_dot(atoms, support, u, layout)  # D_Sᵀ D_S n
+    u, g_n = _noise_products(atoms, support, generator)
     return support.shape[1] * g_n.pow(2).sum(1).mean() / u.pow(2).sum(1).mean().pow(2) - 1.0
+
+
+def _noise_products(atoms: torch.Tensor, support: torch.Tensor, generator: torch.Generator | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(D_S n [B, N], D_Sᵀ D_S n [B, s]) for one n ~ N(0, I_|S|) per input, through the sparse decode and its
+    adjoint (never forming G_S)."""
+    noise = torch.randn(support.shape, generator=generator, device=support.device, dtype=atoms.dtype)
+    layout = LatentMajor(support, atoms.shape[0])  # both products' weight gradients scatter through the support
+    u = sparse_decode(noise, support, atoms, layout)
+    return u, rows_dot(atoms, support, u, layout)
