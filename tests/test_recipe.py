@@ -185,6 +185,11 @@ def test_recipe_names_and_table():
     assert recipe("paper") is PAPER and recipe(AUTHORS) is AUTHORS
     with pytest.raises(ValueError, match="recipe='gao'"):
         recipe("gao")
+    with pytest.raises(ValueError, match="'colour' is not a recipe element"):
+        recipe("authors+colour")
+    mixed = recipe("authors+lr+me_init")
+    assert mixed.lr == PAPER.lr and mixed.me_init == PAPER.me_init
+    assert all(getattr(mixed, e) == getattr(AUTHORS, e) for e in ELEMENTS if e not in ("lr", "me_init"))
     table = recipe_table()
     assert list(table["element"]) == list(ELEMENTS)
     assert (table["paper source"].str.len() > 0).all() and (table["authors source"].str.len() > 0).all()

@@ -184,6 +184,22 @@ def synthetic_profile(profile: str, **overrides) -> SyntheticProfile:
     return sizes_at(SYNTHETIC, profile, "synthetic", **overrides)
 
 
+#: The scale sweep's points [N, training steps] per profile (notebook 07; M = K and k follow N at P1's ratios,
+#: ``isae.experiments.p1_scale``). ``default``: what 2 CPU cores afford in about half an hour (measured in the
+#: README); ``paper``: N up to P1's 768 at the authors' 30K steps.
+SCALE_POINTS: dict[str, tuple[tuple[int, int], ...]] = {
+    "smoke": ((16, 30), (24, 30), (24, 60)),
+    "default": ((32, 3000), (32, 10_000), (64, 3000), (64, 10_000), (128, 3000)),
+    "paper": ((192, 30_000), (384, 30_000), (768, 10_000), (768, 30_000)),
+}
+#: The recipes the sweep trains with per profile (``isae.train.recipe.recipe`` names). Our choice at ``default``:
+#: the authors' recipe with the paper's learning rate 2e-4 / √(K / 2¹⁴), which at P1's K = 4096 is within 1.33×
+#: of the authors' 3e-4 but at K of a few hundred converges within a CPU budget (notebook 06: from the authors'
+#: recipe, this one switch moves iSAE-ME's SAE IoU the most).
+SCALE_RECIPES: dict[str, tuple[str, ...]] = {"smoke": ("authors",), "default": ("authors+lr",),
+                                             "paper": ("authors",)}
+
+
 @dataclass(frozen=True)
 class RealProfile:
     """Sizes of the real-activation experiments (activation caching, P1 Tables 2–3, P2's weighted SAE)."""

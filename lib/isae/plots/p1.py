@@ -11,7 +11,7 @@ from isae.plots.common import save_figure
 
 # save_figure is re-exported: notebook 05 calls it from this module.
 __all__ = ["LABELS", "activation_sanity", "matched_cos_distributions", "matched_cosines", "metric_bars",
-           "recipe_ablation", "save_figure", "tradeoff_scatter", "training_curves"]
+           "recipe_ablation", "save_figure", "scale_sweep", "tradeoff_scatter", "training_curves"]
 
 LABELS = {"mse": "MSE ↓", "r_s": "R_S ↓", "sae_iou": "SAE IoU ↑", "sae_l2": "SAE ℓ2 ↓",
           "oracle_iou": "Oracle IoU ↑", "oracle_l2": "Oracle ℓ2 ↓", "dcs": "DCS ↑"}
@@ -197,4 +197,33 @@ def recipe_ablation(table: pd.DataFrame, metrics: tuple[str, ...] = ("sae_iou", 
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False, fontsize=8)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def scale_sweep(table: pd.DataFrame, metrics: tuple[str, ...] = ("sae_iou", "oracle_iou", "dcs", "mse"),
+                headline: dict | None = None, goal: dict | None = None) -> plt.Figure:
+    """The scale sweep (``p1_scale.summarise_scale``): one panel per metric, the metric (mean ± sd) against
+    training steps, one line per (model, N); P1's headline value as a dotted line, the goal as a dashed one."""
+    table = table.assign(line=[f"{m} · N={n}, K={a}, k={k}" for m, n, a, k in
+                               zip(table["model"], table["d_in"], table["n_atoms"], table["k"])])
+    lines = list(dict.fromkeys(table["line"]))
+    colours = dict(zip(lines, sns.color_palette("viridis", len(lines))))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for line in lines:
+            rows = table[table["line"] == line].sort_values("n_steps")
+            ax.errorbar(rows["n_steps"], rows[metric], yerr=rows.get(f"{metric}_sd"), marker="o", ms=3.5,
+                        capsize=2, color=colours[line], label=line)
+        for values, style, what in ((headline or {}, ":", "P1 (iSAE-ME, i.i.d.)"), (goal or {}, "--", "goal")):
+            if metric in values:
+                ax.axhline(values[metric], color="black", ls=style, lw=0.8, label=what)
+        ax.set_xscale("log")
+        steps = sorted(set(table["n_steps"]))
+        ax.set_xticks(steps, [f"{t / 1000:g}K" if t >= 1000 else str(t) for t in steps], fontsize=7)
+        ax.minorticks_off()
+        ax.set_xlabel("training steps")
+        ax.set_title(LABELS.get(metric, metric), fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False, fontsize=7)
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) // 4), 1, 1))
     return fig

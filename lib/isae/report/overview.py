@@ -43,6 +43,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("P2: toy conditions", "04_p2_toy_conditions", "p2_toy_claims.csv", ("p2_toy_",)),
     Section("P2: weighted SAE on real activations", "05_p2_weighted_sae", "p2_wsae_claims.csv", ("p2_wsae_",)),
     Section("P1's recipe, element by element", "06_p1_recipe_ablation", None, ("recipe_ablation",)),
+    Section("Where P1's headline appears: a scale sweep", "07_p1_scale_sweep", "scale_sweep_claims.csv",
+            ("scale_sweep",)),
 )
 
 CSS = """

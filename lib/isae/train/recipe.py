@@ -166,12 +166,22 @@ assert [f.name for f in fields(Recipe)][1:] == list(ELEMENTS), "every Recipe fie
 
 
 def recipe(name: str | Recipe) -> Recipe:
-    """The recipe called ``name`` ("paper" or "authors"); a ``Recipe`` passes through."""
+    """The recipe called ``name``: "paper", "authors", or a base with elements taken from the other one,
+    "<base>+<element>[+<element>...]" (e.g. "authors+lr": the authors' recipe with the paper's learning rate,
+    as in the recipe ablation); a ``Recipe`` passes through."""
     if isinstance(name, Recipe):
         return name
-    if name not in _BY_NAME:
-        raise ValueError(f"recipe={name!r} is unknown; use one of {RECIPES}.")
-    return _BY_NAME[name]
+    base, *switched = str(name).split("+")
+    if base not in _BY_NAME:
+        raise ValueError(f"recipe={name!r} is unknown; use one of {RECIPES}, optionally followed by "
+                         f"'+<element>' with elements from {list(ELEMENTS)} (e.g. 'authors+lr').")
+    out, other = _BY_NAME[base], _BY_NAME[RECIPES[1 - RECIPES.index(base)]]
+    for element in switched:
+        if element not in ELEMENTS:
+            raise ValueError(f"recipe={name!r}: {element!r} is not a recipe element; use names from "
+                             f"{list(ELEMENTS)}.")
+        out = out.switch(element, other)
+    return out
 
 
 def recipe_table() -> pd.DataFrame:

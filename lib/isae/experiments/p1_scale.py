@@ -1,0 +1,173 @@
+"""Where P1's headline appears: identifiability as the synthetic problem grows at P1's ratios, and with steps.
+
+P1's synthetic sizes are N = 768, M = K = 4096, k = 40 (k/N ≈ 0.052, M/N ≈ 5.33). ``p1_ratio_sizes`` scales N and
+keeps both ratios. Every point of the sweep is trained and evaluated exactly as notebook 01's Table 1
+(``p1_synthetic.run_synthetic_setting``), so its numbers stand beside the headline. Training steps are a separate
+axis: each step count is its own run, because the authors' learning rate decays over the last 20% of the steps,
+so an early checkpoint of a long run is not a short run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from isae.experiments import p1_synthetic
+from isae.experiments.profiles import SyntheticProfile
+from isae.report.summary import mean_sd
+from isae.train.recipe import recipe as get_recipe
+
+P1_D_IN, P1_N_ATOMS, P1_K = 768, 4096, 40
+"""P1's synthetic sizes N, M = K and k (Table 1)."""
+SCALE_METRICS = ("sae_iou", "oracle_iou", "dcs", "mse", "gt_recovered")
+#: P1's Table 1 headline for iSAE-ME on i.i.d. data, and the goal this project set itself at ``default``.
+HEADLINE = {"sae_iou": 0.997, "dcs": 0.999}
+GOAL = {"sae_iou": 0.95, "dcs": 0.97}
+LABEL = {"sae_iou": "SAE IoU", "dcs": "DCS", "oracle_iou": "oracle IoU"}
+
+
+def p1_ratio_sizes(d_in: int) -> dict[str, int]:
+    """Sizes at P1's ratios for input dimension ``d_in``: M = K = round(N · 4096/768), k = max(1, round(N · 40/768))."""
+    if isinstance(d_in, bool) or not isinstance(d_in, int) or d_in < 2:
+        raise ValueError(f"scale point d_in={d_in!r} must be an integer ≥ 2.")
+    n_atoms = round(d_in * P1_N_ATOMS / P1_D_IN)
+    return {"d_in": d_in, "n_atoms": n_atoms, "d_sae": n_atoms, "k": max(1, round(d_in * P1_K / P1_D_IN))}
+
+
+@dataclass(frozen=True)
+class ScalePoint:
+    """One point of the sweep: input dimension N (M, K and k follow at P1's ratios) and training steps."""
+
+    d_in: int
+    n_steps: int
+
+    def __post_init__(self):
+        p1_ratio_sizes(self.d_in)
+        if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, int) or self.n_steps < 1:
+            raise ValueError(f"scale point n_steps={self.n_steps!r} must be an integer ≥ 1.")
+
+    @property
+    def slug(self) -> str:
+        return f"N{self.d_in}_T{self.n_steps}"
+
+    def profile(self, base: SyntheticProfile) -> SyntheticProfile:
+        """``base`` (batch, seeds, evaluation size, settings, models) at this point's sizes and steps."""
+        return replace(base, **p1_ratio_sizes(self.d_in), n_steps=self.n_steps,
+                       checkpoint_every=min(base.checkpoint_every, self.n_steps))
+
+
+def scale_points(points) -> list[ScalePoint]:
+    """``ScalePoint``s from (d_in, n_steps) pairs, e.g. a notebook parameter ``[[32, 3000], [64, 3000]]``."""
+    try:
+        out = [ScalePoint(*pair) for pair in points]
+    except TypeError as err:
+        raise ValueError(f"scale points={points!r}: pass a list of [d_in, n_steps] pairs ({err}).") from None
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"scale points={points!r}: pass a non-empty list of distinct [d_in, n_steps] pairs.")
+    return out
+
+
+def sizes_table(points: list[ScalePoint]) -> pd.DataFrame:
+    """The sizes every point trains at, with the cost proxy steps × K (the sweep's rows, before any compute)."""
+    rows = [{**p1_ratio_sizes(pt.d_in), "n_steps": pt.n_steps} for pt in points]
+    return pd.DataFrame(rows).assign(k_over_n=lambda t: t["k"] / t["d_in"], m_over_n=lambda t: t["n_atoms"] / t["d_in"])
+
+
+def run_scale_sweep(base: SyntheticProfile, points: list[ScalePoint], recipe: str = "authors",
+                    out_dir: str | Path | None = None, device: str | None = None, progress: bool = True,
+                    **provenance_params) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and evaluate ``base``'s models on each setting at every point under ``recipe`` (a name
+    ``isae.train.recipe.recipe`` accepts, e.g. "authors+lr"); returns (runs, pairs) of ``p1_synthetic.evaluate``
+    with the point's sizes, ``recipe`` and ``wall_s`` (training and evaluation of the point) as columns. Trained
+    SAEs only. Each point checkpoints under ``out_dir/scale/<recipe>/<slug>/``, so a re-run resumes."""
+    rec = get_recipe(recipe)
+    jobs = [(pt, setting, d) for pt in points for setting in base.settings for d in base.data_seeds()]
+    runs, pairs = [], []
+    for pt, setting, data_seed in tqdm(jobs, desc="scale points", unit="point", disable=not progress):
+        sub = Path(out_dir) / "scale" / recipe / pt.slug if out_dir is not None else None
+        t0 = time.perf_counter()
+        res = p1_synthetic.run_synthetic_setting(setting, replace(pt.profile(base), data_seed=data_seed), rec,
+                                                 out_dir=sub, device=device, progress=False, baseline=False,
+                                                 **provenance_params)
+        cols = {**p1_ratio_sizes(pt.d_in), "n_steps": pt.n_steps, "recipe": recipe,
+                "wall_s": time.perf_counter() - t0}
+        runs.append(res.runs.assign(**cols))
+        pairs.append(res.pairs.assign(**cols))
+    return pd.concat(runs, ignore_index=True), pd.concat(pairs, ignore_index=True)
+
+
+def summarise_scale(runs: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (recipe, setting, model, point): mean and sd of ``SCALE_METRICS`` in the authors' readings (as
+    the headline table), the counts and the point's wall time; rows by setting, model, N, steps."""
+    keys = ["recipe", "setting", "model", "d_in", "n_atoms", "k", "n_steps"]
+    run_metrics = [m for m in p1_synthetic.RUN_METRICS if m in runs]
+    pair_metrics = [m for m in p1_synthetic.PAIR_METRICS if m in pairs]
+    table = mean_sd(runs, keys, run_metrics, count="n_seeds").merge(
+        mean_sd(pairs, keys, pair_metrics, count="n_pairs"), on=keys, how="outer")
+    table = p1_synthetic.with_protocol(table, "authors")
+    wall = runs.groupby(keys)["wall_s"].first().rename("wall_s").reset_index()
+    table = table.merge(wall, on=keys, how="left").sort_values(["recipe", "setting", "model", "d_in", "n_steps"])
+    cols = keys + [c for m in SCALE_METRICS if m in table for c in (m, f"{m}_sd")] + ["n_seeds", "n_pairs", "wall_s"]
+    return table[cols].reset_index(drop=True)
+
+
+def smallest_scale(table: pd.DataFrame, model: str = "iSAE-ME", setting: str = "iid",
+                   goal: dict[str, float] = GOAL) -> pd.DataFrame:
+    """The rows of ``summarise_scale``'s table for ``model`` on ``setting`` that reach every threshold of ``goal``
+    (mean ≥ threshold), smallest N first, then fewest steps: the first row is the smallest scale where the
+    headline appears; empty when no point reaches it."""
+    rows = table[(table["model"] == model) & (table["setting"] == setting)]
+    for metric, threshold in goal.items():
+        rows = rows[rows[metric] >= threshold]
+    return rows.sort_values(["d_in", "n_steps"]).reset_index(drop=True)
+
+
+def still_rising(table: pd.DataFrame, model: str = "iSAE-ME", setting: str = "iid", metric: str = "sae_iou",
+                 spread: float = 2.0) -> list[int]:
+    """The N of ``model`` on ``setting`` whose ``metric`` rose between its last two step counts by more than
+    ``spread`` times the larger seed sd of the two (our rule for "has not converged"); Ns with one step count
+    are not judged."""
+    rows = table[(table["model"] == model) & (table["setting"] == setting)]
+    out = []
+    for d_in, sub in rows.groupby("d_in"):
+        sub = sub.sort_values("n_steps")
+        if len(sub) < 2:
+            continue
+        last, prev = sub.iloc[-1], sub.iloc[-2]
+        noise = max(last.get(f"{metric}_sd", 0.0), prev.get(f"{metric}_sd", 0.0))
+        if last[metric] - prev[metric] > spread * (0.0 if pd.isna(noise) else noise):
+            out.append(int(d_in))
+    return out
+
+
+def headline_claims(table: pd.DataFrame, model: str = "iSAE-ME", goal: dict[str, float] = GOAL) -> pd.DataFrame:
+    """One claim per setting, "``model`` reaches ``goal`` at a swept point": holds where a point reaches it; where
+    none does, fails unless SAE IoU or DCS was still rising at some N (``still_rising``), then not tested (holds
+    empty). Columns of the other notebooks' claims tables (``claim, setting, holds, evidence``)."""
+    target = " and ".join(f"{LABEL[m]} ≥ {v}" for m, v in goal.items())
+    rows = []
+    for setting in dict.fromkeys(table["setting"]):
+        sub = table[(table["model"] == model) & (table["setting"] == setting)]
+        if sub.empty:
+            continue
+        reached = smallest_scale(table, model, setting, goal)
+        rising = sorted(set(still_rising(table, model, setting, "sae_iou") + still_rising(table, model, setting,
+                                                                                          "dcs")))
+        best = sub.sort_values("sae_iou").iloc[-1]
+        if not reached.empty:
+            r = reached.iloc[0]
+            holds, evidence = True, (f"smallest point N={int(r['d_in'])}, M=K={int(r['n_atoms'])}, k={int(r['k'])}, "
+                                     f"{int(r['n_steps'])} steps: SAE IoU {r['sae_iou']:.3f}, DCS {r['dcs']:.3f}")
+        else:
+            holds = None if rising else False
+            evidence = (f"best point N={int(best['d_in'])}, {int(best['n_steps'])} steps: SAE IoU "
+                        f"{best['sae_iou']:.3f}, DCS {best['dcs']:.3f}"
+                        + (f"; not tested: still rising with steps at N={rising}" if rising else
+                           "; no N still rising with steps"))
+        rows.append({"claim": f"{model} reaches {target} at a swept scale", "setting": setting, "holds": holds,
+                     "evidence": evidence})
+    return pd.DataFrame(rows, columns=["claim", "setting", "holds", "evidence"])
