@@ -39,13 +39,16 @@ def test_every_profile_has_valid_points_and_recipes():
             recipe(name)
 
 
+def _cols(d, t):
+    return {"recipe": "authors", "setting": "iid", "model": "iSAE-ME", "d_in": d, "n_atoms": 5 * d, "k": 2,
+            "n_steps": t, "wall_s": 1.0}
+
+
 def _tables():
     rows = [(32, 1000, 0.90, 0.93), (32, 3000, 0.96, 0.98), (64, 1000, 0.97, 0.99), (64, 3000, 0.5, 0.5)]
-    cols = lambda d, t: {"recipe": "authors", "setting": "iid", "model": "iSAE-ME", "d_in": d, "n_atoms": 5 * d,
-                         "k": 2, "n_steps": t, "wall_s": 1.0}
-    runs = pd.DataFrame([{**cols(d, t), "mse": 0.1, "mse_fvu": 0.2, "gt_recovered": 0.9, "seed": s}
+    runs = pd.DataFrame([{**_cols(d, t), "mse": 0.1, "mse_fvu": 0.2, "gt_recovered": 0.9, "seed": s}
                          for d, t, _, _ in rows for s in (0, 1)])
-    pairs = pd.DataFrame([{**cols(d, t), "sae_iou": iou + e, "oracle_iou": iou, "dcs": dcs, "sae_l2": 0.1,
+    pairs = pd.DataFrame([{**_cols(d, t), "sae_iou": iou + e, "oracle_iou": iou, "dcs": dcs, "sae_l2": 0.1,
                            "sae_l2_authors": 0.1} for d, t, iou, dcs in rows for e in (-0.01, 0.01)])
     return runs, pairs
 
