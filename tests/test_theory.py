@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -111,3 +112,40 @@ def test_bootstrap_interval_covers_the_exhaustive_value():
     sample = theory.bootstrap_summary(theory.rip_constants(atoms, supports[:300]), n_boot=300)
     for stat in ("mean", "q50", "q90"):
         assert sample.loc[stat, "lo"] <= exhaustive[stat] <= sample.loc[stat, "hi"]
+
+
+def test_pooled_diversity_of_signed_iid_values_is_their_rms():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.zeros(20_000, 30)
+    idx = torch.stack([torch.randperm(30, generator=gen)[:3] for _ in range(20_000)])
+    z.scatter_(1, idx, torch.randn(20_000, 3, generator=gen))
+    # E[v vᵀ] = I for independent standard normal values: σ_min / √n → 1
+    assert theory.pooled_diversity(z) == pytest.approx(1.0, abs=0.05)
+    assert math.isnan(theory.pooled_diversity(torch.zeros(5, 4)))
+
+
+def test_construction_table_shows_the_gap_that_does_not_close():
+    from isae.experiments import p1_theory
+
+    table = p1_theory.construction_table(6, (0.3, 0.01), n_inputs=200)
+    assert (table["dcs"] == 1.0).all() and (table["supports_differ"] == 1.0).all()
+    assert table["sae_iou"].to_numpy() == pytest.approx([4 / 8, 4 / 8])  # (k − 2) / (k + 2)
+    assert (table["recon_err_a"] < 1e-10).all() and (table["recon_err_b"] < 1e-10).all()
+    assert (table["δ on union support"] >= 1 - 1e-6).all()  # k + 2 atoms in a k-dimensional span
+
+
+def test_theory_claims_read_the_tables():
+    from isae.experiments import p1_theory
+
+    deltas = pd.DataFrame([
+        {"setting": "iid", "model": m, "dictionary": "learned", "kind": "pair union", "mean": mean, "mean_sd": 0.01,
+         "q50": mean, "q99": 0.9, "frac_below_1": frac} for m, mean, frac in (("AbsTopK", 0.7, 0.995),
+                                                                              ("iSAE", 0.5, 0.98))])
+    bounds = pd.DataFrame([{"setting": "iid", "δ reading": "sup", "delta": d, "premise_holds": ok,
+                            "premise_ratio": r} for d, ok, r in ((1.2, False, float("nan")), (0.5, True, 0.5))])
+    claims = p1_theory.theory_claims(deltas, bounds)
+    arip = claims[claims["claim"].str.startswith("learned")].set_index("model")["holds"]
+    assert bool(arip["AbsTopK"]) and not bool(arip["iSAE"])
+    assert bool(claims[claims["claim"].str.contains("regulariser")]["holds"].iloc[0])
+    premise = claims[claims["claim"].str.contains("3.6")].iloc[0]
+    assert bool(premise["holds"]) and "1/2 pairs" in premise["evidence"]

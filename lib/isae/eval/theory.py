@@ -161,6 +161,25 @@ def diversity(z: torch.Tensor, min_repeats: int | None = None) -> dict[str, floa
     return out
 
 
+@torch.no_grad()
+def pooled_diversity(z: torch.Tensor) -> float:
+    """Diversity pooled over supports, for codes whose supports almost never repeat: the non-zero values of every
+    code with the modal support size s, in atom order, as the rows of an [n, s] matrix; ζ̂ = σ_min / √n.
+    **Our choice**: it equals the per-support ζ when code values are exchangeable across supports (true of P1's
+    generator, where every support's values are the same order statistics with random signs), and is an
+    assumption for learned codes."""
+    mask = z != 0
+    sizes = mask.sum(1)
+    if not len(z) or int(sizes.max()) == 0:
+        return float("nan")
+    size = int(torch.mode(sizes[sizes > 0]).values)
+    rows = z[sizes == size]
+    vals = rows[rows != 0].reshape(len(rows), size).double()  # row-major: each code's values in atom order
+    if len(vals) < size:
+        return float("nan")
+    return float(torch.linalg.svdvals(vals)[-1]) / math.sqrt(len(vals))
+
+
 # --- Theorem 3.6 ------------------------------------------------------------------------------------------------
 
 def theorem_3_6(delta: float, zeta: float, eps: float, bound_x: float, k: int) -> dict[str, float]:

@@ -11,7 +11,8 @@ from isae.plots.common import save_figure
 
 # save_figure is re-exported: notebook 05 calls it from this module.
 __all__ = ["LABELS", "activation_sanity", "matched_cos_distributions", "matched_cosines", "metric_bars",
-           "recipe_ablation", "save_figure", "scale_sweep", "tradeoff_scatter", "training_curves"]
+           "recipe_ablation", "rip_constants", "save_figure", "scale_sweep", "tradeoff_scatter",
+           "training_curves"]
 
 LABELS = {"mse": "MSE ↓", "r_s": "R_S ↓", "sae_iou": "SAE IoU ↑", "sae_l2": "SAE ℓ2 ↓",
           "oracle_iou": "Oracle IoU ↑", "oracle_l2": "Oracle ℓ2 ↓", "dcs": "DCS ↑"}
@@ -226,4 +227,30 @@ def scale_sweep(table: pd.DataFrame, metrics: tuple[str, ...] = ("sae_iou", "ora
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False, fontsize=7)
     fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) // 4), 1, 1))
+    return fig
+
+
+def rip_constants(deltas: pd.DataFrame) -> plt.Figure:
+    """δ_S on the data's supports (``p1_theory.delta_table``): one panel per (setting, kind of support), one row per
+    dictionary; the dot is the median, the thick bar q50–q90, the thin bar up to q99; aRIP needs δ_S < 1 (line)."""
+    panels = list(dict.fromkeys(zip(deltas["setting"], deltas["kind"])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 0.5 * deltas.groupby(
+        ["setting", "kind"]).size().max() + 1.4), squeeze=False)
+    colours = {"learned": sns.color_palette("colorblind")[0], "random": "grey",
+               "ground truth": sns.color_palette("colorblind")[2]}
+    for ax, (setting, kind) in zip(axes[0], panels):
+        rows = deltas[(deltas["setting"] == setting) & (deltas["kind"] == kind)].reset_index(drop=True)
+        labels = [m if d == "learned" else f"{d} ({m})" if d == "random" else d
+                  for m, d in zip(rows["model"], rows["dictionary"])]
+        for i, r in rows.iterrows():
+            c = colours.get(r["dictionary"], "black")
+            ax.plot([r["q50"], r["q99"]], [i, i], color=c, lw=1)
+            ax.plot([r["q50"], r["q90"]], [i, i], color=c, lw=4, alpha=0.6)
+            ax.plot(r["q50"], i, "o", color=c, ms=4)
+        ax.axvline(1.0, color="black", ls="--", lw=0.8)
+        ax.set_yticks(range(len(rows)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("δ_S = max |λ(G_S) − 1|", fontsize=8)
+        ax.set_title(f"{setting} · {kind} supports", fontsize=9)
+    fig.tight_layout()
     return fig
