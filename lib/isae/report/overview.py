@@ -21,7 +21,7 @@ import pandas as pd
 
 from isae.core.provenance import atomic_write_text, git_commit, repo_root
 
-CORE_COLUMNS = ("recipe", "claim", "setting", "holds", "evidence")
+CORE_COLUMNS = ("recipe", "claim", "setting", "model", "holds", "evidence")
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("P1's recipe, element by element", "06_p1_recipe_ablation", None, ("recipe_ablation",)),
     Section("Where P1's headline appears: a scale sweep", "07_p1_scale_sweep", "scale_sweep_claims.csv",
             ("scale_sweep",)),
+    Section("P1's theory: Theorem 3.2, aRIP, Theorem 3.6", "08_p1_theory_and_arip", "p1_theory_claims.csv",
+            ("p1_theory_",)),
 )
 
 CSS = """
@@ -85,7 +87,7 @@ def _is_verdict_column(name: str) -> bool:
 def claims_html(df: pd.DataFrame) -> str:
     """The claims as an HTML table: claim, setting, ours (evidence), our verdict, then the paper's columns."""
     paper = [c for c in df.columns if c not in CORE_COLUMNS]
-    columns = [c for c in ("recipe", "claim", "setting", "evidence", "holds") if c in df.columns] + paper
+    columns = [c for c in ("recipe", "claim", "setting", "model", "evidence", "holds") if c in df.columns] + paper
     heads = {"evidence": "ours", "holds": "holds here"}
     out = ["<table><tr>" + "".join(f"<th>{html.escape(heads.get(c, str(c)))}</th>" for c in columns) + "</tr>"]
     for _, row in df.iterrows():
