@@ -419,3 +419,71 @@ WEIGHTED: dict[str, WeightedProfile] = {
 def weighted_profile(profile: str, **overrides) -> WeightedProfile:
     """The weighted-SAE sizes of ``profile``, with any field overridden (None values ignored)."""
     return sizes_at(WEIGHTED, profile, "weighted-SAE", **overrides)
+
+
+@dataclass(frozen=True)
+class P3Profile:
+    """Sizes of P3's checks (notebook 09): the hierarchical generator, the SAEs and the alternating optimum."""
+
+    d_in: int
+    n_parents: int
+    children_per_parent: int
+    n_free: int
+    """Features of the hierarchical generator (``isae.data.hierarchy``): parents, children per parent, free."""
+    d_sae: int
+    k: int
+    """Latents of every SAE, and k of the TopK / AbsTopK contrasts."""
+    l1_coefs: tuple[float, ...]
+    """ReLU+L1 weights c (λ = c / 2 in P3's problem); the first is the one the optimum and the wide sweep use."""
+    p_child_values: tuple[float, ...]
+    """Co-occurrence P(child | parent) of the absorption sweep."""
+    n_signed_atoms: int
+    """Atoms of P1's signed synthetic data for the antipodal-pair count."""
+    width_factors: tuple[float, ...]
+    """K as multiples of the true feature count, for the wide-dictionary limit."""
+    n_steps: int
+    batch_size: int
+    n_seeds: int
+    n_eval: int
+    n_fit: int
+    """Inputs the alternating optimum is fitted and the conditions checked on."""
+    n_outer: int
+    """Outer iterations of the alternating optimum."""
+    lr: float | None = None
+
+    def __post_init__(self):
+        w = "P3"
+        _ints(self, w, ("d_in", "n_parents", "children_per_parent", "d_sae", "k", "n_signed_atoms", "n_steps",
+                        "batch_size", "n_eval", "n_fit", "n_outer"))
+        _ints(self, w, ("n_free",), minimum=0)
+        _seeds(self, w)
+        _in_range(self, w, "l1_coefs", 0.0, float("inf"), closed_lo=False)
+        _in_range(self, w, "p_child_values", 0.0, 1.0, closed_hi=True)
+        _in_range(self, w, "width_factors", 0.0, float("inf"), closed_lo=False)
+        _k(self, w, "k", "d_sae", ("topk",))
+        if self.n_fit > self.n_eval:
+            _fail(w, "n_fit", self.n_fit, f"must be at most n_eval={self.n_eval}")
+        _lr(self, w)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+P3_PROFILES: dict[str, P3Profile] = {
+    "smoke": P3Profile(d_in=16, n_parents=3, children_per_parent=2, n_free=4, d_sae=16, k=3, l1_coefs=(0.02, 0.1),
+                       p_child_values=(0.3, 0.8), n_signed_atoms=24, width_factors=(0.5, 1.0, 2.0), n_steps=60,
+                       batch_size=128, n_seeds=2, n_eval=512, n_fit=256, n_outer=10),
+    "default": P3Profile(d_in=32, n_parents=6, children_per_parent=2, n_free=12, d_sae=32, k=4,
+                         l1_coefs=(0.01, 0.03, 0.1), p_child_values=(0.25, 0.5, 0.9), n_signed_atoms=64,
+                         width_factors=(0.5, 1.0, 2.0, 4.0, 8.0), n_steps=3000, batch_size=256, n_seeds=3,
+                         n_eval=4096, n_fit=1024, n_outer=30),
+    "paper": P3Profile(d_in=128, n_parents=24, children_per_parent=3, n_free=64, d_sae=256, k=8,
+                       l1_coefs=(0.005, 0.01, 0.03, 0.1), p_child_values=(0.1, 0.25, 0.5, 0.9), n_signed_atoms=512,
+                       width_factors=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), n_steps=20_000, batch_size=1024, n_seeds=5,
+                       n_eval=16_384, n_fit=4096, n_outer=100),
+}
+
+
+def p3_profile(profile: str, **overrides) -> P3Profile:
+    """P3's sizes at ``profile``, with any field overridden (None values ignored)."""
+    return sizes_at(P3_PROFILES, profile, "P3", **overrides)
