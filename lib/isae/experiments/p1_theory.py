@@ -100,9 +100,10 @@ def delta_table(groups: list[Group], n_supports: int = 4096, seed: int = 0) -> p
     """δ_S summaries (``theory.delta_summary``) per group, dictionary and kind of support.
 
     Dictionaries: each seed's learned one ("learned", summaries averaged over seeds with an sd), the ground truth
-    on its own codes' pair unions (synthetic only), and a random dictionary on the learned supports of seed 0.
+    on its own codes' pair unions (synthetic only), and a random dictionary of the same shape on the supports of
+    the setting's first model's seed 0 (one row per setting and kind of support).
     Supports: "pair union" (P1's aRIP: supp(z) ∪ supp(z′) of two inputs) and "top-2k" (the R_S support)."""
-    rows, truth_done = [], set()
+    rows, truth_done, random_done = [], set(), set()
     for g in groups:
         per_seed = []
         for s, sae in g.saes.items():
@@ -111,8 +112,9 @@ def delta_table(groups: list[Group], n_supports: int = 4096, seed: int = 0) -> p
                                    ("top-2k", arip_support(sae.preact(g.x - sae.b_dec), sae.cfg.k)[:n_supports])):
                 per_seed.append({"kind": kind, "seed": s,
                                  **theory.delta_summary(theory.rip_constants(sae.W_dec, supports))})
-                if s == min(g.saes):
-                    rows.append({"setting": g.setting, "model": g.model, "dictionary": "random", "kind": kind,
+                if s == min(g.saes) and (g.setting, kind) not in random_done:
+                    random_done.add((g.setting, kind))
+                    rows.append({"setting": g.setting, "model": "(random)", "dictionary": "random", "kind": kind,
                                  **theory.delta_summary(theory.rip_constants(random_dictionary(sae.W_dec, seed),
                                                                              supports))})
         seeds = pd.DataFrame(per_seed)
@@ -126,7 +128,13 @@ def delta_table(groups: list[Group], n_supports: int = 4096, seed: int = 0) -> p
             rows.append({"setting": g.setting, "model": "(ground truth)", "dictionary": "ground truth",
                          "kind": "pair union", **theory.delta_summary(theory.rip_constants(
                              g.true_atoms, theory.pair_unions(g.true_codes, n_supports, seed)))})
-    return pd.DataFrame(rows)
+    order = {"learned": 0, "ground truth": 1, "random": 2}
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    settings = {s: i for i, s in enumerate(dict.fromkeys(out["setting"]))}
+    out = out.assign(_s=out["setting"].map(settings), _d=out["dictionary"].map(order))
+    return out.sort_values(["_s", "kind", "_d"], kind="stable").drop(columns=["_s", "_d"]).reset_index(drop=True)
 
 
 @torch.no_grad()

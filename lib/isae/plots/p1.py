@@ -240,8 +240,7 @@ def rip_constants(deltas: pd.DataFrame) -> plt.Figure:
                "ground truth": sns.color_palette("colorblind")[2]}
     for ax, (setting, kind) in zip(axes[0], panels):
         rows = deltas[(deltas["setting"] == setting) & (deltas["kind"] == kind)].reset_index(drop=True)
-        labels = [m if d == "learned" else f"{d} ({m})" if d == "random" else d
-                  for m, d in zip(rows["model"], rows["dictionary"])]
+        labels = [m if d == "learned" else d for m, d in zip(rows["model"], rows["dictionary"])]
         for i, r in rows.iterrows():
             c = colours.get(r["dictionary"], "black")
             ax.plot([r["q50"], r["q99"]], [i, i], color=c, lw=1)
