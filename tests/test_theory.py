@@ -149,3 +149,23 @@ def test_theory_claims_read_the_tables():
     assert bool(claims[claims["claim"].str.contains("regulariser")]["holds"].iloc[0])
     premise = claims[claims["claim"].str.contains("3.6")].iloc[0]
     assert bool(premise["holds"]) and "1/2 pairs" in premise["evidence"]
+
+
+def test_groups_are_rebuilt_from_saved_saes_and_their_provenance(tmp_path):
+    from isae.core.io import save_sae
+    from isae.core.models import SAE, SAEConfig
+    from isae.data.synthetic import SyntheticConfig, SyntheticStream
+    from isae.experiments import p1_theory
+
+    data = SyntheticConfig(d_in=8, n_atoms=12, k=2, seed=3)
+    for seed in (0, 1):
+        sae = SAE(SAEConfig(d_in=8, d_sae=12, k=2, architecture="abstopk"), seed=seed)
+        save_sae(sae, tmp_path / f"iid_abstopk_seed{seed}", setting="iid", seed=seed, data=data.to_dict())
+    groups = p1_theory.load_groups(tmp_path, ("iid", "mixture"), n_eval=64)
+    assert len(groups) == 1 and groups[0].model == "AbsTopK" and sorted(groups[0].saes) == [0, 1]
+    x, z = SyntheticStream(data, batch_size=1, seed=3).held_out(64)
+    assert torch.equal(groups[0].x, x) and torch.equal(groups[0].true_codes, z)
+    deltas = p1_theory.delta_table(groups, n_supports=128)
+    assert set(deltas["dictionary"]) == {"learned", "ground truth", "random"}
+    bounds = p1_theory.bound_table(groups, n_supports=128)
+    assert list(bounds["δ reading"]) == ["sup", "q99"] and (bounds["delta"] >= 0).all()

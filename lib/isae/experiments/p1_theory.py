@@ -65,17 +65,17 @@ def synthetic_heldout(params: dict, n: int, device: str | torch.device = "cpu"
     return x, z, stream.dictionary
 
 
-def load_groups(root: str | Path, settings: tuple[str, ...], n_eval: int, real_inputs: dict | None = None,
-                data_seed: int = 0) -> list[Group]:
+def load_groups(root: str | Path, settings: tuple[str, ...], n_eval: int, real_inputs: dict | None = None
+                ) -> list[Group]:
     """The groups of SAEs saved under ``root`` for ``settings``; synthetic inputs rebuilt from provenance, real
     inputs taken from ``real_inputs`` (setting → held-out activations; a real setting without inputs is
-    skipped). Only the first data seed's SAEs (``data_seed``)."""
+    skipped). Synthetic settings: only the SAEs of the first (lowest) data seed."""
     table = saved_saes(root)
     groups = []
     for (setting, _arch), rows in table.groupby(["setting", "arch"], sort=False):
         if setting not in settings:
             continue
-        rows = rows[rows["data_seed"] == data_seed] if setting in SYNTHETIC_SETTINGS else rows
+        rows = rows[rows["data_seed"] == rows["data_seed"].min()] if setting in SYNTHETIC_SETTINGS else rows
         if rows.empty:
             continue
         saes = {int(r.seed): load_sae(r.path).eval() for r in rows.itertuples()}
