@@ -69,7 +69,10 @@ def test_ablation_runs_end_to_end_and_resumes(tmp_path):
         {(b, "lr", m) for b in ("paper", "authors") for m in ("abstopk", "isae_me")} | \
         {(b, "me_init", "isae_me") for b in ("paper", "authors")}
     assert pairs["trained"].all()
-    assert (tmp_path / "ablation" / "paper+lr" / "checkpoints" / "iid" / "checkpoint.pt").exists()
+    assert (tmp_path / "ablation" / "paper+lr" / "abstopk-isae_me" / "checkpoints" / "iid" / "checkpoint.pt").exists()
     again, _ = p1_recipe.run_ablation(p, ("abstopk", "isae_me"), ("me_init", "lr"), out_dir=tmp_path, device="cpu",
                                       progress=False)
     pd.testing.assert_frame_equal(again, runs)  # resumed from the finished checkpoints: the same numbers
+    # another set of models in the same folder trains beside them instead of meeting their checkpoints
+    alone, _ = p1_recipe.run_ablation(p, ("isae_me",), ("lr",), out_dir=tmp_path, device="cpu", progress=False)
+    assert set(alone["variant"]) == {"isae_me"}

@@ -67,13 +67,15 @@ def run_ablation(p: SyntheticProfile, models: tuple[str, ...] = ("abstopk", "isa
     """Train and evaluate every variant (``variants``) on every setting of ``p``; returns (runs, pairs), the
     per-SAE and per-seed-pair tables of ``p1_synthetic.evaluate`` with the columns ``base`` and ``element``
     ("—" for a base); trained SAEs only (the random-init floor is notebook 01's). Each variant checkpoints under
-    ``out_dir/ablation/<slug>/``, so a re-run resumes; one progress bar counts the variants."""
+    ``out_dir/ablation/<slug>/<models>/`` (e.g. ``ablation/paper+lr/abstopk-isae_me/``), so a re-run resumes;
+    one progress bar counts the variants."""
     jobs = [(setting, data_seed, v, v.models(models, setting)) for setting in p.settings
             for data_seed in p.data_seeds() for v in variants(elements)]
     jobs = [job for job in jobs if job[3]]
     runs, pairs = [], []
     for setting, data_seed, v, archs in tqdm(jobs, desc="recipe variants", unit="variant", disable=not progress):
-        sub = Path(out_dir) / "ablation" / v.slug if out_dir is not None else None
+        # one folder per variant and set of models: a run that trains other models never meets these checkpoints
+        sub = Path(out_dir) / "ablation" / v.slug / "-".join(archs) if out_dir is not None else None
         res = p1_synthetic.run_synthetic_setting(setting, replace(p, models=archs, data_seed=data_seed), v.recipe,
                                                  out_dir=sub, device=device, progress=False, baseline=False,
                                                  **provenance_params)
