@@ -39,3 +39,18 @@ def test_absorption_reads_an_absorbing_and_a_nested_dictionary():
     absorbed[mags[:, 1] > 0, 0] = 0.0  # the parent latent goes silent when the child fires
     out = absorption(atoms, absorbed, stream, mags)
     assert out["absorbed_rate"] == 1.0 and out["nested_rate"] == 0.0 and out["distinct_latents"] == 1.0
+
+
+def test_an_unconverged_optimum_is_not_a_verdict_on_p3():
+    import pandas as pd
+
+    from isae.experiments.p3_optimality import p3_claims
+
+    row = {"model": "optimum (alternating)", "codes": "lasso", "c1_active_mean_dev": 0.0, "c2": 0.001,
+           "c3_median": 1.5, "outer_steps": 30, "converged": False}
+    empty = pd.DataFrame(columns=["model", "nested_rate", "absorbed_rate", "absorbed_direction"])
+    none, wide = pd.DataFrame(columns=["data"]), pd.DataFrame(columns=["model", "K", "ray_alignment"])
+    claims = p3_claims(pd.DataFrame([row]), empty, none, wide)
+    assert pd.isna(claims["holds"].iloc[0]) and "not converged" in claims["evidence"].iloc[0]
+    claims = p3_claims(pd.DataFrame([row | {"converged": True}]), empty, none, wide)
+    assert pd.notna(claims["holds"].iloc[0]) and not claims["holds"].iloc[0]  # converged, C3 too large: fails

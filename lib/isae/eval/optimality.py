@@ -110,12 +110,13 @@ def conditions(atoms: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, z: torc
 
 @torch.no_grad()
 def learn_dictionary(x: torch.Tensor, n_atoms: int, lam: float, n_outer: int = 60, atom_steps: int = 20,
-                     seed: int = 0, init: torch.Tensor | None = None, progress=None) -> dict[str, torch.Tensor]:
+                     seed: int = 0, init: torch.Tensor | None = None, tol: float = 1e-5, progress=None) -> dict:
     """The reference optimum: non-negative L1 dictionary learning by alternating minimisation, from ``init``
     (rows) or random data points. Each outer step: codes by ``nonneg_lasso`` (warm-started), the bias in closed
     form (b = mean(x − z D)), then ``atom_steps`` projected-gradient steps on the unit-norm atoms
-    (step 1 / λ_max(ZᵀZ)); at the end, codes and bias of the final atoms alternately until both settle.
-    Returns atoms, bias and codes."""
+    (step 1 / λ_max(ZᵀZ)); it stops early once no atom moves by more than ``tol`` in an outer step. At the end,
+    codes and bias of the final atoms alternately until both settle. Returns atoms, bias, codes, the outer steps
+    taken (``n_outer``) and whether it stopped on ``tol`` (``converged``)."""
     gen = torch.Generator().manual_seed(seed)
     xd = x.double()
     if init is None:
@@ -124,8 +125,10 @@ def learn_dictionary(x: torch.Tensor, n_atoms: int, lam: float, n_outer: int = 6
     else:
         d = init.double() / init.double().norm(dim=1, keepdim=True)
     b = xd.mean(0)
-    z = None
+    z, taken, converged = None, 0, False
     for _ in range(n_outer) if progress is None else progress(range(n_outer)):
+        d_before = d
+        taken += 1
         z = nonneg_lasso(d, xd - b, lam, n_iter=300, z0=z).double()
         b = (xd - z @ d).mean(0)
         zz = z.T @ z
@@ -136,11 +139,15 @@ def learn_dictionary(x: torch.Tensor, n_atoms: int, lam: float, n_outer: int = 6
             grad = zz @ d - zx  # ∂/∂D of ½‖X − Z D‖²
             d = d - step * grad
             d = d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        if float((d - d_before).abs().max()) < tol:
+            converged = True
+            break
     for _ in range(20):  # the codes and bias of the final atoms, jointly: C1 and C2 together
         z = nonneg_lasso(d, xd - b, lam, n_iter=1000, z0=z).double()
         b = (xd - z @ d).mean(0)
     z = nonneg_lasso(d, xd - b, lam, n_iter=1000, z0=z).double()
-    return {"atoms": d.to(x.dtype), "bias": b.to(x.dtype), "codes": z.to(x.dtype)}
+    return {"atoms": d.to(x.dtype), "bias": b.to(x.dtype), "codes": z.to(x.dtype), "n_outer": taken,
+            "converged": converged}
 
 
 @torch.no_grad()

@@ -448,7 +448,7 @@ class P3Profile:
     n_fit: int
     """Inputs the alternating optimum is fitted and the conditions checked on."""
     n_outer: int
-    """Outer iterations of the alternating optimum."""
+    """Most outer iterations of the alternating optimum (it stops earlier once its atoms stop moving)."""
     lr: float | None = None
 
     def __post_init__(self):
@@ -476,11 +476,11 @@ P3_PROFILES: dict[str, P3Profile] = {
     "default": P3Profile(d_in=32, n_parents=6, children_per_parent=2, n_free=12, d_sae=32, k=4,
                          l1_coefs=(0.01, 0.03, 0.1), p_child_values=(0.25, 0.5, 0.9), n_signed_atoms=64,
                          width_factors=(0.5, 1.0, 2.0, 4.0, 8.0), n_steps=3000, batch_size=256, n_seeds=3,
-                         n_eval=4096, n_fit=1024, n_outer=30),
+                         n_eval=4096, n_fit=1024, n_outer=400),
     "paper": P3Profile(d_in=128, n_parents=24, children_per_parent=3, n_free=64, d_sae=256, k=8,
                        l1_coefs=(0.005, 0.01, 0.03, 0.1), p_child_values=(0.1, 0.25, 0.5, 0.9), n_signed_atoms=512,
                        width_factors=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), n_steps=20_000, batch_size=1024, n_seeds=5,
-                       n_eval=16_384, n_fit=4096, n_outer=100),
+                       n_eval=16_384, n_fit=4096, n_outer=1000),
 }
 
 
