@@ -110,7 +110,7 @@ def conditions(atoms: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, z: torc
 
 @torch.no_grad()
 def learn_dictionary(x: torch.Tensor, n_atoms: int, lam: float, n_outer: int = 60, atom_steps: int = 20,
-                     seed: int = 0, init: torch.Tensor | None = None, tol: float = 1e-5, progress=None) -> dict:
+                     seed: int = 0, init: torch.Tensor | None = None, tol: float = 1e-4, progress=None) -> dict:
     """The reference optimum: non-negative L1 dictionary learning by alternating minimisation, from ``init``
     (rows) or random data points. Each outer step: codes by ``nonneg_lasso`` (warm-started), the bias in closed
     form (b = mean(x − z D)), then ``atom_steps`` projected-gradient steps on the unit-norm atoms

@@ -184,7 +184,7 @@ def p3_claims(conds: pd.DataFrame, absorb: pd.DataFrame, antipodal: pd.DataFrame
         ok = o["c1_active_mean_dev"] < 0.01 and o["c2"] < 0.01 and o["c3_median"] < 0.05
         converged = bool(o.get("converged", True))
         rows.append({"claim": "a local optimum satisfies C1–C3 (our thresholds: C1, C2 < 0.01, C3 median < 0.05)",
-                     "setting": "hierarchy", "holds": bool(ok) if converged else None,
+                     "setting": "hierarchy", "holds": True if ok else (False if converged else None),
                      "evidence": f"C1 dev {o['c1_active_mean_dev']:.2g}, C2 {o['c2']:.2g}, C3 median "
                                  f"{o['c3_median']:.3f}" + ("" if converged else
                                  f"; not tested: the alternating solver had not converged after "

@@ -474,7 +474,7 @@ P3_PROFILES: dict[str, P3Profile] = {
                        p_child_values=(0.3, 0.8), n_signed_atoms=24, width_factors=(0.5, 1.0, 2.0), n_steps=60,
                        batch_size=128, n_seeds=2, n_eval=512, n_fit=256, n_outer=10),
     "default": P3Profile(d_in=32, n_parents=6, children_per_parent=2, n_free=12, d_sae=32, k=4,
-                         l1_coefs=(0.01, 0.03, 0.1), p_child_values=(0.25, 0.5, 0.9), n_signed_atoms=64,
+                         l1_coefs=(0.03, 0.01, 0.1), p_child_values=(0.25, 0.5, 0.9), n_signed_atoms=64,
                          width_factors=(0.5, 1.0, 2.0, 4.0, 8.0), n_steps=3000, batch_size=256, n_seeds=3,
                          n_eval=4096, n_fit=1024, n_outer=400),
     "paper": P3Profile(d_in=128, n_parents=24, children_per_parent=3, n_free=64, d_sae=256, k=8,
