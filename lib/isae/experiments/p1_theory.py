@@ -95,6 +95,14 @@ def random_dictionary(like: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return a / a.norm(dim=1, keepdim=True)
 
 
+def _r_s_support(sae: SAE, x: torch.Tensor) -> torch.Tensor:
+    """The support R_S is measured on (``metrics.single_metrics``): the 2k largest |pre-activations| of the final
+    sparsification for k-sparse models, of the encoder's pre-activations otherwise."""
+    if sae.cfg.spec.k_sparse:
+        return sae.encode_sparse(x, with_support=True).support
+    return arip_support(sae.preact(x - sae.b_dec), sae.cfg.k)
+
+
 @torch.no_grad()
 def delta_table(groups: list[Group], n_supports: int = 4096, seed: int = 0) -> pd.DataFrame:
     """δ_S summaries (``theory.delta_summary``) per group, dictionary and kind of support.
@@ -109,7 +117,7 @@ def delta_table(groups: list[Group], n_supports: int = 4096, seed: int = 0) -> p
         for s, sae in g.saes.items():
             z = metrics.sae_codes(sae, g.x)
             for kind, supports in (("pair union", theory.pair_unions(z, n_supports, seed)),
-                                   ("top-2k", arip_support(sae.preact(g.x - sae.b_dec), sae.cfg.k)[:n_supports])):
+                                   ("top-2k", _r_s_support(sae, g.x)[:n_supports])):
                 per_seed.append({"kind": kind, "seed": s,
                                  **theory.delta_summary(theory.rip_constants(sae.W_dec, supports))})
                 if s == min(g.saes) and (g.setting, kind) not in random_done:
