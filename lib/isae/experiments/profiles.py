@@ -189,7 +189,7 @@ def synthetic_profile(profile: str, **overrides) -> SyntheticProfile:
 #: README); ``paper``: N up to P1's 768 at the authors' 30K steps.
 SCALE_POINTS: dict[str, tuple[tuple[int, int], ...]] = {
     "smoke": ((16, 30), (24, 30), (24, 60)),
-    "default": ((32, 3000), (32, 10_000), (64, 3000), (64, 10_000), (128, 3000), (128, 10_000)),
+    "default": ((32, 3000), (32, 10_000), (64, 3000), (64, 10_000), (128, 3000)),
     "paper": ((192, 30_000), (384, 30_000), (768, 10_000), (768, 30_000)),
 }
 #: The recipes the sweep trains with per profile (``isae.train.recipe.recipe`` names). Our choice at ``default``:
