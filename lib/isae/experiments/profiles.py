@@ -185,7 +185,7 @@ def synthetic_profile(profile: str, **overrides) -> SyntheticProfile:
 
 
 #: The scale sweep's points [N, training steps] per profile (notebook 07; M = K and k follow N at P1's ratios,
-#: ``isae.experiments.p1_scale``). ``default``: what 2 CPU cores afford in about half an hour (measured in the
+#: ``isae.experiments.p1_scale``). ``default``: about 18 minutes on 2 CPU cores (measured in the
 #: README); ``paper``: N up to P1's 768 at the authors' 30K steps.
 SCALE_POINTS: dict[str, tuple[tuple[int, int], ...]] = {
     "smoke": ((16, 30), (24, 30), (24, 60)),
