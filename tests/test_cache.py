@@ -112,8 +112,33 @@ def test_stream_batches_are_pure_seeded_and_cover_each_row_once_per_pass(tmp_pat
     assert len(torch.unique(seen, dim=0)) == len(seen)  # no row twice in a pass
     other = cache.stream(batch_size=10, seed=4, buffer_rows=40, normalize=False)
     assert not torch.equal(other.batch(0), first[0])
-    with pytest.raises(ValueError, match="online"):
+    with pytest.raises(ValueError, match="raise passes"):
         a.batch(a.steps_per_pass)
+
+
+def test_later_passes_revisit_every_row_in_a_new_order_and_pass_0_is_the_one_pass_stream(tmp_path):
+    build_cache(tmp_path, SPEC, 6, make_shard, progress=False)
+    cache = ActivationCache(tmp_path)
+    one = cache.stream(batch_size=10, seed=3, buffer_rows=40, normalize=False)
+    three = cache.stream(batch_size=10, seed=3, buffer_rows=40, normalize=False, passes=3)
+    n = one.steps_per_pass
+    assert three.n_steps == 3 * n and three.identity() != one.identity()
+    passes = [torch.cat([three.batch(p * n + s) for s in range(n)]) for p in range(3)]
+    assert torch.equal(passes[0], torch.cat([one.batch(s) for s in range(n)]))
+    for p in (1, 2):
+        assert not torch.equal(passes[p], passes[0])  # reshuffled
+        assert torch.equal(torch.unique(passes[p], dim=0), torch.unique(passes[0], dim=0))  # the same rows
+    with pytest.raises(ValueError, match="passes"):
+        cache.stream(batch_size=10, passes=0)
+
+
+def test_centred_stream_subtracts_each_rows_own_mean_before_the_unit_norm(tmp_path):
+    build_cache(tmp_path, SPEC, 2, make_shard, progress=False)
+    cache = ActivationCache(tmp_path)
+    raw = cache.stream(batch_size=8, buffer_rows=16, normalize=False).batch(0)
+    x = cache.stream(batch_size=8, buffer_rows=16, center=True).batch(0)
+    expected = raw - raw.mean(1, keepdim=True)
+    torch.testing.assert_close(x, expected / expected.norm(dim=1, keepdim=True))
 
 
 def test_stream_normalises_rows_to_unit_norm(tmp_path):

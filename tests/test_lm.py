@@ -6,12 +6,13 @@ fetched; the first run converts it to safetensors once (~35 s), later loads take
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from isae.data import assets
 from isae.data.assets import AssetMissing
-from isae.data.lm import hook_layer, load_hf_model, load_language_model, residual_activations
+from isae.data.lm import hook_activations, hook_layer, load_hf_model, load_language_model, residual_activations
 
 pytestmark = pytest.mark.assets
 
@@ -90,6 +91,68 @@ def test_nothing_past_the_hook_is_computed(tiny_bridge):
     finally:
         for h in handles:
             h.remove()
+
+
+def test_many_hooks_from_one_forward_equal_one_forward_per_hook(tiny_bridge):
+    bridge, tok = tiny_bridge
+    tokens = torch.randint(3, len(tok), (2, 10), generator=torch.Generator().manual_seed(1))
+    finished = []
+    handles = [b.register_forward_hook(lambda m, i, o, k=k: finished.append(k)) for k, b in enumerate(bridge.blocks)]
+    try:
+        hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.hook_mlp_out"]
+        many = hook_activations(bridge, tokens, hooks)
+        assert finished == [0, 1]  # one pass, stopped after the deepest hook's block
+    finally:
+        for h in handles:
+            h.remove()
+    for h in hooks:
+        assert torch.equal(many[h], residual_activations(bridge, tokens, h))
+
+
+def test_bfloat16_autocast_is_close_to_float32_but_not_equal(tiny_bridge):
+    bridge, tok = tiny_bridge
+    tokens = torch.randint(3, len(tok), (2, 10), generator=torch.Generator().manual_seed(2))
+    hook = "blocks.2.hook_resid_pre"
+    fp32 = residual_activations(bridge, tokens, hook)
+    bf16 = residual_activations(bridge, tokens, hook, precision="bfloat16")
+    assert bf16.dtype == torch.float32
+    rel = ((bf16 - fp32).norm(dim=-1) / fp32.norm(dim=-1)).max().item()
+    assert 0 < rel < 0.05
+    with pytest.raises(ValueError, match="precision"):
+        residual_activations(bridge, tokens, hook, precision="int4")
+
+
+def test_grouped_cache_equals_one_cache_per_hook_and_resumes(tiny_bridge, tmp_path):
+    """Two hooks and two lengths cached from one forward pass per batch equal separate builds; a group with one
+    complete member resumes only the other."""
+    from isae.data.activations import LMRequest, cache_lm_activations, cache_lm_group
+    from isae.data.cache import read_manifest
+
+    bridge, tok = tiny_bridge
+    base = dict(context_length=16, windows_per_shard=4, batch_windows=3)
+    reqs = {tmp_path / "g" / "a": LMRequest(hook="blocks.0.hook_resid_post", n_tokens=150, **base),
+            tmp_path / "g" / "b": LMRequest(hook="blocks.2.hook_resid_post", n_tokens=90, **base)}
+    grouped = cache_lm_group(reqs, bridge, tok, progress=False)
+    for d, req in reqs.items():
+        alone = cache_lm_activations(tmp_path / "alone" / d.name, req, bridge=bridge, tokenizer=tok, progress=False)
+        assert len(grouped[d]) == len(alone) > 0
+        assert alone.spec == grouped[d].spec
+        for extra in ("tokens", "positions"):
+            assert np.array_equal(grouped[d].extra(extra), alone.extra(extra))
+        assert np.allclose(grouped[d].rows(0, len(alone)), alone.rows(0, len(alone)), atol=1e-5)
+    # drop b's last two shards from its manifest: the group rebuilds only those
+    b = tmp_path / "g" / "b"
+    m = read_manifest(b)
+    kept = m["shards"][:-2]
+    from isae.core.provenance import atomic_write_json
+    atomic_write_json(b / "manifest.json", {**m, "shards": kept, "complete": False})
+    a_mtime = (tmp_path / "g" / "a" / "manifest.json").stat().st_mtime_ns
+    again = cache_lm_group(reqs, bridge, tok, progress=False)
+    assert (tmp_path / "g" / "a" / "manifest.json").stat().st_mtime_ns == a_mtime
+    assert np.array_equal(again[b].rows(0, len(again[b])), grouped[b].rows(0, len(grouped[b])))
+    with pytest.raises(ValueError, match="differ only"):
+        cache_lm_group({tmp_path / "x": LMRequest(context_length=16), tmp_path / "y": LMRequest(context_length=32)},
+                       bridge, tok, progress=False)
 
 
 def test_unknown_hook_is_refused(tiny_bridge):

@@ -205,3 +205,61 @@ def test_cache_checks_describe_caches_and_find_same_label_neighbours(tmp_path):
     assert agreement == 1.0 and chance == pytest.approx(0.5)
     described = caching.describe_caches({"vision_train": cache})
     assert described.loc[0, ["cache", "rows", "d_in"]].tolist() == ["vision_train", 256, 8]
+
+
+def test_real_driver_curve_ends_at_the_final_metrics_and_passes_multiply_the_steps(tmp_path):
+    from isae.experiments import p1_real
+    from isae.experiments.profiles import real_profile
+
+    caches = {"lm_train": _random_cache(tmp_path / "train", 512, 16, seed=0),
+              "lm_heldout": _random_cache(tmp_path / "heldout", 256, 16, seed=0)}
+    p = real_profile("smoke", d_sae=32, k=3, batch_size=64, n_seeds=2, n_eval=64, n_curve=64, models=("topk",),
+                     log_every=4, checkpoint_every=8, passes=2, curve_points=3, recipe="authors+lr")
+    setting = p1_real.train_real_setting("smollm2", caches, p, out_dir=tmp_path / "out", device="cpu",
+                                         progress=False)
+    assert setting.train_cfg.n_steps == 2 * setting.stream.steps_per_pass == 16
+    assert setting.train_cfg.warmup_steps == 100 and setting.sae_cfgs["topk"].aux_k == 8  # the authors' recipe
+    curve = p1_real.curves({"smollm2": setting})
+    assert sorted(curve["step"].unique()) == [0, 8, 16]
+    # on the same rows (n_curve = n_eval), the curve's last point is the final evaluation, computed independently
+    end_pair = curve[(curve["step"] == 16) & (curve["level"] == "pair")].iloc[0]
+    final = setting.result.pairs[setting.result.pairs["trained"].astype(bool)].iloc[0]
+    for metric in ("dcs", "sae_iou", "oracle_iou"):
+        assert end_pair[metric] == pytest.approx(final[metric], abs=1e-6)
+
+
+def _curve(changes: dict[str, float], spread: float) -> pd.DataFrame:
+    """A two-seed-pair curve of one setting: every model's pair metrics move by ``changes[model]`` over the last
+    20%, pairs ±spread apart at the end; run metrics flat."""
+    rows = []
+    for model, change in changes.items():
+        for step, base in ((0, 0.1), (80, 0.5), (100, 0.5 + change)):
+            for sign in (-1, 1):
+                pair = {m: base + sign * spread / math.sqrt(2) for m in ("dcs", "sae_iou", "oracle_iou")}
+                rows.append({"setting": "s", "model": model, "step": step, "level": "pair", **pair})
+                rows.append({"setting": "s", "model": model, "step": step, "level": "run", "mse": 0.2,
+                             "dead_frac": 0.0, "r_s": 0.1})
+    return pd.DataFrame(rows)
+
+
+def test_convergence_flags_a_metric_moving_by_more_than_its_seed_spread():
+    conv = reporting.convergence(_curve({"TopK": 0.05, "AbsTopK": 0.001}, spread=0.01))
+    dcs = conv[conv["metric"] == "dcs"].set_index("model")
+    assert dcs.loc["TopK", "moving"] and not dcs.loc["AbsTopK", "moving"]
+    assert dcs.loc["TopK", "change"] == pytest.approx(0.05) and dcs.loc["TopK", "seed_spread"] == pytest.approx(0.01)
+    assert (dcs["from_step"] == 80).all() and not conv[conv["metric"] == "mse"]["moving"].any()
+
+
+def test_a_claim_on_a_moving_metric_is_not_tested_and_others_keep_their_sign():
+    claims = pd.DataFrame([
+        {"claim": "AbsTopK is the most stable model by DCS", "setting": "s", "holds": True, "evidence": ""},
+        {"claim": "iSAE-ME has the lowest MSE", "setting": "s", "holds": False, "evidence": ""},
+        {"claim": "iSAE-ME has the lowest CE loss with the SAE spliced in", "setting": "s (CE)", "holds": True,
+         "evidence": ""}])
+    moving = reporting.convergence(_curve({"TopK": 0.05, "AbsTopK": 0.0}, spread=0.01))
+    out = reporting.with_verdicts(claims, moving, setting_of={"s (CE)": "s"}).set_index("claim")["verdict"]
+    assert out["AbsTopK is the most stable model by DCS"] == reporting.NOT_TESTED
+    assert out["iSAE-ME has the lowest MSE"] == "fails"
+    assert out["iSAE-ME has the lowest CE loss with the SAE spliced in"] == "holds"
+    flat = reporting.convergence(_curve({"TopK": 0.0, "AbsTopK": 0.0}, spread=0.01))
+    assert reporting.with_verdicts(claims, flat)["verdict"].tolist() == ["holds", "fails", "holds"]

@@ -12,7 +12,7 @@ from conftest import make_sae
 
 from isae.core.models import SAE
 from isae.data.synthetic import SyntheticConfig, SyntheticStream
-from isae.train.trainer import TrainConfig, TrainingDiverged, geometric_median, train_many
+from isae.train.trainer import Probe, TrainConfig, TrainingDiverged, geometric_median, train_many
 
 D_IN, D_SAE, K = 16, 96, 3
 
@@ -165,6 +165,35 @@ def test_interrupted_run_resumes_to_the_same_parameters_as_an_uninterrupted_run(
     assert recorder.steps == list(range(4, 12))  # no geometric-median recomputation, starts at the checkpoint
     _assert_same_params(fresh, reference)
     pd.testing.assert_frame_equal(log, log_ref)
+
+
+def _norm_probe(steps=(0, 4, 8, 12)) -> Probe:
+    """A probe recording the decoder's Frobenius norm and b_dec's sum per model (changes with every step)."""
+    return Probe(steps, lambda step, saes: [{"step": step, "model": n, "b_dec": float(s.b_dec.sum()),
+                                             "w_enc": float(s.W_enc.norm())} for n, s in saes.items()])
+
+
+def test_probe_sees_the_models_at_its_steps_and_survives_a_resume(tmp_path: Path):
+    cfg = _cfg(n_steps=12, checkpoint_every=4)
+    reference, probe_ref = _models(), _norm_probe()
+    train_many(reference, _stream(), cfg, progress=False, probe=probe_ref)
+    assert sorted({r["step"] for r in probe_ref.rows}) == [0, 4, 8, 12]
+    final = {r["model"]: r["w_enc"] for r in probe_ref.rows if r["step"] == 12}
+    assert final == {n: float(s.W_enc.norm()) for n, s in reference.items()}  # the models after the last step
+    assert len({r["w_enc"] for r in probe_ref.rows if r["model"] == "topk"}) == 4  # training moved them
+    unprobed = _models()
+    train_many(unprobed, _stream(), cfg, progress=False)
+    _assert_same_params(unprobed, reference)  # probing changes nothing in training
+
+    # killed at step 6: the checkpoint (step 4) carries the probe rows of steps 0 and 4; the resumed run adds the rest
+    with pytest.raises(KeyboardInterrupt):
+        train_many(_models(), RecordingStream(_stream(), raise_at=6), cfg, checkpoint_dir=tmp_path, progress=False,
+                   probe=_norm_probe())
+    resumed = _norm_probe()
+    train_many(_models(), _stream(), cfg, checkpoint_dir=tmp_path, progress=False, probe=resumed)
+    assert resumed.rows == probe_ref.rows
+    with pytest.raises(ValueError, match="different experiment"):  # other probe steps: another experiment
+        train_many(_models(), _stream(), cfg, checkpoint_dir=tmp_path, progress=False, probe=_norm_probe((0, 12)))
 
 
 def test_completed_checkpoint_is_reused_without_training(tmp_path: Path):

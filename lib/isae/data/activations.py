@@ -18,7 +18,7 @@ import torch
 
 from isae.core.seeding import derive_seed
 from isae.data import assets
-from isae.data.cache import ActivationCache, build_cache
+from isae.data.cache import ActivationCache, build_cache, build_caches
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,17 @@ class LMRequest:
     windows_per_shard: int = 64
     batch_windows: int = 16
     dtype: str = "float32"
+    """Storage dtype of the cache ("float32" or "float16")."""
+    precision: str = "float32"
+    """Compute precision of the forward pass: "float32", or "bfloat16" autocast (``isae.data.lm.PRECISIONS``)."""
 
     def __post_init__(self) -> None:
+        from isae.data.lm import PRECISIONS
+
         if self.split not in ("train", "heldout"):
             raise ValueError(f"split={self.split!r}; use 'train' or 'heldout'.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}; use one of {PRECISIONS}.")
         if self.n_tokens <= 0 or self.context_length < 2 or self.windows_per_shard <= 0 or self.batch_windows <= 0:
             raise ValueError("n_tokens, windows_per_shard and batch_windows must be positive and context_length ≥ 2.")
 
@@ -91,21 +98,43 @@ def lm_windows(tokenizer, req: LMRequest):
     return tokenize_windows(docs, tokenizer, context_length=req.context_length, max_windows=req.n_windows)
 
 
+def _lm_shards_fn(bridge, windows, requests: dict[Path, LMRequest]):
+    """``make_shards(i, folders)`` for ``build_caches``: one forward pass over shard i's windows yields the hook of
+    every folder that needs it. The requests share their windows (a shorter one takes a prefix of ``windows``)."""
+    from isae.data.lm import hook_activations
+
+    first = next(iter(requests.values()))
+    per_shard, per_batch = first.windows_per_shard, first.batch_windows
+
+    def make_shards(i: int, folders: list[Path]) -> dict[Path, dict]:
+        counts = {d: min(requests[d].n_windows, len(windows)) - i * per_shard for d in folders}
+        w = windows[i * per_shard : i * per_shard + min(per_shard, max(counts.values()))]
+        hooks = sorted({requests[d].hook for d in folders})
+        parts = []
+        for s in range(0, len(w), per_batch):
+            part = w[s : s + per_batch]
+            acts = hook_activations(bridge, part.tokens, hooks, first.precision)
+            parts.append((part, {h: a.cpu() for h, a in acts.items()}))
+        out = {}
+        for d in folders:
+            acts, toks, pos = [], [], []
+            for s, (part, a) in zip(range(0, len(w), per_batch), parts):
+                keep = part.mask.clone()
+                keep[max(0, counts[d] - s):] = False  # windows past this request's own count
+                acts.append(a[requests[d].hook][keep])
+                toks.append(part.tokens[keep].to(torch.int32))
+                pos.append(torch.nonzero(keep)[:, 1].to(torch.int16))
+            out[d] = {"acts": torch.cat(acts), "tokens": torch.cat(toks), "positions": torch.cat(pos)}
+        return out
+
+    return make_shards
+
+
 def _lm_shard_fn(bridge, windows, req: LMRequest):
-    from isae.data.lm import residual_activations
-
-    def make_shard(i: int) -> dict:
-        w = windows[i * req.windows_per_shard : (i + 1) * req.windows_per_shard]
-        acts, toks, pos = [], [], []
-        for s in range(0, len(w), req.batch_windows):
-            part = w[s : s + req.batch_windows]
-            a = residual_activations(bridge, part.tokens, req.hook)
-            acts.append(a[part.mask.to(a.device)].float().cpu())
-            toks.append(part.tokens[part.mask].to(torch.int32))
-            pos.append(torch.nonzero(part.mask)[:, 1].to(torch.int16))
-        return {"acts": torch.cat(acts), "tokens": torch.cat(toks), "positions": torch.cat(pos)}
-
-    return make_shard
+    """``make_shard(i)`` of one request (``_lm_shards_fn`` with one folder)."""
+    key = Path(".")
+    make_shards = _lm_shards_fn(bridge, windows, {key: req})
+    return lambda i: make_shards(i, [key])[key]
 
 
 def lm_spec(req: LMRequest, d_in: int) -> dict:
@@ -115,6 +144,34 @@ def lm_spec(req: LMRequest, d_in: int) -> dict:
             "assets": _asset_hashes(["smollm2", "wiki-leads", "kjv", "shakespeare", "sotu", "moby-dick"])}
 
 
+#: Fields in which LM requests may differ and still be cached from one forward pass.
+_PER_HOOK = ("hook", "n_tokens", "dtype")
+
+
+def _shared_windows(req: LMRequest) -> tuple:
+    return tuple(v for k, v in asdict(req).items() if k not in _PER_HOOK)
+
+
+def cache_lm_group(requests: dict[str | Path, LMRequest], bridge, tokenizer,
+                   progress: bool = True) -> dict[Path, ActivationCache]:
+    """Cache several requests that share their model, split and windowing (they may differ in hook, n_tokens and
+    storage dtype) from one forward pass per batch, stopping after the deepest hook; returns the readers."""
+    requests = {Path(d): r for d, r in requests.items()}
+    if len({_shared_windows(r) for r in requests.values()}) != 1:
+        raise ValueError(f"cache_lm_group: the requests must differ only in {_PER_HOOK}; got {list(requests.values())}")
+    longest = max(requests.values(), key=lambda r: r.n_windows)
+    windows = lm_windows(tokenizer, longest)
+    for r in requests.values():
+        if len(windows) < r.n_windows:
+            raise ValueError(f"the {r.split} split has only {len(windows)} windows of {r.context_length} tokens; "
+                             f"lower n_tokens (asked {r.n_tokens}).")
+    targets = {d: (lm_spec(r, bridge.cfg.d_model), math.ceil(r.n_windows / r.windows_per_shard))
+               for d, r in requests.items()}
+    build_caches(targets, _lm_shards_fn(bridge, windows, requests), progress=progress,
+                 desc=", ".join(sorted({f"{r.hook} ({r.split})" for r in requests.values()})))
+    return {d: ActivationCache(d) for d in requests}
+
+
 def cache_lm_activations(directory: str | Path, req: LMRequest, device: str | None = None, bridge=None,
                          tokenizer=None, progress: bool = True) -> ActivationCache:
     """Cache ``req`` into ``directory`` (resuming a partial build) and return the reader."""
@@ -122,14 +179,7 @@ def cache_lm_activations(directory: str | Path, req: LMRequest, device: str | No
 
     if bridge is None:
         bridge, tokenizer = load_language_model(req.model, device=device)
-    windows = lm_windows(tokenizer, req)
-    if len(windows) < req.n_windows:
-        raise ValueError(f"the {req.split} split has only {len(windows)} windows of {req.context_length} tokens; "
-                         f"lower n_tokens (asked {req.n_tokens}).")
-    spec = lm_spec(req, bridge.cfg.d_model)
-    build_cache(directory, spec, math.ceil(len(windows) / req.windows_per_shard), _lm_shard_fn(bridge, windows, req),
-                progress=progress)
-    return ActivationCache(directory)
+    return cache_lm_group({directory: req}, bridge, tokenizer, progress)[Path(directory)]
 
 
 # --- vision model --------------------------------------------------------------------------------------
@@ -177,11 +227,14 @@ def cache_vision_activations(directory: str | Path, req: VisionRequest, device: 
     return ActivationCache(directory)
 
 
-def heldout_activations(cache: ActivationCache, n: int, seed: int = 0) -> torch.Tensor:
-    """n unit-norm rows drawn (seeded, without replacement) from a cache, for evaluation."""
+def heldout_activations(cache: ActivationCache, n: int, seed: int = 0, center: bool = False) -> torch.Tensor:
+    """n unit-norm rows drawn (seeded, without replacement) from a cache, for evaluation; with ``center`` each row
+    is first centred by its own feature mean (as ``CachedStream(center=True)``)."""
     g = np.random.default_rng(derive_seed("heldout-rows", seed))
     idx = np.sort(g.choice(len(cache), size=min(n, len(cache)), replace=False))
     rows = torch.from_numpy(np.stack([cache.rows(int(i), int(i) + 1)[0] for i in idx])).float()
+    if center:
+        rows = rows - rows.mean(dim=1, keepdim=True)
     return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
@@ -189,7 +242,7 @@ def heldout_activations(cache: ActivationCache, n: int, seed: int = 0) -> torch.
 
 def profile_requests(p) -> dict[str, LMRequest | VisionRequest]:
     """The four caches every real-data notebook uses, sized by a ``profiles.RealProfile``."""
-    lm = dict(hook=p.lm_hook, context_length=p.context_length, dtype=p.dtype)
+    lm = dict(hook=p.lm_hook, context_length=p.context_length, dtype=p.dtype, precision=p.lm_precision)
     vision = dict(layer=p.vision_layer, image_size=p.image_size, dtype=p.dtype)
     return {
         "lm_train": LMRequest(n_tokens=p.lm_train_tokens, split="train", **lm),
@@ -197,6 +250,24 @@ def profile_requests(p) -> dict[str, LMRequest | VisionRequest]:
         "vision_train": VisionRequest(n_images=p.vision_train_images, train=True, **vision),
         "vision_heldout": VisionRequest(n_images=p.vision_eval_images, train=False, **vision),
     }
+
+
+def layer_requests(wp, p) -> dict[str, LMRequest]:
+    """The LM caches of the weighted-SAE notebook (05), by folder name: ``lm_layer{L}_train`` (the first windows
+    holding ``wp.lm_train_tokens`` tokens) and ``lm_layer{L}_heldout`` (``p.lm_eval_tokens``) for every layer of
+    ``wp.lm_layers`` but the one of ``p.lm_hook``, whose ``lm_train`` / ``lm_heldout`` caches serve instead."""
+    from isae.data.lm import hook_layer
+
+    out = {}
+    for layer in wp.lm_layers:
+        hook = f"blocks.{layer}.hook_resid_post"
+        if hook == p.lm_hook and hook_layer(p.lm_hook) == layer and p.lm_train_tokens >= wp.lm_train_tokens:
+            continue
+        for split, n_tokens in (("train", wp.lm_train_tokens), ("heldout", p.lm_eval_tokens)):
+            out[f"lm_layer{layer}_{split}"] = LMRequest(hook=hook, n_tokens=n_tokens, split=split,
+                                                        context_length=p.context_length, dtype=p.dtype,
+                                                        precision=p.lm_precision)
+    return out
 
 
 class ModelLoader:
@@ -227,16 +298,30 @@ def open_or_build(directory: str | Path, req: LMRequest | VisionRequest, models:
                   progress: bool = True) -> ActivationCache:
     """The cache of ``req`` in ``directory``: opened when complete (its manifest must match ``req``), else built
     or resumed with the model from ``models``."""
+    return open_or_build_all({directory: req}, models, progress)[Path(directory)]
+
+
+def open_or_build_all(requests: dict[str | Path, LMRequest | VisionRequest], models: ModelLoader,
+                      progress: bool = True) -> dict[Path, ActivationCache]:
+    """``open_or_build`` for many caches: the complete ones are opened (no model loaded); the incomplete LM ones
+    that share model, split and windowing are built together, one forward pass for all their hooks."""
     from isae.data.cache import read_manifest
 
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    if manifest is not None and manifest["complete"]:
-        return ActivationCache(directory, expected_spec=asdict(req))
-    if isinstance(req, LMRequest):
-        bridge, tokenizer = models.lm(req.model)
-        return cache_lm_activations(directory, req, bridge=bridge, tokenizer=tokenizer, progress=progress)
-    return cache_vision_activations(directory, req, model=models.vision(req.model, req.image_size), progress=progress)
+    requests = {Path(d): r for d, r in requests.items()}
+    out, groups = {}, {}
+    for d, req in requests.items():
+        manifest = read_manifest(d)
+        if manifest is not None and manifest["complete"]:
+            out[d] = ActivationCache(d, expected_spec=asdict(req))
+        elif isinstance(req, LMRequest):
+            groups.setdefault(_shared_windows(req), {})[d] = req
+        else:
+            out[d] = cache_vision_activations(d, req, model=models.vision(req.model, req.image_size),
+                                              progress=progress)
+    for group in groups.values():
+        bridge, tokenizer = models.lm(next(iter(group.values())).model)
+        out.update(cache_lm_group(group, bridge, tokenizer, progress))
+    return {d: out[d] for d in requests}
 
 
 def token_context(cache: ActivationCache, tokenizer, row: int, width: int = 6) -> str:

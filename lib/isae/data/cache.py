@@ -61,6 +61,68 @@ def read_manifest(directory: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _open_manifest(directory: Path, spec: dict, n_shards: int) -> dict:
+    """The manifest of ``directory`` for ``spec`` (a new, empty one when there is none); CacheMismatch when the
+    folder holds another request."""
+    if n_shards <= 0:
+        raise ValueError(f"n_shards={n_shards} must be positive.")
+    if spec.get("dtype") not in ("float32", "float16"):
+        raise ValueError(f"spec['dtype']={spec.get('dtype')!r}; use 'float32' or 'float16'.")
+    spec = _normalise_spec({**spec, "n_shards": n_shards, "format_version": FORMAT_VERSION})
+    manifest = read_manifest(directory)
+    if manifest is not None and manifest["spec"] != spec:
+        diff = sorted(k for k in set(spec) | set(manifest["spec"]) if spec.get(k) != manifest["spec"].get(k))
+        raise CacheMismatch(f"{directory} holds a cache built for another request (differs in {diff}); "
+                            "delete the folder or choose another one.")
+    directory.mkdir(parents=True, exist_ok=True)
+    return manifest or {"spec": spec, "shards": [], "complete": False}
+
+
+def _append_shard(directory: Path, manifest: dict, out, seconds: float) -> None:
+    """Write shard ``len(manifest["shards"])`` (activations + extras, each atomically), then the manifest."""
+    i = len(manifest["shards"])
+    arrays = out if isinstance(out, dict) else {"acts": out}
+    arrays = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in arrays.items()}
+    acts = arrays.pop("acts").astype(np.dtype(manifest["spec"]["dtype"]), copy=False)
+    entry = {"file": f"shard_{i:05d}.npy", "rows": int(acts.shape[0]), "seconds": round(seconds, 4), "extras": {}}
+    _save_npy(directory / entry["file"], acts)
+    entry["sha256"] = _sha256(directory / entry["file"])
+    for name, values in arrays.items():
+        if len(values) != acts.shape[0]:
+            raise ValueError(f"extra {name!r} of shard {i} has {len(values)} rows, activations have {acts.shape[0]}.")
+        fname = f"shard_{i:05d}.{name}.npy"
+        _save_npy(directory / fname, values)
+        entry["extras"][name] = {"file": fname, "sha256": _sha256(directory / fname)}
+    manifest["shards"].append(entry)
+    manifest["complete"] = len(manifest["shards"]) == manifest["spec"]["n_shards"]
+    atomic_write_json(directory / "manifest.json", manifest)
+
+
+def build_caches(targets: dict[str | Path, tuple[dict, int]],
+                 make_shards: Callable[[int, list[Path]], dict[Path, dict | np.ndarray | torch.Tensor]],
+                 progress: bool = True, desc: str | None = None) -> list[Path]:
+    """Build (or resume) several caches whose shard i comes from one computation, e.g. many hooks of one forward.
+
+    ``targets`` maps each folder to ``(spec, n_shards)``. For i = 0, 1, ... up to the largest n_shards,
+    ``make_shards(i, folders)`` is called with the folders that still lack shard i and returns each one's
+    shard (as for :func:`build_cache`). Every folder keeps its own manifest, so each resumes on its own."""
+    dirs = {Path(d): _open_manifest(Path(d), spec, n) for d, (spec, n) in targets.items()}
+    total = max(m["spec"]["n_shards"] for m in dirs.values())
+    done = min(len(m["shards"]) for m in dirs.values())
+    name = desc or ", ".join(d.name for d in dirs)
+    for i in tqdm(range(done, total), initial=done, total=total, desc=f"caching {name}", unit="shard",
+                  disable=not progress):
+        need = [d for d, m in dirs.items() if len(m["shards"]) == i and i < m["spec"]["n_shards"]]
+        if not need:
+            continue
+        started = time.perf_counter()
+        shards = make_shards(i, need)
+        seconds = (time.perf_counter() - started) / len(need)
+        for d in need:
+            _append_shard(d, dirs[d], shards[d], seconds)
+    return list(dirs)
+
+
 def build_cache(directory: str | Path, spec: dict, n_shards: int,
                 make_shard: Callable[[int], dict[str, np.ndarray] | np.ndarray | torch.Tensor],
                 progress: bool = True) -> Path:
@@ -72,43 +134,8 @@ def build_cache(directory: str | Path, spec: dict, n_shards: int,
     include "dtype" ("float32" or "float16").
     """
     directory = Path(directory)
-    if n_shards <= 0:
-        raise ValueError(f"n_shards={n_shards} must be positive.")
-    if spec.get("dtype") not in ("float32", "float16"):
-        raise ValueError(f"spec['dtype']={spec.get('dtype')!r}; use 'float32' or 'float16'.")
-    dtype = np.dtype(spec["dtype"])
-    spec = _normalise_spec({**spec, "n_shards": n_shards, "format_version": FORMAT_VERSION})
-    manifest = read_manifest(directory)
-    if manifest is not None and manifest["spec"] != spec:
-        diff = sorted(k for k in set(spec) | set(manifest["spec"]) if spec.get(k) != manifest["spec"].get(k))
-        raise CacheMismatch(f"{directory} holds a cache built for another request (differs in {diff}); "
-                            "delete the folder or choose another one.")
-    if manifest is None:
-        manifest = {"spec": spec, "shards": [], "complete": False}
-    directory.mkdir(parents=True, exist_ok=True)
-    done = len(manifest["shards"])
-    for i in tqdm(range(done, n_shards), initial=done, total=n_shards, desc=f"caching {directory.name}",
-                  unit="shard", disable=not progress):
-        started = time.perf_counter()
-        out = make_shard(i)
-        seconds = time.perf_counter() - started
-        arrays = out if isinstance(out, dict) else {"acts": out}
-        arrays = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
-                  for k, v in arrays.items()}
-        acts = arrays.pop("acts").astype(dtype, copy=False)
-        entry = {"file": f"shard_{i:05d}.npy", "rows": int(acts.shape[0]), "seconds": round(seconds, 4), "extras": {}}
-        _save_npy(directory / entry["file"], acts)
-        entry["sha256"] = _sha256(directory / entry["file"])
-        for name, values in arrays.items():
-            if len(values) != acts.shape[0]:
-                raise ValueError(f"extra {name!r} of shard {i} has {len(values)} rows, "
-                                 f"activations have {acts.shape[0]}.")
-            fname = f"shard_{i:05d}.{name}.npy"
-            _save_npy(directory / fname, values)
-            entry["extras"][name] = {"file": fname, "sha256": _sha256(directory / fname)}
-        manifest["shards"].append(entry)
-        manifest["complete"] = len(manifest["shards"]) == n_shards
-        atomic_write_json(directory / "manifest.json", manifest)
+    build_caches({directory: (spec, n_shards)}, lambda i, _: {directory: make_shard(i)}, progress=progress,
+                 desc=directory.name)
     return directory
 
 
@@ -171,8 +198,10 @@ class ActivationCache:
                                        "delete it and its manifest entry (or the whole cache) and rebuild.")
 
     def stream(self, batch_size: int, seed: int = 0, buffer_rows: int = 500_000, normalize: bool = True,
-               device: str | torch.device = "cpu", start_row: int = 0, stop_row: int | None = None) -> CachedStream:
-        return CachedStream(self, batch_size, seed, buffer_rows, normalize, device, start_row, stop_row)
+               device: str | torch.device = "cpu", start_row: int = 0, stop_row: int | None = None,
+               passes: int = 1, center: bool = False) -> CachedStream:
+        return CachedStream(self, batch_size, seed, buffer_rows, normalize, device, start_row, stop_row, passes,
+                            center)
 
 
 class CachedStream:
@@ -181,15 +210,20 @@ class CachedStream:
     Shuffling is by buffer: rows [start_row, stop_row) are cut into consecutive buffers of ``buffer_rows``,
     the buffers are visited in a seeded order and rows are permuted within each (seeded by buffer). Reads
     stay sequential on disk, every consumer with the same seed sees the same batches, and each row is seen
-    once per pass. Rows are scaled to unit norm when ``normalize`` (the training recipe).
+    once per pass. With ``passes`` > 1 the stream runs that many passes, each shuffled anew (pass 0 is the one-pass
+    stream). Rows are centred by their own feature mean when ``center`` (the authors' code), then scaled to unit
+    norm when ``normalize`` (the training recipe).
     """
 
     def __init__(self, cache: ActivationCache, batch_size: int, seed: int, buffer_rows: int, normalize: bool,
-                 device, start_row: int = 0, stop_row: int | None = None):
+                 device, start_row: int = 0, stop_row: int | None = None, passes: int = 1, center: bool = False):
         if batch_size <= 0 or buffer_rows < batch_size:
             raise ValueError(f"need 0 < batch_size ≤ buffer_rows, got batch_size={batch_size}, "
                              f"buffer_rows={buffer_rows}.")
+        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+            raise ValueError(f"passes={passes!r} must be an integer ≥ 1.")
         self.cache, self.batch_size, self.seed, self.normalize = cache, batch_size, seed, normalize
+        self.passes, self.center = passes, center
         self.device = torch.device(device)
         self.start = start_row
         self.stop = len(cache) if stop_row is None else stop_row
@@ -213,23 +247,34 @@ class CachedStream:
         """Batches in one pass (rows that do not fill a whole batch at the end of a buffer are skipped)."""
         return int(self.first_step[-1])
 
+    @property
+    def n_steps(self) -> int:
+        """Batches in all ``passes``."""
+        return self.passes * self.steps_per_pass
+
     def identity(self) -> dict:
         return {"stream": "cache", "cache": str(self.cache.directory), "spec": self.cache.spec, "seed": self.seed,
-                "batch_size": self.batch_size, "buffer_rows": self.buffer_rows, "rows": [self.start, self.stop]}
+                "batch_size": self.batch_size, "buffer_rows": self.buffer_rows, "rows": [self.start, self.stop],
+                "passes": self.passes, "center": self.center}
 
-    def _buffer(self, b: int) -> torch.Tensor:
-        if self._loaded is None or self._loaded[0] != b:
+    def _buffer(self, b: int, pass_: int) -> torch.Tensor:
+        if self._loaded is None or self._loaded[0] != (b, pass_):
             lo, hi = self.buffers[b]
             rows = torch.from_numpy(self.cache.rows(lo, hi)).float()
-            perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(derive_seed("rows", self.seed, b)))
-            self._loaded = (b, rows[perm])
+            # pass 0 keeps the one-pass stream's order; later passes permute the buffer's rows anew
+            key = ("rows", self.seed, b) if pass_ == 0 else ("rows", self.seed, b, "pass", pass_)
+            perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(derive_seed(*key)))
+            self._loaded = ((b, pass_), rows[perm])
         return self._loaded[1]
 
     def batch(self, step: int) -> torch.Tensor:
-        if not 0 <= step < self.steps_per_pass:
-            raise ValueError(f"step {step} is past the cache's {self.steps_per_pass} batches of {self.batch_size} "
-                             "(training is fully online: cache more tokens or train fewer steps).")
+        if not 0 <= step < self.n_steps:
+            raise ValueError(f"step {step} is past the stream's {self.passes} pass(es) of {self.steps_per_pass} "
+                             f"batches of {self.batch_size} (cache more tokens, train fewer steps or raise passes).")
+        pass_, step = divmod(step, self.steps_per_pass)
         b = int(np.searchsorted(self.first_step, step, side="right") - 1)
         j = step - int(self.first_step[b])
-        x = self._buffer(b)[j * self.batch_size : (j + 1) * self.batch_size].to(self.device)
+        x = self._buffer(b, pass_)[j * self.batch_size : (j + 1) * self.batch_size].to(self.device)
+        if self.center:
+            x = x - x.mean(dim=1, keepdim=True)
         return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12) if self.normalize else x

@@ -25,11 +25,18 @@ from isae.core.models import SAE
 Reconstructor = Callable[[torch.Tensor], torch.Tensor]
 
 
-def sae_reconstructor(sae: SAE) -> Reconstructor:
-    """x ↦ ‖x‖ · SAE(x / ‖x‖): the SAEs are trained on unit-norm inputs, so the norm is restored after."""
+def sae_reconstructor(sae: SAE, center: bool = False) -> Reconstructor:
+    """x ↦ ‖x‖ · SAE(x / ‖x‖): the SAEs are trained on unit-norm inputs, so the norm is restored after. With
+    ``center`` (an SAE trained on per-sample centred rows), x's own feature mean is removed first and added back."""
 
     @torch.no_grad()
     def reconstruct(x: torch.Tensor) -> torch.Tensor:
+        if center:
+            mean = x.mean(dim=-1, keepdim=True)
+            return reconstruct_unit(x - mean) + mean
+        return reconstruct_unit(x)
+
+    def reconstruct_unit(x: torch.Tensor) -> torch.Tensor:
         norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         unit = (x / norm).to(sae.W_dec.device, sae.W_dec.dtype)
         return (sae.decode(sae.encode(unit)).to(x.device, x.dtype)) * norm

@@ -12,24 +12,33 @@ from isae.data import activations
 from isae.data.cache import ActivationCache
 
 
-def build_profile_caches(root: str | Path, p, device: str | None = None,
-                         progress: bool = True) -> tuple[dict[str, ActivationCache], pd.DataFrame,
-                                                         activations.ModelLoader]:
+def build_profile_caches(root: str | Path, p, device: str | None = None, progress: bool = True,
+                         wp=None) -> tuple[dict[str, ActivationCache], pd.DataFrame, activations.ModelLoader]:
     """Open the four caches of ``p`` (a ``profiles.RealProfile``) under ``root``, building or resuming any that
-    is incomplete (``activations.open_or_build``; models are loaded only when a cache needs them).
+    is incomplete (``activations.open_or_build_all``: models are loaded only when a cache needs them, and the LM
+    caches of one split come from one forward pass for all their hooks). With ``wp`` (a
+    ``profiles.WeightedProfile``) the weighted-SAE notebook's layer caches are built in the same passes.
 
-    Returns the caches, a timing table (one row per cache: rows, d_in, rows/s when it was built, seconds spent
-    on it in this call) and the model loader (its models stay loaded for later use).
+    Returns the caches by name (the layer caches included), a table (one row per cache: rows, d_in, rows/s when
+    it was built, its hook or source) and the model loader (its models stay loaded for later use).
     """
+    requests = activations.profile_requests(p) | (activations.layer_requests(wp, p) if wp is not None else {})
     models = activations.ModelLoader(device)
-    caches, timing = {}, []
-    for name, req in activations.profile_requests(p).items():
-        t0 = time.perf_counter()
-        caches[name] = activations.open_or_build(Path(root) / name, req, models, progress)
-        timing.append({"cache": name, "rows": len(caches[name]), "d_in": caches[name].d_in,
-                       "rows/s when built": round(caches[name].throughput()),
-                       "seconds in this run": round(time.perf_counter() - t0, 1)})
-    return caches, pd.DataFrame(timing), models
+    t0 = time.perf_counter()
+    opened = activations.open_or_build_all({Path(root) / name: req for name, req in requests.items()}, models,
+                                           progress)
+    caches = {d.name: c for d, c in opened.items()}
+    timing = pd.DataFrame([{"cache": name, "rows": len(c), "d_in": c.d_in, "source": _source(c.spec),
+                            "rows/s when built": round(c.throughput())} for name, c in caches.items()])
+    timing.attrs["seconds"] = round(time.perf_counter() - t0, 1)
+    return caches, timing, models
+
+
+def _source(spec: dict) -> str:
+    if spec.get("hook"):
+        return f"{spec['hook']} ({spec.get('split')}, {spec.get('precision', 'float32')})"
+    return (f"{spec.get('model')} {spec.get('layer')} ({spec.get('dataset')}, {spec.get('tokens_per_image')} "
+            "tokens/image)")
 
 
 def neighbour_contexts(cache: ActivationCache, tokenizer, n_queries: int = 4, k: int = 3) -> pd.DataFrame:
@@ -55,11 +64,5 @@ def neighbour_label_agreement(cache: ActivationCache, n_queries: int = 200, k: i
 
 def describe_caches(caches: dict[str, ActivationCache]) -> pd.DataFrame:
     """One row per cache: rows, d_in and what the activations are (hook, or vision model, layer and data)."""
-    def source(spec: dict) -> str:
-        if spec.get("hook"):
-            return spec["hook"]
-        return (f"{spec.get('model')} {spec.get('layer')} ({spec.get('dataset')}, {spec.get('tokens_per_image')} "
-                f"tokens/image)")
-
-    return pd.DataFrame([{"cache": name, "rows": len(c), "d_in": c.d_in, "source": source(c.spec)}
+    return pd.DataFrame([{"cache": name, "rows": len(c), "d_in": c.d_in, "source": _source(c.spec)}
                          for name, c in caches.items()])

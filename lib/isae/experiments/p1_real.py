@@ -16,6 +16,7 @@ from isae.eval import downstream, probing
 from isae.experiments.p1_synthetic import ExperimentResult, train_and_evaluate, untrained_pair
 from isae.experiments.profiles import RealProfile
 from isae.plots.p1 import matched_cosines
+from isae.train.recipe import recipe as get_recipe
 from isae.train.trainer import TrainConfig
 
 #: Our setting name → the caches it trains and evaluates on.
@@ -29,6 +30,7 @@ class RealSetting:
     """One trained setting: its stream, recipe, model configs and results."""
 
     name: str
+    recipe: str
     stream: object
     train_cfg: TrainConfig
     sae_cfgs: dict[str, SAEConfig]
@@ -38,9 +40,10 @@ class RealSetting:
     def describe(self, p: RealProfile) -> str:
         """One line: what was trained on what."""
         n = self.stream.steps_per_pass * p.batch_size
-        return (f"{self.name}: {len(self.sae_cfgs) * p.n_seeds} SAEs (K={p.d_sae}, k={p.k}) on "
-                f"{self.stream.steps_per_pass} steps of {p.batch_size} = {n:,} activations of dimension "
-                f"{self.stream.d_in}; metrics on {self.n_eval} held-out rows")
+        passes = f"{p.passes} passes over " if p.passes > 1 else "one pass over "
+        return (f"{self.name}: {len(self.sae_cfgs) * p.n_seeds} SAEs (K={p.d_sae}, k={p.k}, recipe {p.recipe!r}), "
+                f"{passes}{self.stream.steps_per_pass} steps of {p.batch_size} = {n:,} activations of dimension "
+                f"{self.stream.d_in}; metrics on {self.n_eval} held-out rows, curve on {p.n_curve}")
 
     def untrained_baseline(self) -> dict[RunKey, SAE]:
         """A random-init TopK pair with b_dec at this stream's geometric median (the four architectures share
@@ -55,20 +58,23 @@ class RealSetting:
 
 def train_real_setting(setting: str, caches: dict[str, ActivationCache], p: RealProfile, out_dir: str | Path,
                        device: str | None = None, progress: bool = True, **provenance_params) -> RealSetting:
-    """Train ``p.models`` × ``p.n_seeds`` SAEs for one pass over the setting's training cache, then evaluate
-    them (and a random-init pair) on ``p.n_eval`` held-out rows (``p1_synthetic.train_and_evaluate``)."""
+    """Train ``p.models`` × ``p.n_seeds`` SAEs with ``p.recipe`` for ``p.passes`` passes over the setting's training
+    cache, with a convergence curve of ``p.curve_points`` points, then evaluate them (and a random-init pair) on
+    ``p.n_eval`` held-out rows (``p1_synthetic.train_and_evaluate``)."""
     train_name, eval_name = SETTINGS[setting]
     cache = caches[train_name]
-    stream = cache.stream(p.batch_size, seed=0)
-    train_cfg = TrainConfig(n_steps=stream.steps_per_pass, batch_size=p.batch_size, lr=p.lr, log_every=p.log_every,
-                            checkpoint_every=p.checkpoint_every, device=device,
-                            geometric_median_samples=min(8192, stream.steps_per_pass * p.batch_size))
-    sae_cfgs = {a: SAEConfig(d_in=cache.d_in, d_sae=p.d_sae, k=p.k, architecture=a) for a in p.models}
-    x_eval = activations.heldout_activations(caches[eval_name], p.n_eval)
+    rec = get_recipe(p.recipe)
+    stream = cache.stream(p.batch_size, seed=0, passes=p.passes, center=rec.center_inputs)
+    train_cfg = rec.train_config(stream.n_steps, p.batch_size, lr=p.lr, log_every=p.log_every,
+                                 checkpoint_every=p.checkpoint_every, device=device,
+                                 geometric_median_samples=min(8192, stream.steps_per_pass * p.batch_size))
+    sae_cfgs = {a: rec.sae_config(cache.d_in, p.d_sae, p.k, a) for a in p.models}
+    x_eval = activations.heldout_activations(caches[eval_name], p.n_eval, center=rec.center_inputs)
     result = train_and_evaluate(setting, stream, x_eval, sae_cfgs, train_cfg, p.n_seeds, out_dir=out_dir,
-                                progress=progress, real_profile=p.to_dict(), cache=str(cache.directory),
+                                progress=progress, curve_points=p.curve_points, n_curve=p.n_curve,
+                                real_profile=p.to_dict(), cache=str(cache.directory), recipe=rec.to_dict(),
                                 **provenance_params)
-    return RealSetting(setting, stream, train_cfg, sae_cfgs, result, len(x_eval))
+    return RealSetting(setting, p.recipe, stream, train_cfg, sae_cfgs, result, len(x_eval))
 
 
 def train_real_settings(caches: dict[str, ActivationCache], p: RealProfile, out_dir: str | Path,
@@ -95,7 +101,8 @@ def splice_first_seeds(setting: RealSetting, p: RealProfile, bridge, tokenizer) 
     request = activations.LMRequest(split="heldout", hook=p.lm_hook, context_length=p.context_length,
                                     n_tokens=p.ce_windows * (p.context_length - 1), windows_per_shard=p.ce_windows)
     windows = activations.lm_windows(tokenizer, request)[: p.ce_windows]
-    reconstructors = {name: downstream.sae_reconstructor(sae) for name, sae in setting.first_seeds().items()}
+    center = get_recipe(p.recipe).center_inputs
+    reconstructors = {name: downstream.sae_reconstructor(sae, center) for name, sae in setting.first_seeds().items()}
     return downstream.splice_metrics(bridge, windows.tokens, windows.mask, p.lm_hook, reconstructors), len(windows)
 
 
@@ -113,7 +120,15 @@ def probe_first_seeds(setting: RealSetting, caches: dict[str, ActivationCache], 
     """Sparse probing (``probing.sparse_probe``) of the raw activations and each model's seed-0 SAE codes, pooled
     per image (``pooling``), fitted on ``vision_train`` and scored on ``vision_heldout``."""
     device = setting.train_cfg.resolved_device()
-    encoders = {"activations (no SAE)": lambda x: x} | {name: sae.encode for name, sae in setting.first_seeds().items()}
+    center = get_recipe(setting.recipe).center_inputs
+
+    def encoder(sae: SAE):
+        if not center:
+            return sae.encode
+        return lambda x: sae.encode(_center_unit(x))  # pooled_codes gives unit rows; centring commutes with scale
+
+    encoders = {"activations (no SAE)": lambda x: x}
+    encoders |= {name: encoder(sae) for name, sae in setting.first_seeds().items()}
     results = {}
     for name, encode in encoders.items():
         z_train, y_train = probing.pooled_codes(encode, caches["vision_train"], how=pooling, device=device)
@@ -121,6 +136,11 @@ def probe_first_seeds(setting: RealSetting, caches: dict[str, ActivationCache], 
         results[name] = probing.sparse_probe(z_train, y_train, z_test, y_test, ks=probing.DEFAULT_K)
     per_class = pd.concat([df.assign(model=name) for name, df in results.items()], ignore_index=True)
     return ProbeResults(probing.probe_summary(results), per_class, len(z_train), len(z_test))
+
+
+def _center_unit(x):
+    x = x - x.mean(dim=1, keepdim=True)
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def table3(splice: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
@@ -156,3 +176,8 @@ def dcs_above_floor(table: pd.DataFrame) -> pd.DataFrame:
     floor = table[~trained & (table["variant"] == "topk")].set_index("setting")["dcs"]
     by_setting = table[trained].groupby("setting", sort=False)["dcs"]
     return pd.DataFrame({"trained_min": by_setting.min(), "trained_max": by_setting.max(), "floor": floor})
+
+
+def curves(settings: dict[str, RealSetting]) -> pd.DataFrame:
+    """The convergence curves of every setting (``ExperimentResult.curve``), one table."""
+    return pd.concat([s.result.curve for s in settings.values()], ignore_index=True)

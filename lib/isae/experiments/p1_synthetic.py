@@ -8,7 +8,7 @@ columns (``variant``, ``seed`` or ``seed_a``/``seed_b``, ``trained``) beside the
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +24,7 @@ from isae.experiments.profiles import SyntheticProfile
 from isae.report.summary import mean_sd
 from isae.train.recipe import RECIPES, Recipe
 from isae.train.recipe import recipe as get_recipe
-from isae.train.trainer import Stream, TrainConfig, initialise_decoder_bias, train_many
+from isae.train.trainer import Probe, Stream, TrainConfig, initialise_decoder_bias, train_many
 
 #: Metrics of one SAE (mean ± sd over seeds) and of a pair of SAEs (mean ± sd over seed pairs).
 RUN_METRICS = ("mse", "mse_fvu", "r_s", "l0", "dead_frac", "gt_dcs", "gt_recovered")
@@ -49,6 +49,9 @@ class ExperimentResult:
     saes: dict[RunKey, SAE]
     x_eval: torch.Tensor
     """The held-out inputs the metrics were computed on."""
+    curve: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Convergence curve (``curve_probe``): the run and pair metrics at the evaluated steps, one row per run
+    (``level`` "run") or seed pair ("pair") and step; empty when no curve was asked for."""
 
 
 def run_label(key: RunKey) -> str:
@@ -92,6 +95,27 @@ def evaluate(saes: dict[RunKey, SAE], x: torch.Tensor, true_atoms: torch.Tensor 
     return pd.DataFrame(runs), pd.DataFrame(pairs)
 
 
+def curve_probe(setting: str, by_name: dict[str, RunKey], x_curve: torch.Tensor, steps: tuple[int, ...],
+                batch_size: int) -> Probe:
+    """A trainer ``Probe`` that runs ``evaluate`` (every metric, OMP oracle included) on ``x_curve`` at ``steps``,
+    rows tagged with the step and the activations seen so far (``tokens``)."""
+    def fn(step: int, named: dict[str, SAE]) -> list[dict]:
+        runs, pairs = evaluate({by_name[n]: sae for n, sae in named.items()}, x_curve, progress=False)
+        rows = ([{"level": "run", **r} for r in runs.to_dict("records")]
+                + [{"level": "pair", **r} for r in pairs.to_dict("records")])
+        return [{"setting": setting, "step": step, "tokens": step * batch_size, **r} for r in rows]
+
+    return Probe(tuple(sorted(set(steps))), fn)
+
+
+def curve_steps(n_steps: int, n_points: int) -> tuple[int, ...]:
+    """``n_points`` evaluation steps from 0 to ``n_steps``, evenly spaced (0 and the end included; with 6 points,
+    0, 20%, ..., 100%: the last 20% of training is one interval)."""
+    if n_points < 2:
+        raise ValueError(f"n_points={n_points}: a curve needs at least 2 points (the start and the end).")
+    return tuple(sorted({round(i * n_steps / (n_points - 1)) for i in range(n_points)}))
+
+
 def untrained_pair(cfg: SAEConfig, stream: Stream, n_median_samples: int, device) -> dict[RunKey, SAE]:
     """Two random-init SAEs (b_dec at the data's geometric median, as at step 0 of training)."""
     seeds = [UNTRAINED_SEED_OFFSET + s for s in range(2)]
@@ -103,9 +127,11 @@ def untrained_pair(cfg: SAEConfig, stream: Stream, n_median_samples: int, device
 def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_cfgs: dict[str, SAEConfig],
                        train_cfg: TrainConfig, n_seeds: int, out_dir: str | Path | None = None,
                        true_atoms: torch.Tensor | None = None, progress: bool = True, baseline: bool = True,
-                       run_name: str | None = None, **provenance_params) -> ExperimentResult:
+                       run_name: str | None = None, curve_points: int = 0, n_curve: int = 512,
+                       **provenance_params) -> ExperimentResult:
     """Train ``sae_cfgs`` × ``n_seeds`` SAEs on one stream, then evaluate them and (with ``baseline``) a random-init
-    pair per architecture on x_eval.
+    pair per architecture on x_eval. With ``curve_points`` ≥ 2, every metric is also evaluated on the first
+    ``n_curve`` rows of x_eval at that many evenly spaced steps (``curve_steps``), into ``result.curve``.
 
     With ``out_dir``: checkpoints under ``out_dir/checkpoints/<run_name>`` (a re-run resumes), SAEs saved
     under ``out_dir/saes/<run_name>_<arch>_seed<N>`` in SAELens's layout; ``run_name`` defaults to ``setting``.
@@ -116,8 +142,11 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
     out_dir = Path(out_dir) if out_dir is not None else None
     # The trainer names models by str(key): its checkpoints, aRIP noise seeds and log rows use that name.
     by_name = {str(key): key for key in saes}
+    probe = (curve_probe(setting, by_name, x_eval[:n_curve].to(dev), curve_steps(train_cfg.n_steps, curve_points),
+                         train_cfg.batch_size) if curve_points else None)
     log = train_many({name: saes[key] for name, key in by_name.items()}, stream, train_cfg,
-                     checkpoint_dir=out_dir / "checkpoints" / run_name if out_dir else None, progress=progress)
+                     checkpoint_dir=out_dir / "checkpoints" / run_name if out_dir else None, progress=progress,
+                     probe=probe)
     log.insert(0, "setting", setting)
     if len(log):
         log = log.join(pd.DataFrame([by_name[name].columns() for name in log["model"]], index=log.index))
@@ -138,7 +167,8 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
         for key, sae in saes.items():
             save_sae(sae, out_dir / "saes" / f"{run_name}_{key.variant}_seed{key.seed}", setting=setting,
                      seed=sae.seed, train=train_cfg.__dict__, **provenance_params)
-    return ExperimentResult(runs=runs, pairs=pairs, log=log, saes=saes, x_eval=x_eval)
+    curve = pd.DataFrame(probe.rows if probe is not None else [])
+    return ExperimentResult(runs=runs, pairs=pairs, log=log, saes=saes, x_eval=x_eval, curve=curve)
 
 
 def run_synthetic_setting(setting: str, p: SyntheticProfile, recipe: str | Recipe = "authors",

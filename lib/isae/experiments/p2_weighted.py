@@ -136,26 +136,22 @@ def lm_layer_caches(root: str | Path, wp: WeightedProfile, p, profile_caches: di
     split in corpus order, ``p.context_length``, ``p.lm_eval_tokens`` held-out tokens). The LM is loaded only
     if some cache has to be built.
     """
-    from isae.data.activations import LMRequest, ModelLoader, open_or_build
-    from isae.data.lm import hook_layer
+    from isae.data.activations import LMRequest, ModelLoader, layer_requests, open_or_build_all
 
     root = Path(root)
-    models = ModelLoader(device)
-    out: dict[int, LayerData] = {}
+    requests = layer_requests(wp, p)
+    opened = open_or_build_all({root / name: req for name, req in requests.items()}, ModelLoader(device), progress)
+    by_name = {d.name: cache for d, cache in opened.items()}
     train_windows = LMRequest(n_tokens=wp.lm_train_tokens, context_length=p.context_length).n_windows
+    out: dict[int, LayerData] = {}
     for layer in wp.lm_layers:
-        hook = f"blocks.{layer}.hook_resid_post"
-        reuse = (profile_caches is not None and hook_layer(p.lm_hook) == layer and p.lm_hook == hook
-                 and p.lm_train_tokens >= wp.lm_train_tokens)
-        if reuse:
+        if f"lm_layer{layer}_train" in by_name:
+            train, heldout = by_name[f"lm_layer{layer}_train"], by_name[f"lm_layer{layer}_heldout"]
+        elif profile_caches is not None:
             train, heldout = profile_caches["lm_train"], profile_caches["lm_heldout"]
         else:
-            caches = {}
-            for split, n_tokens in (("train", wp.lm_train_tokens), ("heldout", p.lm_eval_tokens)):
-                req = LMRequest(hook=hook, n_tokens=n_tokens, split=split, context_length=p.context_length,
-                                dtype=p.dtype)
-                caches[split] = open_or_build(root / f"lm_layer{layer}_{split}", req, models, progress)
-            train, heldout = caches["train"], caches["heldout"]
+            raise ValueError(f"layer {layer} is the real profile's hook ({p.lm_hook}): pass profile_caches "
+                             "(notebook 02's lm_train / lm_heldout)")
         stop = first_windows_rows(train.extra("positions"), train_windows)
         out[layer] = LayerData(layer=layer, train=train, stop_row=stop, heldout=heldout)
     return out

@@ -62,6 +62,38 @@ def training_curves(log: pd.DataFrame, metric: str = "mse") -> plt.Figure:
     return grid.figure
 
 
+def convergence_curves(curve: pd.DataFrame, floor: pd.DataFrame | None = None,
+                       metrics: tuple[str, ...] = ("dcs", "sae_iou", "oracle_iou", "mse", "dead_frac")) -> plt.Figure:
+    """Each ``metric`` of a convergence curve (``ExperimentResult.curve``) against activations seen, one line per
+    model (mean over seeds or seed pairs, band: ±1 sd), one row of panels per setting. ``floor`` (a ``summarise``
+    table) adds each setting's random-init TopK pair as a dashed line on the pair metrics."""
+    from isae.report.p1 import CURVE_METRICS
+
+    settings = list(dict.fromkeys(curve["setting"]))
+    fig, axes = plt.subplots(len(settings), len(metrics), figsize=(3.1 * len(metrics), 2.7 * len(settings)),
+                             squeeze=False)
+    for i, setting in enumerate(settings):
+        g = curve[curve["setting"] == setting]
+        for j, metric in enumerate(metrics):
+            ax = axes[i, j]
+            h = g[g["level"] == CURVE_METRICS[metric]]
+            for model, m in h.groupby("model", sort=False):
+                stats = m.groupby("tokens")[metric].agg(["mean", "std"]).fillna(0.0)
+                ax.plot(stats.index, stats["mean"], marker="o", ms=3, label=model)
+                ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.2)
+            if floor is not None and CURVE_METRICS[metric] == "pair" and metric in floor:
+                base = floor[(floor["setting"] == setting) & ~floor["trained"].astype(bool)
+                             & (floor["variant"] == "topk")]
+                if len(base):
+                    ax.axhline(float(base[metric].iloc[0]), color="grey", ls="--", lw=1, label="random init")
+            ax.set(title=f"{setting}: {metric}" if len(settings) > 1 else metric, xlabel="activations seen")
+            if metric == "mse":
+                ax.set_yscale("log")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 # --- P1 on real activations: matched-cosine distributions and the reconstruction/stability trade-off ----------
 
 def matched_cosines(saes: dict, setting: str = "") -> pd.DataFrame:

@@ -188,3 +188,70 @@ def check_real_claims(table: pd.DataFrame, downstream: pd.DataFrame | None = Non
                             c["iSAE-ME"] < min(c[m] for m in ("TopK", "AbsTopK", "iSAE")),
                             ", ".join(f"{m} {v:.3f}" for m, v in c.items())))
     return pd.DataFrame([cl.__dict__ for cl in claims])
+
+
+# --- convergence: is a claim tested at this budget? ------------------------------------------------------------
+
+#: The convergence-curve metrics, and whether each is a per-run or a per-seed-pair metric.
+CURVE_METRICS = {"dcs": "pair", "sae_iou": "pair", "oracle_iou": "pair", "mse": "run", "dead_frac": "run",
+                 "r_s": "run"}
+
+#: The metrics each real-data claim of ``check_real_claims`` compares; its verdict needs them to have stopped moving.
+CLAIM_METRICS = {
+    "AbsTopK is the most stable model by DCS": ("dcs",),
+    "AbsTopK is the most stable model by SAE code IoU": ("sae_iou",),
+    "AbsTopK beats TopK on DCS and SAE code IoU": ("dcs", "sae_iou"),
+    "the aRIP term lowers R_S (iSAE below AbsTopK)": ("r_s",),
+    "aRIP improves oracle identifiability (iSAE oracle IoU > AbsTopK's)": ("oracle_iou",),
+    "iSAE-ME has the lowest MSE": ("mse",),
+    "iSAE-ME is less stable than AbsTopK (lower DCS and SAE IoU)": ("dcs", "sae_iou"),
+    "Trained SAEs are more consistent than untrained ones (TopK DCS above the random-init baseline)": ("dcs",),
+    "iSAE-ME has the lowest CE loss with the SAE spliced in": ("mse",),
+}
+
+NOT_TESTED = "not tested at this budget"
+
+
+def convergence(curve: pd.DataFrame, last_frac: float = 0.2) -> pd.DataFrame:
+    """Per (setting, model, metric) of a convergence curve (``ExperimentResult.curve``): the mean at the last step,
+    the mean at the last evaluated step at or before (1 − ``last_frac``) of training, their difference, the seed
+    spread at the end (sd over runs or seed pairs) and ``moving`` = |change| > spread (our rule: a metric still
+    moving by more than its seed-to-seed spread over the last ``last_frac`` of training has not converged)."""
+    rows = []
+    for (setting, model), g in curve.groupby(["setting", "model"], sort=False):
+        steps = sorted(g["step"].unique())
+        end = steps[-1]
+        earlier = [s for s in steps if s <= (1 - last_frac) * end and s < end]
+        if not earlier:
+            raise ValueError(f"the curve of {setting}/{model} has no point before the last {last_frac:.0%} of "
+                             "training; use at least 2 curve points.")
+        ref = earlier[-1]
+        for metric, level in CURVE_METRICS.items():
+            h = g[g["level"] == level]
+            if metric not in h:
+                continue
+            final, before = h.loc[h["step"] == end, metric], h.loc[h["step"] == ref, metric]
+            spread = float(final.std(ddof=1)) if len(final) > 1 else 0.0
+            change = float(final.mean() - before.mean())
+            rows.append({"setting": setting, "model": model, "metric": metric, "from_step": int(ref),
+                         "to_step": int(end), "start": float(h.loc[h["step"] == steps[0], metric].mean()),
+                         "before": float(before.mean()), "final": float(final.mean()), "change": change,
+                         "seed_spread": spread, "moving": abs(change) > spread})
+    return pd.DataFrame(rows)
+
+
+def with_verdicts(claims: pd.DataFrame, conv: pd.DataFrame, setting_of: dict[str, str] | None = None) -> pd.DataFrame:
+    """``claims`` with a ``verdict``: "holds" / "fails" when every metric the claim compares (``CLAIM_METRICS``)
+    has stopped moving for every model of its setting in ``conv`` (``convergence``), else ``NOT_TESTED``; and
+    ``still_moving``, the moving (model, metric)s. ``setting_of`` maps a claim's setting to the curve's (e.g. the
+    downstream "smollm2 (CE)" to "smollm2"). A claim with no curve keeps holds / fails."""
+    setting_of = setting_of or {}
+    verdicts, moving_lists = [], []
+    for _, c in claims.iterrows():
+        rows = conv[(conv["setting"] == setting_of.get(c["setting"], c["setting"]))
+                    & conv["metric"].isin(CLAIM_METRICS.get(c["claim"], ()))] if len(conv) else conv
+        moving = [f"{r.model} {r.metric} ({r.change:+.3f} vs sd {r.seed_spread:.3f})"
+                  for r in rows.itertuples() if r.moving]
+        verdicts.append(NOT_TESTED if moving else ("holds" if c["holds"] else "fails"))
+        moving_lists.append("; ".join(moving))
+    return claims.assign(verdict=verdicts, still_moving=moving_lists)

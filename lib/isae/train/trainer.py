@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -238,19 +238,34 @@ def _check_inputs(saes: dict[str | RunKey, SAE], stream: Stream, cfg: TrainConfi
             raise ValueError(f"SAE {name!r} has d_in={sae.cfg.d_in} but the stream yields d_in={stream.d_in}.")
 
 
+@dataclass
+class Probe:
+    """Metrics evaluated at chosen steps of a training run (e.g. convergence curves).
+
+    ``fn(step, saes)`` gets the models by name after ``step`` optimiser steps (0: at initialisation, b_dec set)
+    and returns rows; they collect in ``rows`` and travel in the checkpoint, so a resumed run has the whole curve.
+    ``fn`` must not draw from global random state (training would then depend on it)."""
+
+    steps: tuple[int, ...]
+    fn: Callable[[int, dict], list[dict]]
+    rows: list[dict] = field(default_factory=list)
+
+
 def train_many(
     saes: dict[str | RunKey, SAE],
     stream: Stream,
     cfg: TrainConfig,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    probe: Probe | None = None,
 ) -> pd.DataFrame:
     """Train every SAE in ``saes`` on the same batches, in the same order. Returns the training log.
 
     ``saes`` is keyed by name or ``RunKey``; the log has one row per (model, logged step), ``model`` being
     ``str(key)``: loss, mse, l0 and dead fraction. With
     ``checkpoint_dir`` the run resumes from ``checkpoint.pt`` there when present (the checkpoint must come
-    from the same models, seeds, stream and settings, else a ValueError says so).
+    from the same models, seeds, stream and settings, else a ValueError says so). ``probe`` evaluates the models
+    at its steps during training (its ``rows``).
     """
     _check_inputs(saes, stream, cfg)
     device = cfg.resolved_device()
@@ -268,6 +283,8 @@ def train_many(
     signature = {"train": asdict(cfg),
                  "models": {n: (s.cfg.to_dict(), s.seed, s.loss_weight.cpu().tolist()) for n, s in saes.items()},
                  "stream": stream.identity()}
+    if probe is not None:
+        signature["probe_steps"] = sorted(probe.steps)
     if ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         if state["signature"] != signature:
@@ -280,10 +297,16 @@ def train_many(
             opts[n].load_state_dict(state["opts"][n])
             gens[n].set_state(state["gens"][n].cpu())
             since_fired[n] = state["since_fired"][n].to(device)
+        if probe is not None:
+            probe.rows[:] = state["probe_rows"]
     else:
         initialise_decoder_bias(saes.values(), stream, cfg.geometric_median_samples)
         if cfg.loss_normaliser == "first_batch_variance":
             set_mse_scale(saes.values(), stream.batch(0))
+        if probe is not None:
+            probe.rows.clear()
+            if 0 in probe.steps:
+                probe.rows += probe.fn(0, saes)
 
     def save_checkpoint(step: int) -> None:
         if ckpt_path is None:
@@ -293,7 +316,7 @@ def train_many(
             "models": {n: s.state_dict() for n, s in saes.items()},
             "opts": {n: o.state_dict() for n, o in opts.items()},
             "gens": {n: g.get_state() for n, g in gens.items()},
-            "since_fired": since_fired,
+            "since_fired": since_fired, "probe_rows": probe.rows if probe is not None else None,
         }, ckpt_path)
 
     where = f"the last good checkpoint is kept at {ckpt_path}" if ckpt_path else "no checkpoint was kept"
@@ -321,6 +344,8 @@ def train_many(
                             "dead_frac": (since_fired[name] >= window).float().mean().item()})
         if log and (step + 1) % cfg.log_every == 0:
             loop.bar.set_postfix(mse=f"{sum(r['mse'] for r in log[-len(saes):]) / len(saes):.3f}")
+        if probe is not None and step + 1 in probe.steps:
+            probe.rows += probe.fn(step + 1, saes)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.n_steps:
             save_checkpoint(step + 1)
     return pd.DataFrame(log)
