@@ -196,3 +196,65 @@ def test_smollm2_bridge_equals_transformers(smollm2):
         act = residual_activations(bridge, tokens, f"blocks.{layer}.hook_resid_post")
         assert act.shape == (1, tokens.shape[1], 576)
         assert (act - hs[layer + 1]).abs().max().item() < 1e-4
+
+
+def test_pythia_path_offline_local_text_through_caching_and_splicing(tmp_path):
+    """P1's model path with no hub: a 12-block GPT-NeoX with random weights stands in for Pythia-160M, the local
+    text for the Pile; both of P1's hooks exist, the grouped cache holds them, and the splice of an identity
+    'SAE' leaves the loss unchanged while a random SAE raises it."""
+    import json
+
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from isae.core.models import SAE, SAEConfig
+    from isae.data.activations import LMRequest, ModelLoader, lm_windows, open_or_build_all
+    from isae.data.lm import PYTHIA_HOOKS
+    from isae.eval.downstream import sae_reconstructor, splice_metrics
+
+    words = "the cat sat on a mat and dog ran far away".split()
+    tok = _word_tokenizer(words)
+    cfg = GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=12, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, rotary_pct=0.25)
+    torch.manual_seed(0)
+    folder = tmp_path / "pythia-like"
+    GPTNeoXForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    g = np.random.default_rng(0)
+    text = tmp_path / "pile-like.jsonl"
+    text.write_text("".join(json.dumps({"text": " ".join(g.choice(words, 40))}) + "\n" for _ in range(60)))
+
+    reqs = {tmp_path / "c" / name: LMRequest(model=str(folder), hook=hook, text=str(text), n_tokens=300,
+                                             context_length=16, windows_per_shard=8, batch_windows=4)
+            for name, hook in PYTHIA_HOOKS.items()}
+    models = ModelLoader("cpu")
+    caches = open_or_build_all(reqs, models, progress=False)
+    bridge, tokenizer = models.lm(str(folder))
+    assert bridge.cfg.n_layers == 12
+    for d, req in reqs.items():
+        assert caches[d].d_in == 32 and len(caches[d]) >= 290 and caches[d].spec["text"] == str(text)
+        windows = lm_windows(tokenizer, req)
+        first = windows[:4]
+        acts = residual_activations(bridge, first.tokens, req.hook)[first.mask]
+        assert np.allclose(caches[d].rows(0, len(acts)), acts.numpy(), atol=1e-5)  # the cache holds this hook
+
+    hook = PYTHIA_HOOKS["authors"]
+    windows = lm_windows(tokenizer, reqs[tmp_path / "c" / "authors"])[:6]
+    sae = SAE(SAEConfig(d_in=32, d_sae=64, k=4, architecture="topk"), seed=0)
+    out = splice_metrics(bridge, windows.tokens, windows.mask, hook,
+                         {"identity": lambda x: x, "random SAE": sae_reconstructor(sae)}, progress=False)
+    out = out.set_index("model")
+    assert out.loc["identity", "ce_sae"] == pytest.approx(out.loc["identity", "ce_clean"], abs=1e-5)
+    assert out.loc["random SAE", "ce_sae"] > out.loc["random SAE", "ce_clean"]
+
+
+def test_local_text_is_split_by_document_and_missing_paths_are_named(tmp_path):
+    from isae.data.text import load_documents
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"doc{i:02d}.txt").write_text(f"document number {i}")
+    train, held = load_documents(split="train", text=folder), load_documents(split="heldout", text=folder)
+    assert len(train) + len(held) == 40 and held and not {d.id for d in train} & {d.id for d in held}
+    with pytest.raises(FileNotFoundError, match="text="):
+        load_documents(text=tmp_path / "nowhere")

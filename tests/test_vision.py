@@ -294,3 +294,30 @@ def test_fashion_mnist_corrupt_or_missing_asset_raises(tmp_path, monkeypatch):
         (folder / name).write_bytes(b"not the Fashion-MNIST file")
     with pytest.raises(assets.AssetCorrupt, match="fashion-mnist"):
         fashion_mnist(train=False, layout_dir=tmp_path / "layout")
+
+
+@pytest.mark.assets
+def test_dinov2_path_offline_block_11_patch_tokens_through_the_cache(tmp_path, photos_dir):
+    """P1's vision path with no hub: a 12-block DINOv2 with random weights stands in for DINOv2-Base; the cache
+    of its block-11 patch tokens (``DINOV2_LAYER``, CLS dropped) holds exactly the model's tokens."""
+    transformers = pytest.importorskip("transformers")
+    from isae.data.activations import ModelLoader, VisionRequest, open_or_build_all, vision_images
+    from isae.data.vision import DINOV2_LAYER
+
+    torch.manual_seed(0)
+    cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=12, num_attention_heads=2,
+                                    intermediate_size=64, patch_size=14, image_size=56)
+    folder = tmp_path / "dinov2-like"
+    transformers.Dinov2Model(cfg).save_pretrained(folder)
+    req = VisionRequest(model="dinov2", weights=str(folder), layer=DINOV2_LAYER, dataset="photos", n_images=6,
+                        image_size=56, images_per_shard=4, batch_images=2)
+    models = ModelLoader("cpu")
+    cache = open_or_build_all({tmp_path / "cache": req}, models, progress=False)[tmp_path / "cache"]
+    assert cache.spec["tokens_per_image"] == 16 and len(cache) == 6 * 16 and cache.d_in == 32
+    model = models.vision("dinov2", 56, str(folder))
+    images, _, _ = vision_images(req)
+    x = model.preprocess(images[:2])
+    with torch.no_grad():
+        hidden = model.net(x, output_hidden_states=True).hidden_states[12]  # after block 11
+    torch.testing.assert_close(torch.from_numpy(cache.rows(0, 32)), hidden[:, 1:].reshape(-1, 32))
+    assert torch.equal(torch.from_numpy(cache.extra("image")[:32]), torch.arange(2).repeat_interleave(16).int())

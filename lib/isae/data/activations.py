@@ -33,7 +33,10 @@ class LMRequest:
     """About this many activations to cache (BOS, document separators and padding positions are excluded,
     so a cache holds slightly fewer)."""
     split: str = "train"
-    """"train" or "heldout" (document-level split of the packaged corpus)."""
+    """"train" or "heldout" (document-level split of the corpus)."""
+    text: str | None = None
+    """A local text dataset (``isae.data.text.local_documents``: a .jsonl with a "text" field per line, or a folder
+    of .txt / .jsonl files) instead of the packaged corpus; None: the packaged corpus."""
     context_length: int = 128
     windows_per_shard: int = 64
     batch_windows: int = 16
@@ -63,6 +66,10 @@ class VisionRequest:
     """Which vision-model activations (patch tokens) to cache."""
 
     model: str = "efficientnet-lite0"
+    """"efficientnet-lite0" (packaged), "dinov2" or "resnet18" with ``weights`` (``vision.load_vision_model``)."""
+    weights: str | None = None
+    """Local weights of the model: a transformers folder for "dinov2" (e.g. a saved facebook/dinov2-base, P1's
+    model), a state_dict file otherwise; None: the packaged asset (EfficientNet-Lite0 only)."""
     layer: str = "blocks.15"
     """Feature map whose spatial positions are the tokens (EfficientNet-Lite0's last block: 320 dims)."""
     dataset: str = "fashion-mnist"
@@ -94,7 +101,7 @@ def lm_windows(tokenizer, req: LMRequest):
     """The first ``req.n_windows`` windows of the requested split, in corpus order (deterministic)."""
     from isae.data.text import load_documents, tokenize_windows
 
-    docs = load_documents(split=req.split)
+    docs = load_documents(split=req.split, text=req.text)
     return tokenize_windows(docs, tokenizer, context_length=req.context_length, max_windows=req.n_windows)
 
 
@@ -210,7 +217,7 @@ def cache_vision_activations(directory: str | Path, req: VisionRequest, device: 
     """Cache the patch tokens of ``req`` into ``directory`` (labels and image index as extras)."""
     from isae.data.vision import load_vision_model
 
-    model = model or load_vision_model(req.model, device=device, size=req.image_size)
+    model = model or load_vision_model(req.model, weights_path=req.weights, device=device, size=req.image_size)
     images, labels, _ = vision_images(req)
     c, h, w = model.feature_shape(req.layer, req.image_size)
 
@@ -286,12 +293,13 @@ class ModelLoader:
             self._lm[model] = load_language_model(model, device=self.device)
         return self._lm[model]
 
-    def vision(self, model: str, image_size: int):
-        if (model, image_size) not in self._vision:
+    def vision(self, model: str, image_size: int, weights: str | None = None):
+        if (model, image_size, weights) not in self._vision:
             from isae.data.vision import load_vision_model
 
-            self._vision[model, image_size] = load_vision_model(model, device=self.device, size=image_size)
-        return self._vision[model, image_size]
+            self._vision[model, image_size, weights] = load_vision_model(model, weights_path=weights,
+                                                                         device=self.device, size=image_size)
+        return self._vision[model, image_size, weights]
 
 
 def open_or_build(directory: str | Path, req: LMRequest | VisionRequest, models: ModelLoader,
@@ -316,7 +324,7 @@ def open_or_build_all(requests: dict[str | Path, LMRequest | VisionRequest], mod
         elif isinstance(req, LMRequest):
             groups.setdefault(_shared_windows(req), {})[d] = req
         else:
-            out[d] = cache_vision_activations(d, req, model=models.vision(req.model, req.image_size),
+            out[d] = cache_vision_activations(d, req, model=models.vision(req.model, req.image_size, req.weights),
                                               progress=progress)
     for group in groups.values():
         bridge, tokenizer = models.lm(next(iter(group.values())).model)

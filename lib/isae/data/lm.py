@@ -27,6 +27,11 @@ from isae.core.provenance import atomic_write_json, provenance
 from isae.data.assets import ASSETS, AssetCorrupt, asset_path, assets_root, fetch_command, sha256_file
 
 DEFAULT_LM = "smollm2"
+#: P1's language model (needs a hub, or a local copy of it given as a folder).
+PYTHIA_160M = "EleutherAI/pythia-160m"
+#: P1's hook on Pythia-160M in TransformerLens names. The authors' code reads the output of
+#: ``gpt_neox.layers[8]``; the paper's text says "after layer 12", i.e. the output of the last (12th) block.
+PYTHIA_HOOKS = {"authors": "blocks.8.hook_resid_post", "paper": "blocks.11.hook_resid_post"}
 SMOLLM2_HF = "smollm2-hf"  # folder under the assets root holding the dequantised copy
 _STAMP = "isae_conversion.json"
 

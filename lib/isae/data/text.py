@@ -118,6 +118,32 @@ def moby_dick_documents(root=None) -> Iterator[Document]:
             yield Document(f"moby-dick/{f.stem}", "moby-dick", text.splitlines()[0].strip() if text else f.stem, text)
 
 
+def local_documents(path: str | Path) -> Iterator[Document]:
+    """Documents of a local text dataset, for users with their own corpus (e.g. a slice of the Pile, P1's data):
+    a ``.jsonl`` file (one JSON object per line with a "text" field, as the Pile's shards), or a folder of
+    ``.txt`` / ``.jsonl`` files read in sorted order. Document ids are "<file>/<line>" or "<file>"."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"text={str(path)!r}: no such file or folder; give a .jsonl file with a 'text' field "
+                                "per line, or a folder of .txt / .jsonl files")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl"))
+    if not files:
+        raise FileNotFoundError(f"text={str(path)!r} holds no .txt or .jsonl file")
+    for f in files:
+        name = f.name if f == path else str(f.relative_to(path))
+        if f.suffix == ".jsonl":
+            with open(f, encoding="utf-8") as lines:
+                for i, line in enumerate(lines):
+                    if line.strip():
+                        text = (json.loads(line).get("text") or "").strip()
+                        if text:
+                            yield Document(f"local/{name}/{i}", "local", f"{name}:{i}", text)
+        else:
+            text = _read_text(f)
+            if text:
+                yield Document(f"local/{name}", "local", name, text)
+
+
 _LOADERS = {"wiki-leads": wiki_leads_documents, "kjv": kjv_documents, "shakespeare": shakespeare_documents,
             "sotu": sotu_documents, "moby-dick": moby_dick_documents}
 
@@ -135,8 +161,13 @@ def iter_documents(sources: Sequence[str] = SOURCES, split: str | None = None,
 
 
 def load_documents(sources: Sequence[str] = SOURCES, split: str | None = None,
-                   heldout_fraction: float = DEFAULT_HELDOUT_FRACTION, root=None) -> list[Document]:
-    return list(iter_documents(sources, split, heldout_fraction, root))
+                   heldout_fraction: float = DEFAULT_HELDOUT_FRACTION, root=None,
+                   text: str | Path | None = None) -> list[Document]:
+    """The documents of ``split``: of the packaged ``sources``, or of the local dataset ``text``
+    (``local_documents``) when given; the split is the same per-document hash either way."""
+    if text is None:
+        return list(iter_documents(sources, split, heldout_fraction, root))
+    return [d for d in local_documents(text) if split is None or split_of(d, heldout_fraction) == split]
 
 
 # -------------------------------------------------------------------------------------- split

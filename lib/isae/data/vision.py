@@ -282,6 +282,10 @@ class Dinov2Model(VisionModel):
         return h[:, skip:].transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
 
 
+#: P1's vision hook (the authors' config): DINOv2-Base's block 11 output, patch tokens without CLS.
+DINOV2_LAYER = "blocks.11"
+
+
 def load_vision_model(name: str = "efficientnet-lite0", weights_path: str | os.PathLike | None = None,
                       device: str | torch.device | None = None, size: int = 224, **transform_kw) -> VisionModel:
     """Load a frozen vision model with its eval transform.
