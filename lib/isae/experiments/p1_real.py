@@ -56,6 +56,13 @@ class RealSetting:
         return {sae.cfg.display_name: sae for key, sae in self.result.saes.items() if key.seed == 0 and key.trained}
 
 
+def eval_inputs(caches: dict[str, ActivationCache], setting: str, p: RealProfile, n: int | None = None):
+    """``n`` (default ``p.n_eval``) held-out rows of ``setting``, preprocessed as its SAEs' training rows: unit norm,
+    centred per sample first under a recipe with ``center_inputs``."""
+    return activations.heldout_activations(caches[SETTINGS[setting][1]], n or p.n_eval,
+                                           center=get_recipe(p.recipe).center_inputs)
+
+
 def train_real_setting(setting: str, caches: dict[str, ActivationCache], p: RealProfile, out_dir: str | Path,
                        device: str | None = None, progress: bool = True, **provenance_params) -> RealSetting:
     """Train ``p.models`` × ``p.n_seeds`` SAEs with ``p.recipe`` for ``p.passes`` passes over the setting's training
@@ -69,7 +76,7 @@ def train_real_setting(setting: str, caches: dict[str, ActivationCache], p: Real
                                  checkpoint_every=p.checkpoint_every, device=device,
                                  geometric_median_samples=min(8192, stream.steps_per_pass * p.batch_size))
     sae_cfgs = {a: rec.sae_config(cache.d_in, p.d_sae, p.k, a) for a in p.models}
-    x_eval = activations.heldout_activations(caches[eval_name], p.n_eval, center=rec.center_inputs)
+    x_eval = eval_inputs(caches, setting, p)
     result = train_and_evaluate(setting, stream, x_eval, sae_cfgs, train_cfg, p.n_seeds, out_dir=out_dir,
                                 progress=progress, curve_points=p.curve_points, n_curve=p.n_curve,
                                 real_profile=p.to_dict(), cache=str(cache.directory), recipe=rec.to_dict(),
