@@ -280,7 +280,7 @@ REAL: dict[str, RealProfile] = {
     "smoke": RealProfile(lm_hook="blocks.2.hook_resid_post", lm_train_tokens=4_000, lm_eval_tokens=1_000,
                          context_length=64, ce_windows=2, vision_layer="blocks.15", vision_train_images=192,
                          vision_eval_images=64, image_size=112, d_sae=256, k=8, batch_size=128, n_seeds=2,
-                         n_eval=512, log_every=10, checkpoint_every=20),
+                         n_eval=512, log_every=10, checkpoint_every=20, curve_points=3, n_curve=256),
     # default, our choice: K and k shrunk from 2048 / 32 to 512 / 16, twice the tokens and 5 passes over the cache,
     # so that a 2-core CPU takes 10x more (and cheaper) steps within the notebook's 30 minutes; the authors' recipe
     # with the paper's K-scaled lr, as the scale sweep (profiles.SCALE_RECIPES).
