@@ -125,11 +125,17 @@ def test_bfloat16_autocast_is_close_to_float32_but_not_equal(tiny_bridge):
 def test_grouped_cache_equals_one_cache_per_hook_and_resumes(tiny_bridge, tmp_path):
     """Two hooks and two lengths cached from one forward pass per batch equal separate builds; a group with one
     complete member resumes only the other."""
+    import json
+
     from isae.data.activations import LMRequest, cache_lm_activations, cache_lm_group
     from isae.data.cache import read_manifest
 
     bridge, tok = tiny_bridge
-    base = dict(context_length=16, windows_per_shard=4, batch_windows=3)
+    text = tmp_path / "text.jsonl"  # a local dataset: no packaged corpus needed
+    g = np.random.default_rng(0)
+    words = "the cat sat on a mat and dog ran far away".split()
+    text.write_text("".join(json.dumps({"text": " ".join(g.choice(words, 30))}) + "\n" for _ in range(80)))
+    base = dict(context_length=16, windows_per_shard=4, batch_windows=3, text=str(text))
     reqs = {tmp_path / "g" / "a": LMRequest(hook="blocks.0.hook_resid_post", n_tokens=150, **base),
             tmp_path / "g" / "b": LMRequest(hook="blocks.2.hook_resid_post", n_tokens=90, **base)}
     grouped = cache_lm_group(reqs, bridge, tok, progress=False)
@@ -151,7 +157,8 @@ def test_grouped_cache_equals_one_cache_per_hook_and_resumes(tiny_bridge, tmp_pa
     assert (tmp_path / "g" / "a" / "manifest.json").stat().st_mtime_ns == a_mtime
     assert np.array_equal(again[b].rows(0, len(again[b])), grouped[b].rows(0, len(grouped[b])))
     with pytest.raises(ValueError, match="differ only"):
-        cache_lm_group({tmp_path / "x": LMRequest(context_length=16), tmp_path / "y": LMRequest(context_length=32)},
+        cache_lm_group({tmp_path / "x": LMRequest(context_length=16, text=str(text)),
+                        tmp_path / "y": LMRequest(context_length=32, text=str(text))},
                        bridge, tok, progress=False)
 
 
