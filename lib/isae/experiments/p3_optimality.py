@@ -1,19 +1,24 @@
 """Notebook 09's driver: P3's first-order optimality structure, checked on trained SAEs and on the optimum itself.
 
 Every experiment trains small SAEs with the shared trainer (``isae.train.trainer.train_many``) on the
-hierarchical generator (``isae.data.hierarchy``) or P1's signed synthetic data, and measures them with
-``isae.eval.optimality``. Sizes come from ``profiles.P3Profile``.
+hierarchical generator (``isae.data.hierarchy``), P1's signed synthetic data or the project's real activations
+(notebook 02's caches), and measures them with ``isae.eval.optimality``. Sizes come from ``profiles.P3Profile``.
 """
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 import torch
 
 from isae.core.models import SAE, SAEConfig
+from isae.data.activations import heldout_activations
+from isae.data.cache import ActivationCache
 from isae.data.hierarchy import HierarchyConfig, HierarchyStream
 from isae.data.synthetic import SyntheticConfig, SyntheticStream
 from isae.eval import metrics, optimality
+from isae.experiments.p1_real import SETTINGS as REAL_SETTINGS
 from isae.experiments.profiles import P3Profile
 from isae.train.trainer import TrainConfig, train_many
 
@@ -26,12 +31,14 @@ def hierarchy_config(p: P3Profile, **overrides) -> HierarchyConfig:
                            n_free=p.n_free, **overrides)
 
 
-def train(stream, archs: dict[str, SAEConfig], p: P3Profile, seeds: tuple[int, ...], progress: bool = False
-          ) -> dict[tuple[str, int], SAE]:
-    """SAEs of ``archs`` (name → config) × ``seeds`` on ``stream`` for ``p.n_steps`` steps of ``p.batch_size``."""
+def train(stream, archs: dict[str, SAEConfig], p: P3Profile, seeds: tuple[int, ...], progress: bool = False,
+          n_steps: int | None = None) -> dict[tuple[str, int], SAE]:
+    """SAEs of ``archs`` (name → config) × ``seeds`` on ``stream`` for ``n_steps`` (default ``p.n_steps``) steps
+    of ``p.batch_size``."""
+    n_steps = n_steps or p.n_steps
     saes = {(name, s): SAE(cfg, seed=s) for name, cfg in archs.items() for s in seeds}
-    cfg = TrainConfig(n_steps=p.n_steps, batch_size=p.batch_size, lr=p.lr, log_every=max(1, p.n_steps // 10),
-                      checkpoint_every=p.n_steps, geometric_median_samples=min(4096, p.n_steps * p.batch_size))
+    cfg = TrainConfig(n_steps=n_steps, batch_size=p.batch_size, lr=p.lr, log_every=max(1, n_steps // 10),
+                      checkpoint_every=n_steps, geometric_median_samples=min(4096, n_steps * p.batch_size))
     train_many({f"{n}/seed{s}": sae for (n, s), sae in saes.items()}, stream, cfg, progress=progress)
     return {key: sae.eval() for key, sae in saes.items()}
 
@@ -112,9 +119,11 @@ def absorption_sweep(p: P3Profile, progress: bool = False) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def antipodal_table(p: P3Profile, progress: bool = False, saved: dict | None = None) -> pd.DataFrame:
-    """Antipodal pairs (cos < −0.9) on P1's signed synthetic data (codes ±) for ReLU+L1, TopK and AbsTopK, per
-    seed; with ``saved`` (setting → (SAEs by name, held-out inputs)) also the project's real-activation SAEs."""
+def antipodal_table(p: P3Profile, progress: bool = False, caches: dict[str, ActivationCache] | None = None
+                    ) -> pd.DataFrame:
+    """Antipodal pairs (cos < −0.9) for ReLU+L1, TopK and AbsTopK, per seed: on P1's signed synthetic data
+    (codes ±), and with ``caches`` (notebook 02's, by name) on each real setting's activations (``real_stream``),
+    SAEs of ``p.real_d_sae`` latents for ``p.real_steps`` steps."""
     data = SyntheticConfig(d_in=p.d_in, n_atoms=p.n_signed_atoms, k=p.k)
     stream = SyntheticStream(data, p.batch_size, seed=0)
     x, _ = stream.held_out(p.n_eval)
@@ -122,11 +131,24 @@ def antipodal_table(p: P3Profile, progress: bool = False, saved: dict | None = N
     rows = [{"data": "synthetic, signed codes", "model": name, "seed": seed,
              **optimality.antipodal_pairs(sae.W_dec, metrics.sae_codes(sae, x))}
             for (name, seed), sae in train(stream, cfgs, p, tuple(range(p.n_seeds)), progress).items()]
-    for setting, (saes, xs) in (saved or {}).items():
+    for setting in REAL_SETTINGS if caches else ():
+        stream, xs = real_stream(caches, setting, p)
+        cfgs = model_configs(stream.d_in, p.real_d_sae, p.real_k, p.real_l1_coefs)
+        trained = train(stream, cfgs, p, tuple(range(p.n_seeds)), progress, n_steps=p.real_steps)
         rows += [{"data": setting, "model": name, "seed": seed,
                   **optimality.antipodal_pairs(sae.W_dec, metrics.sae_codes(sae, xs))}
-                 for (name, seed), sae in saes.items()]
+                 for (name, seed), sae in trained.items()]
     return pd.DataFrame(rows)
+
+
+def real_stream(caches: dict[str, ActivationCache], setting: str, p: P3Profile):
+    """(training stream, held-out inputs) of a real setting: unit-norm rows (not centred per sample: the SAEs'
+    bias b takes the mean; our choice), enough passes over the training cache for ``p.real_steps`` steps, and
+    ``p.n_eval`` held-out rows."""
+    train_name, eval_name = REAL_SETTINGS[setting]
+    one_pass = caches[train_name].stream(p.batch_size, seed=0).steps_per_pass
+    stream = caches[train_name].stream(p.batch_size, seed=0, passes=math.ceil(p.real_steps / one_pass))
+    return stream, heldout_activations(caches[eval_name], p.n_eval)
 
 
 def wide_limit(p: P3Profile, progress: bool = False) -> pd.DataFrame:
@@ -153,6 +175,28 @@ def wide_limit(p: P3Profile, progress: bool = False) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def real_wide_limit(caches: dict[str, ActivationCache], p: P3Profile, setting: str = "smollm2",
+                    progress: bool = False) -> pd.DataFrame:
+    """The wide-dictionary sweep on real activations: ReLU+L1 SAEs at every weight of ``p.real_l1_coefs`` with K
+    = ``p.real_width_factors`` × d_in, per seed, measured with the exact lasso codes of their dictionaries on
+    ``p.n_fit`` held-out rows (ray alignment, L0, share of latents that fire, C1–C3). No alternating optimum here:
+    at these widths it does not converge within the CPU budget (our choice)."""
+    stream, x = real_stream(caches, setting, p)
+    x = x[: p.n_fit]
+    rows = []
+    for factor in p.real_width_factors:
+        k_atoms = max(2, round(factor * stream.d_in))
+        cfgs = model_configs(stream.d_in, k_atoms, min(p.real_k, k_atoms - 1), p.real_l1_coefs, contrasts=False)
+        for (name, seed), sae in train(stream, cfgs, p, tuple(range(p.n_seeds)), progress,
+                                       n_steps=p.real_steps).items():
+            lam = optimality.sae_lambda(sae.cfg.l1_coef)
+            z = optimality.nonneg_lasso(sae.W_dec, x - sae.b_dec, lam, z0=metrics.sae_codes(sae, x).clamp_min(0))
+            s, _ = optimality.conditions(sae.W_dec, sae.b_dec, x, z, lam)
+            rows.append({"data": setting, "width": factor, "K": k_atoms, "model": f"{name} (lasso codes)",
+                         "seed": seed, "ray_alignment": optimality.ray_alignment(sae.W_dec, x, sae.b_dec), **s})
+    return pd.DataFrame(rows)
+
+
 def solver_check(p: P3Profile, progress: bool = False) -> tuple[pd.DataFrame, dict, dict]:
     """Section 1: ReLU+L1 SAEs (every L1 weight) and the contrasts trained on the hierarchical data, the
     alternating optimum at the first λ on ``p.n_fit`` inputs, and ``conditions_table`` for all of them on those
@@ -173,10 +217,10 @@ def summarise(table: pd.DataFrame, keys: list[str], exclude: tuple[str, ...] = (
     return g.mean().join(g.std().add_suffix("_sd")).reset_index()
 
 
-def p3_claims(conds: pd.DataFrame, absorb: pd.DataFrame, antipodal: pd.DataFrame, wide: pd.DataFrame
-              ) -> pd.DataFrame:
+def p3_claims(conds: pd.DataFrame, absorb: pd.DataFrame, antipodal: pd.DataFrame, wide: pd.DataFrame,
+              wide_real: pd.DataFrame | None = None) -> pd.DataFrame:
     """P3's predictions, each holds / fails (or not testable: holds empty), with evidence; thresholds are our
-    choices, stated in each row."""
+    choices, stated in each row. ``wide_real``: ``real_wide_limit``'s table, when it ran."""
     rows = []
     opt = conds[conds["model"] == "optimum (alternating)"]
     if len(opt):
@@ -202,15 +246,19 @@ def p3_claims(conds: pd.DataFrame, absorb: pd.DataFrame, antipodal: pd.DataFrame
                      "setting": "hierarchy", "holds": bool(absorbed > nested) if pd.notna(absorbed) else None,
                      "evidence": f"absorbed {absorbed:.3f}, nested {nested:.3f}; child atom's extra cos with "
                                  f"parent {rl['absorbed_direction'].mean():+.3f}"})
-    syn = antipodal[antipodal["data"] == "synthetic, signed codes"]
-    if len(syn):
-        by = syn.groupby("model")["antipodal_pairs"].mean()
+    for data, rows_d in antipodal.groupby("data", sort=False):
+        by = rows_d.groupby("model")["antipodal_pairs"].mean()
+        dens = rows_d.groupby("model")["density_antipodal"].mean() if "density_antipodal" in rows_d else None
         relu_n = by[[m for m in by.index if m.startswith("relu")]].mean()
         ab, tk = by.get("abstopk", float("nan")), by.get("topk", float("nan"))
-        rows.append({"claim": "dense antipodal pairs under ReLU+L1 on signed data, not under AbsTopK",
-                     "setting": "synthetic signed", "holds": bool(relu_n > 0 and relu_n > ab),
+        synthetic = data == "synthetic, signed codes"
+        density = "" if dens is None else (
+            "; firing density of paired atoms: " + ", ".join(f"{m} {v:.3f}" for m, v in dens.dropna().items()))
+        rows.append({"claim": "dense antipodal pairs under ReLU+L1" + (" on signed data" if synthetic else "")
+                     + ", not under AbsTopK", "setting": data if not synthetic else "synthetic signed",
+                     "holds": bool(relu_n > 0 and relu_n > ab),
                      "evidence": f"pairs with cos < −0.9: ReLU+L1 {relu_n:.1f}, TopK {tk:.1f}, "
-                                 f"AbsTopK {ab:.1f} (mean over seeds)"})
+                                 f"AbsTopK {ab:.1f} (mean over seeds and L1 weights){density}"})
     w = wide[wide["model"] == "optimum (alternating)"].sort_values("K")
     if len(w) >= 2:
         first, last = w.iloc[0], w.iloc[-1]
@@ -218,5 +266,15 @@ def p3_claims(conds: pd.DataFrame, absorb: pd.DataFrame, antipodal: pd.DataFrame
                      "setting": "hierarchy", "holds": bool(last["ray_alignment"] > first["ray_alignment"]),
                      "evidence": f"mean max-cos to a data point {first['ray_alignment']:.3f} at K={int(first['K'])} "
                                  f"→ {last['ray_alignment']:.3f} at K={int(last['K'])}"})
+    for (data, model), wr in (wide_real.groupby(["data", "model"], sort=False) if wide_real is not None
+                              and len(wide_real) else ()):
+        by_k = wr.groupby("K")["ray_alignment"].agg(["mean", "std"]).sort_index()
+        if len(by_k) < 2:
+            continue
+        first, last = by_k.iloc[0], by_k.iloc[-1]
+        rows.append({"claim": f"wide limit on real activations: atoms approach rays through the data as K grows "
+                              f"({model})", "setting": data, "holds": bool(last["mean"] > first["mean"]),
+                     "evidence": f"mean max-cos to a data point {first['mean']:.3f} ± {first['std']:.3f} at "
+                                 f"K={by_k.index[0]} → {last['mean']:.3f} ± {last['std']:.3f} at K={by_k.index[-1]}"})
     return pd.DataFrame(rows, columns=["claim", "setting", "holds", "evidence"])
 
