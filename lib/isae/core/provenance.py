@@ -79,8 +79,20 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     return out
 
 
+_DISTRIBUTED: dict[str, Any] | None = None
+
+
+def set_distributed(record: dict[str, Any] | None) -> None:
+    """Record a distributed run (rank, world size, every rank's host and device) in every provenance record this
+    process writes from now on, under ``"distributed"``; None stops (``isae.experiments.distributed`` sets it)."""
+    global _DISTRIBUTED
+    _DISTRIBUTED = None if record is None else dict(record)
+
+
 def provenance(**params: Any) -> dict[str, Any]:
-    """A record of how an output was made: the given parameters plus commit, packages, machine and time."""
+    """A record of how an output was made: the given parameters plus commit, packages, machine and time (and, in a
+    distributed run, ``set_distributed``'s record)."""
+    extra = {} if _DISTRIBUTED is None else {"distributed": _DISTRIBUTED}
     return {
         "params": params,
         "git_commit": git_commit(),
@@ -90,6 +102,7 @@ def provenance(**params: Any) -> dict[str, Any]:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
         "torch_threads": torch.get_num_threads(),
         "time_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **extra,
     }
 
 

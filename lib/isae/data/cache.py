@@ -20,6 +20,9 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +83,13 @@ def _open_manifest(directory: Path, spec: dict, n_shards: int) -> dict:
 
 def _append_shard(directory: Path, manifest: dict, out, seconds: float) -> None:
     """Write shard ``len(manifest["shards"])`` (activations + extras, each atomically), then the manifest."""
-    i = len(manifest["shards"])
+    manifest["shards"].append(_write_shard(directory, manifest, len(manifest["shards"]), out, seconds))
+    manifest["complete"] = len(manifest["shards"]) == manifest["spec"]["n_shards"]
+    atomic_write_json(directory / "manifest.json", manifest)
+
+
+def _write_shard(directory: Path, manifest: dict, i: int, out, seconds: float) -> dict:
+    """Write shard ``i`` (activations + extras, each atomically); returns its manifest entry."""
     arrays = out if isinstance(out, dict) else {"acts": out}
     arrays = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in arrays.items()}
     acts = arrays.pop("acts").astype(np.dtype(manifest["spec"]["dtype"]), copy=False)
@@ -93,9 +102,81 @@ def _append_shard(directory: Path, manifest: dict, out, seconds: float) -> None:
         fname = f"shard_{i:05d}.{name}.npy"
         _save_npy(directory / fname, values)
         entry["extras"][name] = {"file": fname, "sha256": _sha256(directory / fname)}
-    manifest["shards"].append(entry)
-    manifest["complete"] = len(manifest["shards"]) == manifest["spec"]["n_shards"]
-    atomic_write_json(directory / "manifest.json", manifest)
+    return entry
+
+
+@dataclass(frozen=True)
+class ShardPartition:
+    """This process's part of a build shared by ``world_size`` processes (``partitioned_builds``): rank r computes
+    the contiguous shard range ``shard_range(n)``; ``barrier()`` waits for every rank."""
+
+    rank: int
+    world_size: int
+    barrier: Callable[[], None]
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank={self.rank} must lie in [0, world_size={self.world_size}).")
+
+    def shard_range(self, n_shards: int) -> range:
+        """Shards [r·n/W, (r+1)·n/W) of n: contiguous, sizes differing by at most one."""
+        return range(self.rank * n_shards // self.world_size, (self.rank + 1) * n_shards // self.world_size)
+
+
+_PARTITION: ContextVar[ShardPartition | None] = ContextVar("isae_cache_partition", default=None)
+
+
+@contextmanager
+def partitioned_builds(rank: int, world_size: int, barrier: Callable[[], None]):
+    """Within this context every ``build_caches`` / ``build_cache`` call is shared by ``world_size`` processes that
+    make the same call: each computes its own shard range (``ShardPartition``), then rank 0 verifies every shard
+    and writes the manifest once. Shards, extras and the manifest are those of a one-process build (all but each
+    shard's ``seconds``, a timing). A killed rank's shards are computed again by the next call; finished ones are
+    kept (a ``shard_<i>.part.json`` beside them until the manifest is written)."""
+    token = _PARTITION.set(ShardPartition(rank, world_size, barrier))
+    try:
+        yield _PARTITION.get()
+    finally:
+        _PARTITION.reset(token)
+
+
+def _part_file(directory: Path, i: int) -> Path:
+    return directory / f"shard_{i:05d}.part.json"
+
+
+def _build_partitioned(dirs: dict[Path, dict], make_shards, part: ShardPartition, progress: bool, name: str) -> None:
+    """``build_caches``' shared path: this rank's shard range, a barrier, rank 0 verifies and writes the manifests,
+    a barrier."""
+    total = max(m["spec"]["n_shards"] for m in dirs.values())
+    mine = part.shard_range(total)
+    for i in tqdm(mine, desc=f"caching {name} (rank {part.rank}/{part.world_size})", unit="shard",
+                  disable=not progress):
+        need = [d for d, m in dirs.items()
+                if len(m["shards"]) <= i < m["spec"]["n_shards"] and not _part_file(d, i).exists()]
+        if not need:
+            continue
+        started = time.perf_counter()
+        shards = make_shards(i, need)
+        seconds = (time.perf_counter() - started) / len(need)
+        for d in need:
+            atomic_write_json(_part_file(d, i), _write_shard(d, dirs[d], i, shards[d], seconds))
+    part.barrier()
+    if part.rank == 0:
+        for d, manifest in dirs.items():
+            n = manifest["spec"]["n_shards"]
+            for i in range(len(manifest["shards"]), n):
+                if not _part_file(d, i).exists():
+                    owner = next(r for r in range(part.world_size)
+                                 if i in ShardPartition(r, part.world_size, part.barrier).shard_range(total))
+                    raise CacheCorrupt(f"{d}: shard {i} (rank {owner}'s) was not written; run the build again "
+                                       "to resume it.")
+                manifest["shards"].append(json.loads(_part_file(d, i).read_text()))
+            manifest["complete"] = True
+            ActivationCache(d, manifest=manifest).verify()  # every shard against its hash, before the manifest
+            atomic_write_json(d / "manifest.json", manifest)
+            for i in range(n):
+                _part_file(d, i).unlink(missing_ok=True)
+    part.barrier()
 
 
 def build_caches(targets: dict[str | Path, tuple[dict, int]],
@@ -105,11 +186,17 @@ def build_caches(targets: dict[str | Path, tuple[dict, int]],
 
     ``targets`` maps each folder to ``(spec, n_shards)``. For i = 0, 1, ... up to the largest n_shards,
     ``make_shards(i, folders)`` is called with the folders that still lack shard i and returns each one's
-    shard (as for :func:`build_cache`). Every folder keeps its own manifest, so each resumes on its own."""
+    shard (as for :func:`build_cache`). Every folder keeps its own manifest, so each resumes on its own.
+    Inside ``partitioned_builds`` the shards are shared among processes (each its own range)."""
     dirs = {Path(d): _open_manifest(Path(d), spec, n) for d, (spec, n) in targets.items()}
     total = max(m["spec"]["n_shards"] for m in dirs.values())
     done = min(len(m["shards"]) for m in dirs.values())
     name = desc or ", ".join(d.name for d in dirs)
+    part = _PARTITION.get()
+    if part is not None and part.world_size > 1:
+        if not all(m["complete"] for m in dirs.values()):
+            _build_partitioned(dirs, make_shards, part, progress, name)
+        return list(dirs)
     for i in tqdm(range(done, total), initial=done, total=total, desc=f"caching {name}", unit="shard",
                   disable=not progress):
         need = [d for d, m in dirs.items() if len(m["shards"]) == i and i < m["spec"]["n_shards"]]
@@ -142,9 +229,9 @@ def build_cache(directory: str | Path, spec: dict, n_shards: int,
 class ActivationCache:
     """Read-only view of a complete cache: memory-mapped shards, concatenated row indexing, seeded streams."""
 
-    def __init__(self, directory: str | Path, expected_spec: dict | None = None):
+    def __init__(self, directory: str | Path, expected_spec: dict | None = None, manifest: dict | None = None):
         self.directory = Path(directory)
-        manifest = read_manifest(self.directory)
+        manifest = manifest if manifest is not None else read_manifest(self.directory)
         if manifest is None:
             raise FileNotFoundError(f"no activation cache at {self.directory} (manifest.json missing); build it with "
                                     "the activation-caching notebook (notebooks/02_*) or isae.data.cache.build_cache.")

@@ -124,6 +124,11 @@ def untrained_pair(cfg: SAEConfig, stream: Stream, n_median_samples: int, device
     return saes
 
 
+def sae_dir(out_dir: str | Path, run_name: str, key: RunKey) -> Path:
+    """Where ``train_and_evaluate`` saves the trained SAE ``key``: ``out_dir/saes/<run_name>_<arch>_seed<N>``."""
+    return Path(out_dir) / "saes" / f"{run_name}_{key.variant}_seed{key.seed}"
+
+
 def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_cfgs: dict[str, SAEConfig],
                        train_cfg: TrainConfig, n_seeds: int, out_dir: str | Path | None = None,
                        true_atoms: torch.Tensor | None = None, progress: bool = True, baseline: bool = True,
@@ -165,10 +170,43 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
 
     if out_dir is not None:
         for key, sae in saes.items():
-            save_sae(sae, out_dir / "saes" / f"{run_name}_{key.variant}_seed{key.seed}", setting=setting,
-                     seed=sae.seed, train=train_cfg.__dict__, **provenance_params)
+            save_sae(sae, sae_dir(out_dir, run_name, key), setting=setting, seed=sae.seed, train=train_cfg.__dict__,
+                     **provenance_params)
     curve = pd.DataFrame(probe.rows if probe is not None else [])
     return ExperimentResult(runs=runs, pairs=pairs, log=log, saes=saes, x_eval=x_eval, curve=curve)
+
+
+@dataclass
+class SettingInputs:
+    """What one (setting, data seed) of a synthetic run is built from: shared by ``run_synthetic_setting`` and the
+    distributed driver (``isae.experiments.distributed``), so both train and evaluate exactly the same things."""
+
+    setting: str
+    run_name: str
+    """Folder name of the checkpoints and saved SAEs: "<setting>" for data seed 0, else "<setting>_data<seed>"."""
+    recipe: Recipe
+    data_cfg: SyntheticConfig
+    train_cfg: TrainConfig
+    stream: SyntheticStream
+    sae_cfgs: dict[str, SAEConfig]
+
+
+def setting_inputs(setting: str, p: SyntheticProfile, recipe: str | Recipe = "authors",
+                   device: str | None = None) -> SettingInputs:
+    """The data, stream, training settings and SAE configs of one setting at the sizes of ``p`` (its data seed)."""
+    rec = get_recipe(recipe)
+    data_cfg = synthetic_data_config(setting, p, rec)
+    train_cfg = rec.train_config(p.n_steps, p.batch_size, lr=p.lr, log_every=p.log_every,
+                                 checkpoint_every=p.checkpoint_every, device=device)
+    stream = SyntheticStream(data_cfg, p.batch_size, seed=p.data_seed, device=train_cfg.resolved_device())
+    sae_cfgs = {a: rec.sae_config(p.d_in, p.d_sae, p.k, a) for a in p.models}
+    return SettingInputs(setting, run_name(setting, p.data_seed), rec, data_cfg, train_cfg, stream, sae_cfgs)
+
+
+def run_name(setting: str, data_seed: int) -> str:
+    """The folder name of one setting's checkpoints and saved SAEs: the first data seed keeps the plain setting name
+    (so one-data-seed folders stay where they were), others are "<setting>_data<seed>"."""
+    return setting if data_seed == 0 else f"{setting}_data{data_seed}"
 
 
 def run_synthetic_setting(setting: str, p: SyntheticProfile, recipe: str | Recipe = "authors",
@@ -176,18 +214,12 @@ def run_synthetic_setting(setting: str, p: SyntheticProfile, recipe: str | Recip
                           baseline: bool = True, **provenance_params) -> ExperimentResult:
     """P1's synthetic experiment for one setting ("iid" or "mixture") at the sizes of ``p``, trained with
     ``recipe`` ("paper", "authors" or any ``Recipe``; see ``isae.train.recipe``)."""
-    rec = get_recipe(recipe)
-    data_cfg = synthetic_data_config(setting, p, rec)
-    train_cfg = rec.train_config(p.n_steps, p.batch_size, lr=p.lr, log_every=p.log_every,
-                                 checkpoint_every=p.checkpoint_every, device=device)
-    stream = SyntheticStream(data_cfg, p.batch_size, seed=p.data_seed, device=train_cfg.resolved_device())
-    sae_cfgs = {a: rec.sae_config(p.d_in, p.d_sae, p.k, a) for a in p.models}
-    x_eval, _ = stream.held_out(p.n_eval)
-    # the first data seed keeps the plain setting name, so one-data-seed folders stay where they were
-    run_name = setting if p.data_seed == 0 else f"{setting}_data{p.data_seed}"
-    result = train_and_evaluate(setting, stream, x_eval, sae_cfgs, train_cfg, p.n_seeds, out_dir=out_dir,
-                                true_atoms=stream.dictionary, progress=progress, baseline=baseline,
-                                run_name=run_name, data=data_cfg.to_dict(), recipe=rec.to_dict(), **provenance_params)
+    si = setting_inputs(setting, p, recipe, device)
+    x_eval, _ = si.stream.held_out(p.n_eval)
+    result = train_and_evaluate(setting, si.stream, x_eval, si.sae_cfgs, si.train_cfg, p.n_seeds, out_dir=out_dir,
+                                true_atoms=si.stream.dictionary, progress=progress, baseline=baseline,
+                                run_name=si.run_name, data=si.data_cfg.to_dict(), recipe=si.recipe.to_dict(),
+                                **provenance_params)
     for table in (result.runs, result.pairs, result.log):
         table.insert(1, "data_seed", p.data_seed)
     return result
@@ -211,10 +243,30 @@ def run_synthetic(p: SyntheticProfile, recipe: str | Recipe = "authors", out_dir
     """``run_synthetic_setting`` for every setting and data seed of ``p`` (``p.data_seeds()``), by
     "<setting>" (first data seed) or "<setting>_data<seed>". ``summarise`` then pools the seed pairs of every
     data seed, as the authors' tables do."""
-    return {(s if d == p.data_seed else f"{s}_data{d}"): run_synthetic_setting(
+    return {setting_key(s, d, p): run_synthetic_setting(
                 s, replace(p, data_seed=d), recipe, out_dir=out_dir, device=device, progress=progress,
                 **provenance_params)
             for s in p.settings for d in p.data_seeds()}
+
+
+def setting_key(setting: str, data_seed: int, p: SyntheticProfile) -> str:
+    """``run_synthetic``'s key of one setting and data seed: "<setting>" for p's first data seed, else
+    "<setting>_data<seed>"."""
+    return setting if data_seed == p.data_seed else f"{setting}_data{data_seed}"
+
+
+def recipe_dir(out_dir: str | Path | None, recipes: tuple[str, ...], name: str) -> Path | None:
+    """Where ``run_recipes`` writes recipe ``name``: ``out_dir`` for the first (headline) recipe, else
+    ``out_dir/recipe-<name>``."""
+    if out_dir is None:
+        return None
+    return Path(out_dir) if name == recipes[0] else Path(out_dir) / f"recipe-{name}"
+
+
+def check_recipes(recipes: tuple[str, ...]) -> None:
+    """Refuse an empty, repeated or unknown list of recipe names."""
+    if not recipes or len(set(recipes)) != len(recipes) or any(r not in RECIPES for r in recipes):
+        raise ValueError(f"recipes={recipes!r}: pass distinct names from {RECIPES}, the headline's first.")
 
 
 def summarise(runs: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
@@ -258,13 +310,10 @@ def run_recipes(p: SyntheticProfile, recipes: tuple[str, ...] = RECIPES, out_dir
                 ) -> dict[str, dict[str, ExperimentResult]]:
     """``run_synthetic`` under each recipe, by recipe. The first recipe writes to ``out_dir`` itself (its SAEs
     are the ones ``outputs/<profile>/saes/`` holds), every other one to ``out_dir/recipe-<name>/``."""
-    if not recipes or len(set(recipes)) != len(recipes) or any(r not in RECIPES for r in recipes):
-        raise ValueError(f"recipes={recipes!r}: pass distinct names from {RECIPES}, the headline's first.")
-    out = {}
-    for i, name in enumerate(recipes):
-        sub = None if out_dir is None else Path(out_dir) if i == 0 else Path(out_dir) / f"recipe-{name}"
-        out[name] = run_synthetic(p, name, out_dir=sub, device=device, progress=progress, **provenance_params)
-    return out
+    check_recipes(recipes)
+    return {name: run_synthetic(p, name, out_dir=recipe_dir(out_dir, recipes, name), device=device, progress=progress,
+                                **provenance_params)
+            for name in recipes}
 
 
 def combine(results: dict[str, ExperimentResult] | dict[str, dict[str, ExperimentResult]]
