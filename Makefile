@@ -77,5 +77,19 @@ $(SAELENS_STAMP): benchmarks/saelens/requirements.txt
 bench-saelens: setup bench-saelens-setup  ## Time our TopK training step against SAELens's on the CPU (ratio ours/theirs)
 	$(PY) benchmarks/bench_saelens.py
 
+# The SAELens round trip (scripts/saelens_roundtrip.py): every SAE folder under outputs/smoke/saes/ (notebooks 01
+# and 03 at PROFILE=smoke) loads in SAELens (`import isae.saelens` registers iSAE-ME) with our encode and decode,
+# and folders SAELens writes with its own save code load here with SAELens's. The project goes into .venv-saelens
+# without its dependencies (isae.saelens needs only torch, safetensors and sae_lens).
+SAELENS_RT := outputs/saelens_roundtrip
+.PHONY: saelens-roundtrip
+saelens-roundtrip: $(STAMP) bench-saelens-setup  ## Check that every saved SAE family loads in SAELens with our encode/decode, and back
+	@ls outputs/smoke/saes/*/cfg.json >/dev/null 2>&1 || { echo "error: no SAEs under outputs/smoke/saes/; run notebooks 01 and 03 at PROFILE=smoke first (make reproduce PROFILE=smoke)"; exit 1; }
+	$(SAELENS_VENV)/bin/python -c 'import isae.saelens' 2>/dev/null || $(SAELENS_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	rm -rf $(SAELENS_RT)
+	$(PY) scripts/saelens_roundtrip.py ours-export --work $(SAELENS_RT)
+	$(SAELENS_VENV)/bin/python scripts/saelens_roundtrip.py saelens --work $(SAELENS_RT)
+	$(PY) scripts/saelens_roundtrip.py ours-check --work $(SAELENS_RT)
+
 clean:  ## Remove every output (tables, figures, checkpoints, saved SAEs); keeps .venv
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

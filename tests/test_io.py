@@ -53,8 +53,9 @@ def test_saved_files_follow_the_saelens_layout(architecture, tmp_path: Path):
 
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     assert cfg["d_in"] == D_IN and cfg["d_sae"] == D_SAE and cfg["k"] == K
-    saelens_names = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu"}
-    assert cfg["architecture"] == saelens_names.get(architecture, architecture)
+    saelens_names = {"topk": "topk", "abstopk": "abstopk", "isae": "abstopk", "isae_me": "isae_me",
+                     "relu": "standard", "jumprelu": "jumprelu"}  # iSAE is AbsTopK at inference
+    assert cfg["architecture"] == saelens_names[architecture]
     assert cfg["apply_b_dec_to_input"] is True
     assert cfg["isae_config"]["architecture"] == architecture
 
