@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = False
     overrides = dict(args.overrides)
     out = args.output_root or repo_root() / "outputs" / args.profile
-    command = shlex.join(["python -m isae.experiments.launch", *(argv if argv is not None else sys.argv[1:])])
+    command = "python -m isae.experiments.launch " + shlex.join(argv if argv is not None else sys.argv[1:])
     world = distributed.init_world(args.timeout_hours)
     try:
         if args.experiment == "p1_synthetic":
