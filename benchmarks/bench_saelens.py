@@ -1,14 +1,19 @@
-"""Our TopK training step against SAELens's, on the CPU, alternating the two so that load drift hits both.
+"""Our TopK and AbsTopK training steps against SAELens's, on the CPU, alternating the sides so that load drift
+hits both.
 
 Sizes as ``bench_training.py`` (N = 768, K = 4096, k = 40, batch 2048, float32,
 Adam). Each round times, one after the other:
 
-* ours: ``bench_training.time_training("topk", "fast", ...)`` — the very function ``bench_training.py``
+* ours: ``bench_training.time_training(arch, "fast", ...)`` — the very function ``bench_training.py``
   times (``SAE.forward`` with the dead mask → backward → ``remove_radial_grad`` → Adam → ``normalize_atoms``),
   in this process;
 * theirs: ``benchmarks/saelens/time_saelens_step.py`` in the separate environment ``.venv-saelens``
   (``make bench-saelens-setup``; SAELens needs transformer-lens < 4) as a subprocess: SAELens's
-  ``TopKTrainingSAE`` driven by ``SAETrainer.step``, once per ``--saelens-variants`` entry.
+  ``TopKTrainingSAE`` (once per ``--saelens-variants`` entry) or ``AbsTopKTrainingSAE`` (dense activations
+  only: SAELens's AbsTopK ignores ``use_sparse_activations``) driven by ``SAETrainer.step``.
+
+``--architectures`` (default: topk abstopk) picks the pairs; AbsTopK is the speed anchor of P1's models (iSAE is
+AbsTopK plus the aRIP term, iSAE-ME AbsTopK with T encoder steps), and SAELens ships no iSAE.
 
 Both sides get the same inputs (unit-norm Gaussian rows and the same dead latents, drawn with the same seed
 and the same torch version; checked through a fingerprint), the same number of torch threads, the same
@@ -21,6 +26,7 @@ Usage (from the repository root)::
     make bench-saelens-setup                                   # once: builds .venv-saelens
     .venv/bin/python benchmarks/bench_saelens.py --threads 1
     .venv/bin/python benchmarks/bench_saelens.py --steps 1 --warmup 1 --rounds 1 --dead-fracs 0   # smoke run
+    .venv/bin/python benchmarks/bench_saelens.py --architectures abstopk --threads 1               # AbsTopK only
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="alternations ours → theirs (each side is timed once per round)")
     p.add_argument("--dead-fracs", type=float, nargs="+", default=[0.0, 0.1],
                    help="fractions of latents marked dead on both sides (0: no AuxK on either side)")
+    p.add_argument("--architectures", nargs="+", default=["topk", "abstopk"], choices=["topk", "abstopk"],
+                   help="models timed on both sides (ours and SAELens's training SAE of the same name)")
     p.add_argument("--saelens-variants", nargs="+", default=["dense", "sparse"], choices=["dense", "sparse"],
                    help="SAELens TopK variants: dense = its default recipe (dense activations, decoder-norm "
                         "rescaling); sparse = use_sparse_activations=True (COO decoder; no rescaling, see README)")
@@ -83,14 +91,21 @@ def check_saelens_env(python: Path) -> None:
                          "(SAELens needs transformer-lens < 4); create it with `make bench-saelens-setup`.")
 
 
-def run_saelens(args: argparse.Namespace, dead_frac: float, variant: str, lr: float, threads: int) -> dict:
+def saelens_variants(args: argparse.Namespace, arch: str) -> list[str]:
+    """SAELens variants timed for ``arch``: AbsTopK has only dense activations."""
+    return args.saelens_variants if arch == "topk" else ["dense"]
+
+
+def run_saelens(args: argparse.Namespace, dead_frac: float, variant: str, lr: float, threads: int,
+                arch: str = "topk") -> dict:
     """One SAELens measurement in the .venv-saelens subprocess; returns its JSON result."""
     with tempfile.TemporaryDirectory(prefix="bench_saelens_") as tmp:
         out = Path(tmp) / "result.json"
         cmd = [str(args.saelens_python), str(SAELENS_SCRIPT),
                "--d-in", str(args.d_in), "--d-sae", str(args.d_sae), "--k", str(args.k),
                "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--dead-frac", repr(dead_frac), "--lr", repr(lr), "--threads", str(threads), "--out", str(out)]
+               "--dead-frac", repr(dead_frac), "--lr", repr(lr), "--threads", str(threads), "--out", str(out),
+               "--architecture", arch]
         if variant == "sparse":
             cmd.append("--sparse-activations")
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -114,8 +129,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print(f"torch {torch.__version__}, threads {threads} on both sides; SAELens side: {args.saelens_python}")
     print_load()
     print(f"sizes: d_in N={N}, d_sae K={K}, k={args.k}, batch={B}, float32, Adam; {args.steps} timed steps after "
-          f"{args.warmup} warm-up steps per measurement; {args.rounds} round(s) of ours → SAELens "
-          f"({', '.join(args.saelens_variants)})")
+          f"{args.warmup} warm-up steps per measurement; {args.rounds} round(s) of ours → SAELens per architecture "
+          f"({', '.join(f'{a}: ' + '/'.join(saelens_variants(args, a)) for a in args.architectures)})")
     sys.stdout.flush()
 
     ns = argparse.Namespace(d_in=N, d_sae=K, k=args.k, batch=B, steps=args.steps, warmup=args.warmup, compile=False)
@@ -126,46 +141,48 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         batches, dead = make_inputs(N, K, B, args.warmup + args.steps, dead_frac)
         fingerprint = inputs_fingerprint(batches, dead)
         n_dead = int(dead.sum())
-        for r in range(args.rounds):
-            print(f"[dead {n_dead}/{K}, round {r + 1}/{args.rounds}]", file=sys.stderr, flush=True)
-            ours = time_training("topk", "fast", ns, batches, dead, device, mem)
-            rows.append({"dead_frac": n_dead / K, "round": r + 1, "side": "ours", "variant": "isae",
-                         "tok_s": ours["tok_s"], "ms_step": 1e3 * ours["seconds"] / args.steps,
+        for r, arch in ((r, a) for r in range(args.rounds) for a in args.architectures):
+            print(f"[{arch}, dead {n_dead}/{K}, round {r + 1}/{args.rounds}]", file=sys.stderr, flush=True)
+            ours = time_training(arch, "fast", ns, batches, dead, device, mem)
+            rows.append({"architecture": arch, "dead_frac": n_dead / K, "round": r + 1, "side": "ours",
+                         "variant": "isae", "tok_s": ours["tok_s"], "ms_step": 1e3 * ours["seconds"] / args.steps,
                          "loss": ours["loss"]})
-            for variant in args.saelens_variants:
-                theirs = run_saelens(args, dead_frac, variant, lr, threads)
+            for variant in saelens_variants(args, arch):
+                theirs = run_saelens(args, dead_frac, variant, lr, threads, arch)
                 if theirs["inputs_fingerprint"] != fingerprint:
                     raise RuntimeError("the SAELens side drew other inputs than ours "
                                        f"({theirs['inputs_fingerprint']} vs {fingerprint}); not comparable.")
                 if theirs["threads"] != threads:
                     raise RuntimeError(f"the SAELens side ran {theirs['threads']} threads, ours {threads}.")
-                rows.append({"dead_frac": n_dead / K, "round": r + 1, "side": "saelens", "variant": variant,
-                             "tok_s": theirs["tok_s"], "ms_step": theirs["ms_step"], "loss": theirs["loss"],
-                             "sae_lens": theirs["sae_lens"]})
+                rows.append({"architecture": arch, "dead_frac": n_dead / K, "round": r + 1, "side": "saelens",
+                             "variant": variant, "tok_s": theirs["tok_s"], "ms_step": theirs["ms_step"],
+                             "loss": theirs["loss"], "sae_lens": theirs["sae_lens"]})
     df = pd.DataFrame(rows)
 
     print()
     print("every measurement (tokens/s):")
     shown = df.assign(tok_s=df["tok_s"].map("{:,.0f}".format), ms_step=df["ms_step"].map("{:,.1f}".format),
                       loss=df["loss"].map("{:.4f}".format))
-    print(shown[["dead_frac", "round", "side", "variant", "tok_s", "ms_step", "loss"]].to_string(index=False))
+    print(shown[["architecture", "dead_frac", "round", "side", "variant", "tok_s", "ms_step", "loss"]]
+          .to_string(index=False))
     print()
     summary = []
-    for dead_frac, g in df.groupby("dead_frac", sort=False):
+    for (arch, dead_frac), g in df.groupby(["architecture", "dead_frac"], sort=False):
         ours = g[g["side"] == "ours"]["tok_s"]
-        for variant in args.saelens_variants:
+        for variant in saelens_variants(args, arch):
             theirs = g[(g["side"] == "saelens") & (g["variant"] == variant)]["tok_s"]
             summary.append({
-                "dead": f"{100 * dead_frac:.0f}%", "SAELens variant": variant,
+                "model": arch, "dead": f"{100 * dead_frac:.0f}%", "SAELens variant": variant,
                 "ours best tok/s": f"{ours.max():,.0f}", "SAELens best tok/s": f"{theirs.max():,.0f}",
                 "ratio (best)": f"{ours.max() / theirs.max():.2f}×",
                 "ratio (median)": f"{statistics.median(ours) / statistics.median(theirs):.2f}×",
             })
     print(pd.DataFrame(summary).to_string(index=False))
     print()
-    print("ours    = isae TopK: SAE.forward (sparse gather for the k values, sparse decode; AuxK over the dead "
-          "latents when any) → backward → remove_radial_grad → Adam → normalize_atoms")
-    print("SAELens = TopKTrainingSAE via SAETrainer.step: dense encoder, TopK, decoder (dense: activations × "
+    print("ours    = isae TopK / AbsTopK: SAE.forward (sparse gather for the k values, sparse decode; AuxK over the "
+          "dead latents when any) → backward → remove_radial_grad → Adam → normalize_atoms")
+    print("SAELens = TopKTrainingSAE / AbsTopKTrainingSAE via SAETrainer.step: dense encoder, TopK (AbsTopK: by "
+          "|pre|, signs kept, dense activations only), decoder (dense: activations × "
           "decoder norms, dense [B,K]@[K,N]; sparse: COO torch.sparse.mm, no norm rescaling), MSE, AuxK over "
           "dead latents when any, firing statistics → backward → clip_grad_norm_(1) → Adam → LR scheduler")
     print("ratio   = ours tok/s ÷ SAELens tok/s (> 1: ours is faster); best = fastest round of each side")

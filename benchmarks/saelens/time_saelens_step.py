@@ -1,4 +1,5 @@
-"""Time SAELens's TopK training step (``TopKTrainingSAE`` driven by ``SAETrainer.step``) on the CPU.
+"""Time SAELens's TopK or AbsTopK training step (``TopKTrainingSAE`` / ``AbsTopKTrainingSAE`` driven by
+``SAETrainer.step``) on the CPU.
 
 Runs in the separate environment ``.venv-saelens`` (``make bench-saelens-setup``): SAELens needs
 transformer-lens < 4, which the project's ``.venv`` cannot hold. ``benchmarks/bench_saelens.py`` calls it
@@ -6,13 +7,16 @@ as a subprocess, alternating with our own step; it can also be run on its own::
 
     .venv-saelens/bin/python benchmarks/saelens/time_saelens_step.py --steps 5 --warmup 2
     .venv-saelens/bin/python benchmarks/saelens/time_saelens_step.py --dead-frac 0.1 --out /tmp/saelens.json
+    .venv-saelens/bin/python benchmarks/saelens/time_saelens_step.py --architecture abstopk --steps 5
 
 One timed step is exactly what ``SAETrainer.fit`` does per batch through its public seam
 ``SAETrainer.step``: ``TopKTrainingSAE.training_forward_pass`` (encoder, TopK, decoder with the activations
 rescaled by the decoder row norms, MSE, AuxK over the trainer's dead-latent mask), the trainer's firing
 statistics, ``backward``, ``clip_grad_norm_(1.0)``, Adam, ``zero_grad`` and the (constant) LR scheduler.
 SAELens does not renormalise the decoder after the step (``rescale_acts_by_decoder_norm`` divides by the
-norms inside every forward instead), so there is no such step to time.
+norms inside every forward instead), so there is no such step to time. ``--architecture abstopk``: the same step
+with ``AbsTopKTrainingSAE`` (SAELens's AbsTopK: top k by |pre-activation|, signs kept; AuxK by magnitude), which
+subclasses TopK's training SAE and always uses dense activations.
 
 The inputs come from ``benchmarks/_common.make_inputs``, the function ``bench_training.py`` and
 ``bench_saelens.py`` use too (same seed, same torch version, hence the same numbers): unit-norm Gaussian rows
@@ -37,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_size_args(p)
+    p.add_argument("--architecture", choices=["topk", "abstopk"], default="topk",
+                   help="SAELens's TopKTrainingSAE or AbsTopKTrainingSAE")
     p.add_argument("--dead-frac", type=float, default=0.0,
                    help="fraction of latents kept marked dead in the trainer, so AuxK runs (0: AuxK skipped)")
     p.add_argument("--sparse-activations", action="store_true",
@@ -51,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_size_args(p, args)
     if not 0 <= args.dead_frac < 1:
         p.error(f"--dead-frac must be in [0, 1), got {args.dead_frac}.")
+    if args.architecture == "abstopk" and args.sparse_activations:
+        p.error("--sparse-activations: SAELens's AbsTopK always uses dense activations; drop the flag.")
     return args
 
 
@@ -65,7 +73,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
     import sae_lens
-    from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens import (
+        AbsTopKTrainingSAE,
+        AbsTopKTrainingSAEConfig,
+        SAETrainer,
+        TopKTrainingSAE,
+        TopKTrainingSAEConfig,
+    )
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
     N, K, B = args.d_in, args.d_sae, args.batch
@@ -78,11 +92,13 @@ def main(argv: list[str] | None = None) -> dict:
     # use_sparse_activations=True that combination fails in backward here (sae-lens 6.54.12, torch 2.14.1, CPU:
     # "Could not run 'aten::view' with arguments from the 'SparseCPU' backend"), so the sparse variant turns the
     # rescaling off: it is then SAELens's sparse decoder with a free (never renormalised) decoder norm.
-    cfg = TopKTrainingSAEConfig(d_in=N, d_sae=K, k=args.k, dtype="float32", device="cpu",
-                                use_sparse_activations=args.sparse_activations,
-                                rescale_acts_by_decoder_norm=not args.sparse_activations)
+    sae_cls, cfg_cls = {"topk": (TopKTrainingSAE, TopKTrainingSAEConfig),
+                        "abstopk": (AbsTopKTrainingSAE, AbsTopKTrainingSAEConfig)}[args.architecture]
+    cfg = cfg_cls(d_in=N, d_sae=K, k=args.k, dtype="float32", device="cpu",
+                  use_sparse_activations=args.sparse_activations,
+                  rescale_acts_by_decoder_norm=not args.sparse_activations)
     torch.manual_seed(0)
-    sae = TopKTrainingSAE(cfg)
+    sae = sae_cls(cfg)
     # A dead-feature window longer than the run: no latent becomes dead by itself, so the trainer's mask is
     # exactly the one set below before every step (none with --dead-frac 0, AuxK then skipped as in ours).
     window = max(1000, n_total + 1)
@@ -113,12 +129,13 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - t0
     loss = float(loss)
     if not math.isfinite(loss):
-        raise RuntimeError(f"SAELens TopK: the loss became {loss}; the timing is of a broken step.")
+        raise RuntimeError(f"SAELens {args.architecture}: the loss became {loss}; the timing is of a broken step.")
 
     tok_s = B * args.steps / seconds
     variant = "sparse" if args.sparse_activations else "dense"
     result = {
-        "side": "saelens", "variant": variant, "sae_lens": sae_lens.__version__, "torch": torch.__version__,
+        "side": "saelens", "architecture": args.architecture, "variant": variant,
+        "sae_lens": sae_lens.__version__, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "d_in": N, "d_sae": K, "k": args.k, "batch": B,
         "steps": args.steps, "warmup": args.warmup, "dead_frac": n_dead / K, "n_dead": n_dead,
         "seconds": seconds, "tok_s": tok_s, "ms_step": 1e3 * seconds / args.steps, "loss": loss,
@@ -127,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         "aux_loss_coefficient": cfg.aux_loss_coefficient, "lr": lr,
         "inputs_fingerprint": inputs_fingerprint(batches, dead),
     }
-    print(f"SAELens {sae_lens.__version__} TopK ({variant} activations, rescale_acts_by_decoder_norm="
+    print(f"SAELens {sae_lens.__version__} {type(sae).__name__} ({variant} activations, rescale_acts_by_decoder_norm="
           f"{cfg.rescale_acts_by_decoder_norm}), torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}: {args.steps} steps in {seconds:.2f} s → {tok_s:,.0f} tokens/s "
           f"({1e3 * seconds / args.steps:.1f} ms/step), {n_dead}/{K} latents dead, last loss {loss:.4f}",
