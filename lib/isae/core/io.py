@@ -202,6 +202,8 @@ def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor], where: str = "SAEL
         b_enc = b_enc + b_dec @ W_enc
     extra = {}
     if ours in ("topk", "abstopk", "isae", "isae_me"):
+        if "k" not in cfg:
+            raise ValueError(f"{where}: cfg.json of a {arch!r} SAE has no k (the number of active latents); add it.")
         extra["k"] = int(cfg["k"])
         extra["encoder_bias"] = bool((b_enc != 0).any())
     if ours == "isae_me":
