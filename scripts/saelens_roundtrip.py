@@ -153,21 +153,22 @@ def saelens_phase(args: argparse.Namespace) -> int:
     out = args.work / "theirs"
     out.mkdir(parents=True, exist_ok=True)
     d_in, d_sae, k = 24, 96, 6
-    written = {
-        "saelens_topk": TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k)),
-        "saelens_abstopk": AbsTopKSAE(AbsTopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k)),
-        "saelens_standard": StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae)),
-        "saelens_standard_no_bdec_in": StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae,
-                                                                     apply_b_dec_to_input=False)),
-        "saelens_jumprelu": JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae)),
+    written = {  # built one at a time below, each after its own torch.manual_seed (SAELens inits from it)
+        "saelens_topk": lambda: TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k)),
+        "saelens_abstopk": lambda: AbsTopKSAE(AbsTopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k)),
+        "saelens_standard": lambda: StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae)),
+        "saelens_standard_no_bdec_in": lambda: StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae,
+                                                                             apply_b_dec_to_input=False)),
+        "saelens_jumprelu": lambda: JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae)),
     }
     training = {
-        "saelens_topk_training": TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k)),
-        "saelens_jumprelu_training": JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae)),
+        "saelens_topk_training": lambda: TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k)),
+        "saelens_jumprelu_training": lambda: JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae)),
     }
     x = unit_inputs(args.n, d_in, args.seed)
-    for i, (name, sae) in enumerate({**written, **training}.items()):
+    for i, (name, build) in enumerate({**written, **training}.items()):
         torch.manual_seed(i)
+        sae = build()
         _perturb(sae, seed=100 + i)
         if name in training:
             sae.save_inference_model(out / name)  # SAELens's own export (folds the decoder norms for TopK)
