@@ -7,9 +7,11 @@ Three phases, run by ``make saelens-roundtrip`` (two environments: SAELens needs
     .venv/bin/python scripts/saelens_roundtrip.py ours-check    --work /tmp/rt
 
 1. ``ours-export`` (project env): per saved folder, ``n`` seeded unit-norm inputs and our codes z = SAE.encode(x)
-   and reconstructions SAE.decode(z), written to ``work/ours/<folder>.safetensors``.
+   and reconstructions SAE.decode(z), written to ``work/ours/<folder>.safetensors``; and one folder per
+   architecture rewritten in the layout used before the SAELens export (``work/legacy/``).
 2. ``saelens`` (SAELens env, ``import isae.saelens`` registers iSAE-ME): each folder through
-   ``sae_lens.SAE.load_from_disk``; its encode(x) and decode(encode(x)) must equal ours. Then SAELens writes
+   ``sae_lens.SAE.load_from_disk``; its encode(x) and decode(encode(x)) must equal ours; the legacy folders
+   through ``isae.saelens.load`` likewise. Then SAELens writes
    folders of its own with its own save code (TopK, AbsTopK, standard, JumpReLU inference SAEs with perturbed
    weights, and TopK / JumpReLU training SAEs via ``save_inference_model``) with their codes on the same kind of
    inputs, into ``work/theirs/``.
@@ -75,8 +77,36 @@ def ours_export(args: argparse.Namespace) -> int:
             z = sae.encode(x)
             save_file({"x": x, "z": z, "x_hat": sae.decode(z)}, str(out / f"{d.name}.safetensors"))
         (out / f"{d.name}.json").write_text(json.dumps({"dir": str(d.resolve()), "architecture": sae.cfg.architecture}))
-    print(f"ours-export: {len(folders(args.saes))} folders under {args.saes} → {out}")
+    legacy = [write_legacy(d, args.work / "legacy") for d in first_per_architecture(folders(args.saes))]
+    print(f"ours-export: {len(folders(args.saes))} folders under {args.saes} → {out}; {len(legacy)} in the layout "
+          f"before the SAELens export → {args.work / 'legacy'}")
     return 0
+
+
+def first_per_architecture(dirs: list[Path]) -> list[Path]:
+    """The first folder of each of our architectures (``isae_config``)."""
+    seen = {}
+    for d in dirs:
+        seen.setdefault(json.loads((d / "cfg.json").read_text())["isae_config"]["architecture"], d)
+    return list(seen.values())
+
+
+def write_legacy(d: Path, root: Path) -> Path:
+    """``d`` rewritten as ``save_sae`` wrote folders before the SAELens export: our architecture name (iSAE as
+    "isae"), no metadata, no top-level n_steps, a Γ (``loss_weight``) inside the weights file."""
+    cfg = json.loads((d / "cfg.json").read_text())
+    own = cfg["isae_config"]
+    legacy_cfg = {"architecture": {"relu": "standard"}.get(own["architecture"], own["architecture"]),
+                  "d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "k": own["k"], "dtype": "float32", "device": "cpu",
+                  "apply_b_dec_to_input": True, "normalize_activations": "none",
+                  "input_normalization": cfg.get("input_normalization"), "isae_config": own}
+    tensors = load_file(str(d / "sae_weights.safetensors"))
+    tensors["loss_weight"] = torch.linspace(0.5, 1.5, cfg["d_in"])
+    out = root / d.name
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "sae_weights.safetensors"))
+    (out / "cfg.json").write_text(json.dumps(legacy_cfg, indent=2))
+    return out
 
 
 def ours_check(args: argparse.Namespace) -> int:
@@ -136,7 +166,7 @@ def saelens_phase(args: argparse.Namespace) -> int:
         TopKTrainingSAEConfig,
     )
 
-    import isae.saelens  # noqa: F401  (registers isae_me with SAELens)
+    import isae.saelens  # registers isae_me with SAELens
 
     print(f"sae_lens {sae_lens.__version__}, torch {torch.__version__}")
     print(f"our folders → sae_lens.SAE.load_from_disk ({args.saes}):")
@@ -148,6 +178,18 @@ def saelens_phase(args: argparse.Namespace) -> int:
             z = sae.encode(ref["x"])
             x_hat = sae.decode(z)
         arch = json.loads((d / "cfg.json").read_text())["architecture"]
+        ok &= compare(d.name, f"{type(sae).__name__}({arch})", ref["z"], z, ref["x_hat"], x_hat, args.atol)
+
+    legacy = sorted((args.work / "legacy").glob("*/cfg.json"))
+    print(f"folders in the layout before the SAELens export → isae.saelens.load ({len(legacy)}):")
+    for cfg_path in legacy:
+        d = cfg_path.parent
+        ref = load_file(str(args.work / "ours" / f"{d.name}.safetensors"))
+        sae = isae.saelens.load(d)
+        with torch.no_grad():
+            z = sae.encode(ref["x"])
+            x_hat = sae.decode(z)
+        arch = json.loads(cfg_path.read_text())["architecture"]
         ok &= compare(d.name, f"{type(sae).__name__}({arch})", ref["z"], z, ref["x_hat"], x_hat, args.atol)
 
     out = args.work / "theirs"
