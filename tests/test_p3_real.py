@@ -77,3 +77,13 @@ def test_real_claims_follow_the_measurements(rising):
     assert anti["setting"] == "smollm2" and anti["holds"] == rising and "ReLU+L1 7.0" in anti["evidence"]
     ray_row = claims[claims["claim"].str.contains("real activations")].iloc[0]
     assert ray_row["holds"] == rising and "K=64" in ray_row["evidence"] and "K=128" in ray_row["evidence"]
+
+
+def test_the_wide_limit_is_not_tested_while_an_optimum_has_not_converged():
+    empty = pd.DataFrame(columns=["model", "codes", "nested_rate", "absorbed_rate", "absorbed_direction"])
+    wide = pd.DataFrame([{"model": "optimum (alternating)", "K": k, "ray_alignment": r, "converged": c}
+                         for k, r, c in ((16, 0.4, True), (64, 0.8, False))])
+    row = p3.p3_claims(empty, empty, pd.DataFrame(columns=["data"]), wide).iloc[-1]
+    assert pd.isna(row["holds"]) and "K=[64]" in row["evidence"]
+    row = p3.p3_claims(empty, empty, pd.DataFrame(columns=["data"]), wide.assign(converged=True)).iloc[-1]
+    assert bool(row["holds"])
