@@ -487,7 +487,8 @@ class P3Profile:
     antipodal count. Our choice: notebook 03's K and k at each profile."""
     real_l1_coefs: tuple[float, ...]
     """ReLU+L1 weights on real activations (unit-norm rows): the antipodal count uses all, the wide sweep the first.
-    Our choice."""
+    Our choice: after 400 steps at K = 512, c = 0.1 gives L0 ≈ 21 (LM) / 39 (vision), about notebook 03's k = 16,
+    c = 0.3 gives 2 / 7 (0.2 lies between), and c = 0.01 left over half the latents active."""
     real_steps: int
     """Training steps of every real-activation SAE (batches of ``batch_size``; the cache is re-passed if short)."""
     real_width_factors: tuple[float, ...]
@@ -520,17 +521,17 @@ P3_PROFILES: dict[str, P3Profile] = {
     "smoke": P3Profile(d_in=16, n_parents=3, children_per_parent=2, n_free=4, d_sae=16, k=3, l1_coefs=(0.02, 0.1),
                        p_child_values=(0.3, 0.8), n_signed_atoms=24, width_factors=(0.5, 1.0, 2.0), n_steps=60,
                        batch_size=128, n_seeds=2, n_eval=512, n_fit=256, n_outer=10, wide_n_outer=10, real_d_sae=256,
-                       real_k=8, real_l1_coefs=(0.02, 0.05), real_steps=40, real_width_factors=(0.25, 0.5)),
+                       real_k=8, real_l1_coefs=(0.1, 0.2), real_steps=40, real_width_factors=(0.25, 0.5)),
     "default": P3Profile(d_in=32, n_parents=6, children_per_parent=2, n_free=12, d_sae=32, k=4,
                          l1_coefs=(0.03, 0.01, 0.1), p_child_values=(0.25, 0.5, 0.9), n_signed_atoms=64,
                          width_factors=(0.5, 1.0, 2.0, 4.0), n_steps=3000, batch_size=256, n_seeds=3,
                          n_eval=4096, n_fit=1024, n_outer=400, wide_n_outer=40, real_d_sae=512, real_k=16,
-                         real_l1_coefs=(0.01, 0.03), real_steps=1000, real_width_factors=(0.25, 0.5, 1.0)),
+                         real_l1_coefs=(0.1, 0.2), real_steps=1000, real_width_factors=(0.25, 0.5, 1.0)),
     "paper": P3Profile(d_in=128, n_parents=24, children_per_parent=3, n_free=64, d_sae=256, k=8,
                        l1_coefs=(0.005, 0.01, 0.03, 0.1), p_child_values=(0.1, 0.25, 0.5, 0.9), n_signed_atoms=512,
                        width_factors=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), n_steps=20_000, batch_size=1024, n_seeds=5,
                        n_eval=16_384, n_fit=4096, n_outer=1000, wide_n_outer=1000, real_d_sae=4096, real_k=40,
-                       real_l1_coefs=(0.01, 0.03), real_steps=20_000,
+                       real_l1_coefs=(0.1, 0.2), real_steps=20_000,
                        real_width_factors=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0)),
 }
 
