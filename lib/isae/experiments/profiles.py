@@ -524,7 +524,7 @@ P3_PROFILES: dict[str, P3Profile] = {
                        real_k=8, real_l1_coefs=(0.1, 0.2), real_steps=40, real_width_factors=(0.25, 0.5)),
     "default": P3Profile(d_in=32, n_parents=6, children_per_parent=2, n_free=12, d_sae=32, k=4,
                          l1_coefs=(0.03, 0.01, 0.1), p_child_values=(0.25, 0.5, 0.9), n_signed_atoms=64,
-                         width_factors=(0.5, 1.0, 2.0, 4.0), n_steps=3000, batch_size=256, n_seeds=3,
+                         width_factors=(0.5, 1.0, 2.0, 4.0, 8.0), n_steps=3000, batch_size=256, n_seeds=3,
                          n_eval=4096, n_fit=1024, n_outer=400, wide_n_outer=40, real_d_sae=512, real_k=16,
                          real_l1_coefs=(0.1, 0.2), real_steps=1000, real_width_factors=(0.25, 0.5, 1.0)),
     "paper": P3Profile(d_in=128, n_parents=24, children_per_parent=3, n_free=64, d_sae=256, k=8,
