@@ -93,3 +93,18 @@ saelens-roundtrip: $(STAMP) bench-saelens-setup  ## Check that every saved SAE f
 
 clean:  ## Remove every output (tables, figures, checkpoints, saved SAEs); keeps .venv
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+
+# Distributed runs (torchrun; isae.experiments.launch): notebook 01's training and evaluation (p1_synthetic) or
+# notebook 02's caches (caching) at PROFILE, split across NPROC local ranks (one per GPU when torch sees CUDA, else
+# CPU processes with one thread each). `make reproduce` afterwards reads the results instead of training. Several
+# nodes under SLURM: scripts/slurm_paper.sbatch.
+NPROC ?= 2
+EXPERIMENT ?= p1_synthetic
+LAUNCH_ARGS ?=
+
+.PHONY: distributed
+
+distributed: $(STAMP)  ## Run EXPERIMENT (p1_synthetic | caching) at PROFILE on NPROC ranks with torchrun (LAUNCH_ARGS: e.g. --set n_steps=40000)
+	@if [ "$(EXPERIMENT)" = caching ]; then $(PY) scripts/fetch_assets.py; fi
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m torch.distributed.run --standalone --nnodes=1 --nproc_per_node=$(NPROC) \
+	  -m isae.experiments.launch $(EXPERIMENT) --profile $(PROFILE) $(LAUNCH_ARGS)

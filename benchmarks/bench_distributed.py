@@ -13,7 +13,7 @@ ranks share nothing but the file system, so on R free cores the expected speed-u
 costed grid, printed) less the start-up and the evaluation's imbalance; a machine shared with other jobs gives
 less, and the load averages printed before each side say how busy it was.
 
-Default sizes: the ``default`` profile cut to 200 steps and 1024 held-out inputs (48 SAEs of N = 64, K = 256).
+Default sizes: the ``default`` profile cut to 100 steps and 1024 held-out inputs (48 SAEs of N = 64, K = 256).
 
     .venv/bin/python benchmarks/bench_distributed.py
     .venv/bin/python benchmarks/bench_distributed.py --ranks 2 --set n_steps=50 --out outputs/bench/distributed.csv
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,10 +37,11 @@ import torch
 # benchmarks/ is on sys.path when run as a script
 from _common import device_name, write_results  # noqa: E402
 
+from isae.core.provenance import atomic_write_json
 from isae.experiments import distributed
 from isae.experiments.profiles import synthetic_profile
 
-DEFAULT_SET = ["n_steps=200", "n_eval=1024"]
+DEFAULT_SET = ["n_steps=100", "n_eval=1024"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"profile overrides passed to the launcher (default: {' '.join(DEFAULT_SET)})")
     p.add_argument("--ranks", type=int, default=2, help="R: ranks of the distributed side")
     p.add_argument("--out", type=Path, default=None, help="optional CSV of the results (written atomically)")
-    p.add_argument("--keep", type=Path, default=None, help="keep the three output folders under this folder")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="keep the three output folders under this folder; a side already measured there is reused")
+    p.add_argument("--sides", nargs="+", default=["one-1t", "one-Rt", "ranks"], choices=["one-1t", "one-Rt", "ranks"],
+                   help="which sides to run now (with --keep, the others are read back when measured before)")
     args = p.parse_args(argv)
     if args.ranks < 2:
         p.error(f"--ranks {args.ranks}: the distributed side needs at least 2.")
@@ -59,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _launch(args: argparse.Namespace, out: Path, ranks: int, threads: int) -> dict:
+    """One side, timed; with ``--keep`` a side already measured there (its ``bench_row.json``) is reused, so that an
+    interrupted benchmark goes on where it stopped."""
+    saved = out / "bench_row.json"
+    if args.keep is not None and saved.exists():
+        return json.loads(saved.read_text())
+    shutil.rmtree(out, ignore_errors=True)  # a side starts from nothing (no checkpoint to resume)
     launch = ["-m", "isae.experiments.launch", "p1_synthetic", "--profile", args.profile, "--output-root", str(out),
               "--device", "cpu", "--threads", str(threads), "--no-progress",
               *(a for o in args.overrides for a in ("--set", o))]
@@ -71,8 +82,11 @@ def _launch(args: argparse.Namespace, out: Path, ranks: int, threads: int) -> di
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     record = json.loads(distributed.marker_path(out).read_text())
-    return {"side": f"{ranks} rank(s) × {threads} thread(s)", "ranks": ranks, "threads": threads,
-            "wall_s": round(wall, 1), "run_s": record["seconds"], "load_1min_before": round(load[0], 2)}
+    row = {"side": f"{ranks} rank(s) × {threads} thread(s)", "ranks": ranks, "threads": threads,
+           "wall_s": round(wall, 1), "run_s": record["seconds"], "load_1min_before": round(load[0], 2),
+           "rank_seconds": json.dumps(record.get("rank_seconds"))}
+    atomic_write_json(saved, row)
+    return row
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -93,10 +107,19 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         rows = []
-        for ranks, threads, name in ((1, 1, "one-1t"), (1, args.ranks, f"one-{args.ranks}t"),
-                                     (args.ranks, 1, f"ranks-{args.ranks}")):
-            rows.append(_launch(args, root / name, ranks, threads))
+        for side, ranks, threads, name in (("one-1t", 1, 1, "one-1t"), ("one-Rt", 1, args.ranks, f"one-{args.ranks}t"),
+                                           ("ranks", args.ranks, 1, f"ranks-{args.ranks}")):
+            saved = root / name / "bench_row.json"
+            if side in args.sides:
+                rows.append(_launch(args, root / name, ranks, threads))
+            elif saved.exists():
+                rows.append(json.loads(saved.read_text()))
+            else:
+                continue
             print(rows[-1], flush=True)
+        if len(rows) < 3:
+            print("not every side is measured yet: run the others (--sides ...) with the same --keep")
+            return
         identical = [_same(root / "one-1t", root / name)
                      for name in ("one-1t", f"one-{args.ranks}t", f"ranks-{args.ranks}")]
     df = pd.DataFrame(rows)

@@ -423,7 +423,9 @@ def run_synthetic_distributed(world: World, p: SyntheticProfile, recipes: tuple[
     my_units = [units[i] for i in shares(len(units), world.world_size)[world.rank]]
     log(f"{label}evaluating {len(my_units)} of {len(units)} (recipe, setting, data seed, model) units")
     evaluate_synthetic_share(my_units, p, recipes, out, dev)
-    world.barrier()
+    # every rank's own time (gathering is also the barrier before rank 0 reads the evaluations)
+    timings = world.all_gather({"rank": world.rank, "train_s": round(trained, 1),
+                                "eval_s": round(time.perf_counter() - started - trained, 1)})
     if not world.is_main:
         return None
     assemble_synthetic(p, recipes, out, world.world_size)
@@ -431,7 +433,7 @@ def run_synthetic_distributed(world: World, p: SyntheticProfile, recipes: tuple[
     write_synthetic_tables(out / "tables", runs, pairs, recipes, **params, **p.to_dict(), recipe_names=list(recipes))
     done = {"experiment": "p1_synthetic", "profile": profile, "sizes": _sizes(p), "recipes": list(recipes),
             "world_size": world.world_size, "ranks": record["ranks"], "command": command,
-            "seconds": round(time.perf_counter() - started, 1), "training_seconds_rank0": round(trained, 1),
+            "seconds": round(time.perf_counter() - started, 1), "rank_seconds": timings,
             "finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "provenance": provenance(**params)}
     atomic_write_json(marker_path(out), done)
