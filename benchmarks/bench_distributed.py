@@ -13,10 +13,11 @@ ranks share nothing but the file system, so on R free cores the expected speed-u
 costed grid, printed) less the start-up and the evaluation's imbalance; a machine shared with other jobs gives
 less, and the load averages printed before each side say how busy it was.
 
-Default sizes: the ``default`` profile cut to 100 steps and 1024 held-out inputs (48 SAEs of N = 64, K = 256).
+Default sizes: the ``smoke`` profile (32 SAEs, 40 steps), cheap enough for a machine shared with other jobs; on a
+quiet machine ``--profile default --set n_steps=100 --set n_eval=1024`` (48 SAEs of N = 64, K = 256) is more telling.
 
     .venv/bin/python benchmarks/bench_distributed.py
-    .venv/bin/python benchmarks/bench_distributed.py --ranks 2 --set n_steps=50 --out outputs/bench/distributed.csv
+    .venv/bin/python benchmarks/bench_distributed.py --profile default --set n_steps=100 --set n_eval=1024
 """
 
 from __future__ import annotations
@@ -41,15 +42,15 @@ from isae.core.provenance import atomic_write_json
 from isae.experiments import distributed
 from isae.experiments.profiles import synthetic_profile
 
-DEFAULT_SET = ["n_steps=100", "n_eval=1024"]
+DEFAULT_SET: list[str] = []
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--profile", default="default")
+    p.add_argument("--profile", default="smoke")
     p.add_argument("--set", dest="overrides", action="append", default=None, metavar="NAME=VALUE",
-                   help=f"profile overrides passed to the launcher (default: {' '.join(DEFAULT_SET)})")
+                   help="profile overrides passed to the launcher (default: none)")
     p.add_argument("--ranks", type=int, default=2, help="R: ranks of the distributed side")
     p.add_argument("--out", type=Path, default=None, help="optional CSV of the results (written atomically)")
     p.add_argument("--keep", type=Path, default=None,
