@@ -140,6 +140,13 @@ def partitioned_builds(rank: int, world_size: int, barrier: Callable[[], None]):
         _PARTITION.reset(token)
 
 
+def _timed_shards(make_shards, i: int, need: list[Path]) -> tuple[dict, float]:
+    """``make_shards(i, need)`` and the seconds it took per folder (each shard's manifest timing)."""
+    started = time.perf_counter()
+    shards = make_shards(i, need)
+    return shards, (time.perf_counter() - started) / len(need)
+
+
 def _part_file(directory: Path, i: int) -> Path:
     return directory / f"shard_{i:05d}.part.json"
 
@@ -155,9 +162,7 @@ def _build_partitioned(dirs: dict[Path, dict], make_shards, part: ShardPartition
                 if len(m["shards"]) <= i < m["spec"]["n_shards"] and not _part_file(d, i).exists()]
         if not need:
             continue
-        started = time.perf_counter()
-        shards = make_shards(i, need)
-        seconds = (time.perf_counter() - started) / len(need)
+        shards, seconds = _timed_shards(make_shards, i, need)
         for d in need:
             atomic_write_json(_part_file(d, i), _write_shard(d, dirs[d], i, shards[d], seconds))
     part.barrier()
@@ -202,9 +207,7 @@ def build_caches(targets: dict[str | Path, tuple[dict, int]],
         need = [d for d, m in dirs.items() if len(m["shards"]) == i and i < m["spec"]["n_shards"]]
         if not need:
             continue
-        started = time.perf_counter()
-        shards = make_shards(i, need)
-        seconds = (time.perf_counter() - started) / len(need)
+        shards, seconds = _timed_shards(make_shards, i, need)
         for d in need:
             _append_shard(d, dirs[d], shards[d], seconds)
     return list(dirs)
