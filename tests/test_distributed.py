@@ -72,7 +72,7 @@ def test_training_plan_is_the_grid_split_by_rank_and_named_by_its_models():
     assert sorted(r for share in plan for r in share) == sorted(grid)
     assert distributed.training_plan(p, RECIPES, 2) == plan  # a pure function: a relaunch resumes the same parts
     assert all({r.variant for r in share} == {"topk", "isae_me"} for share in plan)
-    assert distributed.part_name(plan[0][:2]) != distributed.part_name(plan[1][:2])
+    assert distributed.part_name(r.key for r in plan[0][:2]) != distributed.part_name(r.key for r in plan[1][:2])
     with pytest.raises(ValueError, match="recipes="):
         distributed.synthetic_grid(p, ("paper", "paper"))
 
@@ -178,3 +178,201 @@ def test_two_ranks_build_the_shards_of_a_one_process_cache(tmp_path):
         assert _manifest_without_timing(dist) == _manifest_without_timing(single)
         ActivationCache(dist).verify()
     assert len(ActivationCache(tmp_path / "dist" / "a")) == sum(7 + i for i in range(5))
+
+
+#: The real-data smoke profile cut to seconds: a cheap and the most expensive model, and a vision cache twice the
+#: LM's, so that the cost balance splits the vision setting across the ranks and keeps the LM setting whole.
+REAL_OVERRIDES = {"d_sae": 32, "k": 4, "batch_size": 64, "n_seeds": 2, "n_eval": 64, "n_curve": 32,
+                  "curve_points": 3, "models": ["topk", "isae_me"], "log_every": 2, "checkpoint_every": 4, "passes": 1}
+REAL_HELPERS = """
+def random_caches(root):
+    \"\"\"The four caches notebook 03 reads, as sparse codes of random atoms (LM rows 16-dim, vision 12-dim).\"\"\"
+    import torch
+    from isae.data.cache import ActivationCache, build_cache
+
+    def one(name, rows, d, seed):
+        folder = root / name
+        if not (folder / "manifest.json").exists():
+            def shard(i):
+                g = torch.Generator().manual_seed(seed * 100 + i)
+                atoms = torch.randn(24, d, generator=torch.Generator().manual_seed(seed))
+                codes = torch.randn(rows // 2, 24, generator=g) * (torch.rand(rows // 2, 24, generator=g) < 0.15)
+                return codes @ atoms + 0.01 * torch.randn(rows // 2, d, generator=g)
+            build_cache(folder, {"dtype": "float32", "kind": "toy", "seed": seed}, 2, shard, progress=False)
+        return ActivationCache(folder)
+
+    return {"lm_train": one("lm_train", 512, 16, 0), "lm_heldout": one("lm_heldout", 128, 16, 1),
+            "vision_train": one("vision_train", 1024, 12, 2), "vision_heldout": one("vision_heldout", 128, 12, 3)}
+"""
+exec(REAL_HELPERS)  # defines random_caches here, as in the ranks' script
+
+REAL_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch
+from isae.experiments import distributed
+from isae.experiments.profiles import real_profile
+""" + REAL_HELPERS + """
+torch.set_num_threads(1)
+world = distributed.init_world()
+p = real_profile("smoke", **json.loads(sys.argv[3]))
+caches = random_caches(Path(sys.argv[1]))
+distributed.run_real_distributed(world, p, caches, Path(sys.argv[2]), device="cpu", progress=False,
+                                 command="test")
+distributed.close_world(world)
+"""
+
+
+def test_real_plan_splits_by_setting_and_model_and_balances_the_steps():
+    from isae.experiments.profiles import real_profile
+
+    p = real_profile("smoke", **REAL_OVERRIDES)
+    plan = distributed.real_plan(p, {"smollm2": 8, "efficientnet-lite0": 16}, 2)
+    units = sorted(u for share in plan for u in share)
+    assert units == sorted(distributed.RealUnit(s, a) for s in ("smollm2", "efficientnet-lite0")
+                           for a in ("topk", "isae_me"))
+    assert plan[0] == [distributed.RealUnit("efficientnet-lite0", "isae_me")]  # the costliest unit, alone
+    assert distributed.real_plan(p, {"smollm2": 8, "efficientnet-lite0": 16}, 1) == [
+        [distributed.RealUnit(s, a) for s in ("smollm2", "efficientnet-lite0") for a in ("topk", "isae_me")]]
+
+
+def test_two_ranks_train_notebook_03s_saes_and_tables_of_one_process_bit_for_bit(tmp_path):
+    from isae.experiments import p1_real
+    from isae.experiments.profiles import real_profile
+
+    p = real_profile("smoke", **REAL_OVERRIDES)
+    caches = random_caches(tmp_path / "activations")  # noqa: F821 (REAL_HELPERS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = tmp_path / "single"
+        settings = p1_real.train_real_settings(caches, p, single, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    runs, pairs, log = p1_synthetic.combine({n: s.result for n, s in settings.items()})
+    p1_real.write_table2(single / "tables", runs, pairs)
+
+    script = tmp_path / "real.py"
+    script.write_text(REAL_SCRIPT)
+    dist = tmp_path / "dist"
+    _torchrun([str(script), str(tmp_path / "activations"), str(dist), json.dumps(REAL_OVERRIDES)], cwd=tmp_path)
+
+    weights = "saes/*/sae_weights.safetensors"
+    assert len(_files(single, weights)) == 2 * 2 * p.n_seeds
+    assert _files(dist, weights) == _files(single, weights)
+    assert _files(dist, "saes/*/cfg.json") == _files(single, "saes/*/cfg.json")
+    assert _files(dist, "tables/*.csv") == _files(single, "tables/*.csv")
+    assert list((dist / "checkpoints" / "efficientnet-lite0").glob("part-*/checkpoint.pt"))  # split setting
+    assert (dist / "checkpoints" / "smollm2" / "checkpoint.pt").exists()  # a setting one rank held whole
+
+    # notebook 03's reader: every table, the convergence curve and the training log in one-process order
+    loaded, source = distributed.real_results(caches, p, out_dir=dist, results_from="auto")
+    assert source.startswith("read from the distributed run") and "world size 2" in source
+    for got, want in zip(p1_synthetic.combine({n: s.result for n, s in loaded.items()}), (runs, pairs, log)):
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+    pd.testing.assert_frame_equal(p1_real.curves(loaded), p1_real.curves(settings), check_exact=True)
+    key = next(iter(settings["smollm2"].result.saes))
+    assert torch.equal(loaded["smollm2"].result.saes[key].W_dec, settings["smollm2"].result.saes[key].W_dec)
+    assert torch.equal(loaded["smollm2"].result.x_eval, settings["smollm2"].result.x_eval)
+    with pytest.raises(ValueError, match="passes: run 1, here 2"):
+        distributed.real_results(caches, real_profile("smoke", **{**REAL_OVERRIDES, "passes": 2}),
+                                 out_dir=tmp_path / "x", results_from=dist)
+
+
+WEIGHTED_OVERRIDES = {"lm_d_sae": 32, "lm_k": 4, "vision_d_sae": 32, "vision_k": 4, "batch_size": 64, "n_top": 5,
+                      "consistency_top": 5, "log_every": 2, "control_k_fractions": [0.5]}
+WEIGHTED_HELPERS = """
+def weighted_sources(root):
+    \"\"\"Notebook 05's settings on random caches with the extras its measures read: two LM layers (token ids and
+    positions, 16-dim rows) and a vision model (4 patch tokens per image with class labels, 12-dim rows).\"\"\"
+    import numpy as np
+    from isae.data.cache import ActivationCache, build_cache
+
+    def one(name, rows, d, seed, kind):
+        folder = root / name
+        if not (folder / "manifest.json").exists():
+            def shard(i):
+                g = np.random.default_rng([seed, i])
+                atoms = np.random.default_rng(seed).standard_normal((24, d))
+                codes = g.standard_normal((rows // 2, 24)) * (g.random((rows // 2, 24)) < 0.15)
+                acts = (codes @ atoms + 0.01 * g.standard_normal((rows // 2, d))).astype(np.float32)
+                first = i * rows // 2
+                if kind == "text":
+                    return {"acts": acts, "tokens": g.integers(0, 40, rows // 2),
+                            "positions": (np.arange(rows // 2) + first) % 16}
+                return {"acts": acts, "image": (np.arange(rows // 2) + first) // 4,
+                        "labels": ((np.arange(rows // 2) + first) // 4) % 5}
+            spec = {"dtype": "float32", "kind": kind, "seed": seed}
+            if kind == "vision":
+                spec["tokens_per_image"] = 4
+            build_cache(folder, spec, 2, shard, progress=False)
+        return ActivationCache(folder)
+
+    text_heldout = one("text_heldout", 128, 16, 9, "text")
+    return {"layer1": (one("layer1", 512, 16, 1, "text"), 512, text_heldout),
+            "layer2": (one("layer2", 512, 16, 2, "text"), 384, text_heldout),
+            "vision": (one("vision", 512, 12, 3, "vision"), 512, one("vision_heldout", 128, 12, 4, "vision"))}
+"""
+exec(WEIGHTED_HELPERS)  # defines weighted_sources here, as in the ranks' script
+
+WEIGHTED_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch
+from isae.experiments import distributed, p2_weighted
+from isae.experiments.profiles import real_profile, weighted_profile
+""" + WEIGHTED_HELPERS + """
+torch.set_num_threads(1)
+world = distributed.init_world()
+wp = weighted_profile("smoke", **json.loads(sys.argv[3]))
+sources = weighted_sources(Path(sys.argv[1]))
+_, weights = p2_weighted.setting_weights(sources, wp)
+distributed.run_weighted_distributed(world, sources, weights, wp, real_profile("smoke"), "positive", Path(sys.argv[2]),
+                                     device="cpu", progress=False, command="test")
+distributed.close_world(world)
+"""
+
+
+def test_two_ranks_give_notebook_05s_weighted_sae_tables_of_one_process_bit_for_bit(tmp_path):
+    from isae.experiments import p2_weighted
+    from isae.experiments.profiles import real_profile, weighted_profile
+
+    wp = weighted_profile("smoke", **WEIGHTED_OVERRIDES)
+    sources = weighted_sources(tmp_path / "activations")  # noqa: F821 (WEIGHTED_HELPERS)
+    _, weights = p2_weighted.setting_weights(sources, wp)
+    plan = distributed.weighted_plan(sources, wp, 2)
+    assert sorted(s for share in plan for s in share) == sorted(sources) and all(plan)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = p2_weighted.run_settings(sources, weights, wp, progress=False, log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+
+    script = tmp_path / "weighted.py"
+    script.write_text(WEIGHTED_SCRIPT)
+    dist = tmp_path / "dist"
+    done = _torchrun([str(script), str(tmp_path / "activations"), str(dist), json.dumps(WEIGHTED_OVERRIDES)],
+                     cwd=tmp_path)
+    assert "[rank 1/2]" in done.stdout
+    again = _torchrun([str(script), str(tmp_path / "activations"), str(dist), json.dumps(WEIGHTED_OVERRIDES)],
+                      cwd=tmp_path)  # a relaunch: every setting is on disk at these sizes
+    assert again.stdout.count("already done") == 2 and "SAEs (K=" not in again.stdout
+
+    loaded, source = distributed.weighted_results(sources, weights, wp, real_profile("smoke"), "positive",
+                                                  out_dir=dist)
+    assert source.startswith("read from the distributed run") and list(loaded) == list(single)
+    timing = ["train_seconds", "eval_seconds"]
+    for setting, want in single.items():
+        got = loaded[setting]
+        for name in ("runs", "latents", "log"):
+            pd.testing.assert_frame_equal(getattr(got, name), getattr(want, name), check_exact=True)
+        assert got.chance == want.chance and got.inputs == want.inputs
+        assert {k: v for k, v in got.info.items() if k not in timing} == \
+            {k: v for k, v in want.info.items() if k not in timing}
+    # other sizes or another tail: refused by name when asked for explicitly, trained here under "auto"
+    with pytest.raises(ValueError, match="consistency_tail: run positive, here negative"):
+        distributed.weighted_results(sources, weights, wp, real_profile("smoke"), "negative", out_dir=tmp_path / "x",
+                                     results_from=dist)
+    assert distributed.completed_record(dist, "p2_weighted", {"sizes": distributed._sizes(
+        weighted_profile("smoke", **{**WEIGHTED_OVERRIDES, "n_seeds": 3}))}) is None

@@ -16,6 +16,11 @@ and a few small objects; every result goes through the file system, in the folde
 Checkpoints: a rank holding every SAE of a setting uses the one-process folder ``checkpoints/<run>``; one holding a
 part uses ``checkpoints/<run>/part-<hash of its models>``, the same at every launch with the same world size, so a
 killed rank's work resumes and finished ranks only reload their last checkpoint.
+
+The same pattern serves notebook 03 (``run_real_distributed``: units of (setting, model), every seed of a model on
+one rank, so the convergence curve's seed pairs are evaluated during training) and notebook 05
+(``run_weighted_distributed``: one setting per unit). Each notebook reads a completed run through its
+``results_from`` parameter (``synthetic_results``, ``real_results``, ``weighted_results``).
 """
 
 from __future__ import annotations
@@ -40,13 +45,13 @@ from isae.core.provenance import _atomic_write, atomic_write_json, provenance, s
 from isae.core.runs import RunKey
 from isae.experiments import p1_synthetic
 from isae.experiments.p1_synthetic import ExperimentResult
-from isae.experiments.profiles import SyntheticProfile
+from isae.experiments.profiles import RealProfile, SyntheticProfile, WeightedProfile
 from isae.train.trainer import train_many
 
 #: Relative cost of one training step per architecture, from the README's step times at P1's sizes (TopK 93 ms,
 #: AbsTopK 92, iSAE 135, iSAE-ME 340); used only to balance ranks.
 STEP_COST = {"topk": 1.0, "abstopk": 1.0, "isae": 1.45, "isae_me": 3.65, "relu": 1.0, "jumprelu": 1.0}
-EXPERIMENTS = ("p1_synthetic", "caching")
+EXPERIMENTS = ("p1_synthetic", "p1_real", "p2_weighted", "caching")
 WORK_DIR = "distributed"
 
 
@@ -192,9 +197,10 @@ def _groups(runs: list[SyntheticRun]) -> dict[tuple[str, str, int], list[Synthet
     return out
 
 
-def part_name(runs: list[SyntheticRun]) -> str:
-    """The name of a set of runs of one group (checkpoint folder, log file): "part-<hash of its models>"."""
-    names = ",".join(sorted(str(r.key) for r in runs))
+def part_name(keys) -> str:
+    """The name of a set of models of one setting (checkpoint folder, log file), from their ``RunKey``s:
+    "part-<hash of the keys>"."""
+    names = ",".join(sorted(str(k) for k in keys))
     return "part-" + hashlib.sha256(names.encode()).hexdigest()[:12]
 
 
@@ -209,16 +215,21 @@ def _save_pickle(obj, path: Path) -> None:
     _atomic_write(path, lambda f: pd.to_pickle(obj, f))
 
 
-def _inputs(p: SyntheticProfile, recipe: str, setting: str, data_seed: int, device) -> p1_synthetic.SettingInputs:
-    """``setting_inputs`` on ``device``; the default device is passed as None, as a notebook passes it, so that
-    one-process checkpoints (whose signature holds TrainConfig.device) resume here and the other way round."""
+def _as_notebook_device(device) -> str | None:
+    """``device`` as a notebook passes it: None for the default device, so that one-process checkpoints (whose
+    signature holds TrainConfig.device) resume here and the other way round."""
     dev = torch.device(device)
     if torch.cuda.is_available():  # "cuda" is the current device, which ``World.device`` set to this rank's
         default = dev.type == "cuda" and (dev.index is None or dev.index == torch.cuda.current_device())
     else:
         default = dev.type == "cpu"
-    name = None if default else str(dev)
-    return p1_synthetic.setting_inputs(setting, replace(p, data_seed=data_seed), recipe, device=name)
+    return None if default else str(dev)
+
+
+def _inputs(p: SyntheticProfile, recipe: str, setting: str, data_seed: int, device) -> p1_synthetic.SettingInputs:
+    """``setting_inputs`` on ``device`` (``_as_notebook_device``)."""
+    return p1_synthetic.setting_inputs(setting, replace(p, data_seed=data_seed), recipe,
+                                       device=_as_notebook_device(device))
 
 
 def _canonical_keys(p: SyntheticProfile) -> list[RunKey]:
@@ -238,14 +249,14 @@ def train_synthetic_share(runs: list[SyntheticRun], p: SyntheticProfile, recipes
         saes = {str(r.key): SAE(si.sae_cfgs[r.variant], seed=r.seed) for r in group}
         ckpt = sub / "checkpoints" / si.run_name
         if len(group) < whole:
-            ckpt = ckpt / part_name(group)
+            ckpt = ckpt / part_name(r.key for r in group)
         print(f"{label}training {len(group)} SAEs of {recipe}/{si.run_name}: {', '.join(saes)}", flush=True)
         log = train_many(saes, si.stream, si.train_cfg, checkpoint_dir=ckpt, progress=progress)
         for r in group:
             save_sae(saes[str(r.key)], p1_synthetic.sae_dir(sub, si.run_name, r.key), setting=setting, seed=r.seed,
                      train=si.train_cfg.__dict__, data=si.data_cfg.to_dict(), recipe=si.recipe.to_dict(),
                      **provenance_params)
-        _save_pickle(log, _work(out, recipe, si.run_name) / f"train-{part_name(group)}.pkl")
+        _save_pickle(log, _work(out, recipe, si.run_name) / f"train-{part_name(r.key for r in group)}.pkl")
 
 
 def _load_saes(p: SyntheticProfile, sub: Path, run_name: str, keys: list[RunKey], device) -> dict[RunKey, SAE]:
@@ -288,7 +299,7 @@ def assemble_synthetic(p: SyntheticProfile, recipes: tuple[str, ...], out: Path,
         for setting in p.settings:
             for d in p.data_seeds():
                 work = _work(out, recipe, p1_synthetic.run_name(setting, d))
-                log = pd.concat([pd.read_pickle(work / f"train-{part_name(g)}.pkl")
+                log = pd.concat([pd.read_pickle(work / f"train-{part_name(r.key for r in g)}.pkl")
                                  for g in parts[recipe, setting, d]], ignore_index=True)
                 # train_many's order: step by step, every model in turn
                 log = (log.assign(_order=log["model"].map(order)).sort_values(["step", "_order"], kind="stable")
@@ -306,34 +317,88 @@ def assemble_synthetic(p: SyntheticProfile, recipes: tuple[str, ...], out: Path,
                 _save_pickle({"runs": runs, "pairs": pairs, "log": log}, work / "result.pkl")
 
 
-def _sizes(p: SyntheticProfile) -> dict:
+def _sizes(p) -> dict:
+    """A profile's fields as JSON values (what a completion record compares)."""
     return json.loads(json.dumps(p.to_dict(), default=str))
 
 
-def marker_path(out: str | Path) -> Path:
-    """The file a completed distributed synthetic run leaves: ``<out>/distributed/p1_synthetic/complete.json``."""
-    return Path(out) / WORK_DIR / "p1_synthetic" / "complete.json"
+def marker_path(out: str | Path, experiment: str = "p1_synthetic") -> Path:
+    """The file a completed distributed run of ``experiment`` leaves: ``<out>/distributed/<experiment>/
+    complete.json``."""
+    return Path(out) / WORK_DIR / experiment / "complete.json"
+
+
+def completed_record(out: str | Path, experiment: str, identity: dict) -> dict | None:
+    """The record of a completed distributed run of ``experiment`` under ``out`` whose ``identity`` fields (its
+    sizes, ...) equal these; None when there is none or it was made at other sizes."""
+    path = marker_path(out, experiment)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if all(record.get(k) == v for k, v in identity.items()) else None
+
+
+def _synthetic_identity(p: SyntheticProfile, recipes: tuple[str, ...]) -> dict:
+    return {"sizes": _sizes(p), "recipes": list(recipes)}
 
 
 def completed_run(out: str | Path, p: SyntheticProfile, recipes: tuple[str, ...]) -> dict | None:
     """The record of a completed distributed synthetic run under ``out`` at exactly the sizes ``p`` and
     ``recipes``; None when there is none or it was made at other sizes."""
-    path = marker_path(out)
-    if not path.exists():
-        return None
-    record = json.loads(path.read_text())
-    if record.get("sizes") != _sizes(p) or tuple(record.get("recipes", ())) != tuple(recipes):
-        return None
-    return record
+    return completed_record(out, "p1_synthetic", _synthetic_identity(p, recipes))
 
 
-def _mismatch(record: dict, p: SyntheticProfile, recipes: tuple[str, ...]) -> str:
-    theirs, ours = record.get("sizes", {}), _sizes(p)
-    diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-    parts = [f"{k}: run {theirs.get(k)!r}, here {ours.get(k)!r}" for k in diff]
-    if tuple(record.get("recipes", ())) != tuple(recipes):
-        parts.append(f"recipes: run {record.get('recipes')}, here {list(recipes)}")
+def _mismatch(record: dict, identity: dict) -> str:
+    """What differs between a record and the identity asked for, field by field."""
+    parts = []
+    for name, ours in identity.items():
+        theirs = record.get(name)
+        if isinstance(ours, dict) and isinstance(theirs, dict):
+            parts += [f"{k}: run {theirs.get(k)!r}, here {ours.get(k)!r}" for k in sorted(set(theirs) | set(ours))
+                      if theirs.get(k) != ours.get(k)]
+        elif theirs != ours:
+            parts.append(f"{name}: run {theirs}, here {ours}")
     return "; ".join(parts)
+
+
+def results_source(results_from: str | Path | None, out_dir: str | Path, experiment: str,
+                   identity: dict) -> tuple[Path, dict] | None:
+    """Where a notebook reads ``experiment``'s results from: (folder, completion record) of the completed distributed
+    run that ``results_from`` names (a folder such as ``outputs/paper``; "auto": ``out_dir`` when it holds one at
+    these sizes), None to train in the notebook. An explicit folder without such a run is refused, naming why."""
+    if results_from is None:
+        return None
+    if results_from == "auto":
+        record = completed_record(out_dir, experiment, identity)
+        return (Path(out_dir), record) if record is not None else None
+    record = completed_record(results_from, experiment, identity)
+    if record is not None:
+        return Path(results_from), record
+    path = marker_path(results_from, experiment)
+    if not path.exists():
+        raise ValueError(f"results_from={str(results_from)!r}: no completed distributed run there ({path} is "
+                         f"missing); launch one (python -m isae.experiments.launch {experiment}) or pass "
+                         "results_from=None to train here.")
+    raise ValueError(f"results_from={str(results_from)!r}: that run was made at other sizes "
+                     f"({_mismatch(json.loads(path.read_text()), identity)}); pass the same notebook "
+                     "parameters or results_from=None to train here.")
+
+
+def _source_sentence(source: Path, record: dict) -> str:
+    return (f"read from the distributed run under {source} (world size {record['world_size']}, finished "
+            f"{record['finished_utc']}; launched with `{record['command']}`)")
+
+
+def _complete(out: Path, experiment: str, identity: dict, world: World, record: dict, command: str,
+              started: float, timings: list, params: dict) -> dict:
+    """Rank 0: write ``experiment``'s completion record (last, atomically) and return it."""
+    done = {"experiment": experiment, "profile": params.get("profile"), **identity,
+            "world_size": world.world_size, "ranks": record["ranks"], "command": command,
+            "seconds": round(time.perf_counter() - started, 1), "rank_seconds": timings,
+            "finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "provenance": provenance(**params)}
+    atomic_write_json(marker_path(out, experiment), done)
+    return done
 
 
 def load_synthetic_results(out: str | Path, p: SyntheticProfile, recipes: tuple[str, ...],
@@ -363,27 +428,13 @@ def synthetic_results(p: SyntheticProfile, recipes: tuple[str, ...], out_dir: st
     """Notebook 01's results and where they came from: read from a completed distributed run (``results_from``: a
     folder such as ``outputs/paper``, or "auto": ``out_dir`` when it holds one at these sizes), else trained here
     with ``run_recipes``. Returns (results by recipe and setting, a sentence saying which)."""
-    if results_from is not None and results_from != "auto":
-        record = completed_run(results_from, p, recipes)
-        if record is None:
-            path = marker_path(results_from)
-            if not path.exists():
-                raise ValueError(f"results_from={str(results_from)!r}: no completed distributed run there ({path} is "
-                                 "missing); launch one (python -m isae.experiments.launch p1_synthetic) or pass "
-                                 "results_from=None to train here.")
-            raise ValueError(f"results_from={str(results_from)!r}: that run was made at other sizes "
-                             f"({_mismatch(json.loads(path.read_text()), p, recipes)}); pass the same notebook "
-                             "parameters or results_from=None to train here.")
-        source = Path(results_from)
-    elif results_from == "auto" and completed_run(out_dir, p, recipes) is not None:
-        record, source = completed_run(out_dir, p, recipes), Path(out_dir)
-    else:
+    found = results_source(results_from, out_dir, "p1_synthetic", _synthetic_identity(p, recipes))
+    if found is None:
         results = p1_synthetic.run_recipes(p, recipes, out_dir=out_dir, device=device, progress=progress,
                                            **provenance_params)
         return results, "trained and evaluated in this process"
-    results = load_synthetic_results(source, p, recipes, device=device)
-    return results, (f"read from the distributed run under {source} (world size {record['world_size']}, finished "
-                     f"{record['finished_utc']}; launched with `{record['command']}`)")
+    source, record = found
+    return load_synthetic_results(source, p, recipes, device=device), _source_sentence(source, record)
 
 
 def write_synthetic_tables(tables: Path, runs: pd.DataFrame, pairs: pd.DataFrame, recipes: tuple[str, ...],
@@ -431,12 +482,8 @@ def run_synthetic_distributed(world: World, p: SyntheticProfile, recipes: tuple[
     assemble_synthetic(p, recipes, out, world.world_size)
     runs, pairs = _combined_tables(out, p, recipes)
     write_synthetic_tables(out / "tables", runs, pairs, recipes, **params, **p.to_dict(), recipe_names=list(recipes))
-    done = {"experiment": "p1_synthetic", "profile": profile, "sizes": _sizes(p), "recipes": list(recipes),
-            "world_size": world.world_size, "ranks": record["ranks"], "command": command,
-            "seconds": round(time.perf_counter() - started, 1), "rank_seconds": timings,
-            "finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "provenance": provenance(**params)}
-    atomic_write_json(marker_path(out), done)
+    done = _complete(out, "p1_synthetic", _synthetic_identity(p, recipes), world, record, command, started,
+                     timings, params)
     log(f"tables written under {out / 'tables'} in {done['seconds']:.0f} s; {marker_path(out)}")
     return done
 
@@ -456,12 +503,260 @@ def _combined_tables(out: Path, p: SyntheticProfile, recipes: tuple[str, ...]) -
 
 
 # ------------------------------------------------------------------------------------------------------
+# P1 on real activations (notebook 03) across ranks
+# ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, order=True)
+class RealUnit:
+    """Every seed of one model of one real setting: the unit a rank trains and evaluates whole, so that its
+    convergence curve's seed pairs are computed during training as in one process."""
+
+    setting: str
+    variant: str
+
+
+def real_plan(p: RealProfile, steps: dict[str, int], world_size: int) -> list[list[RealUnit]]:
+    """The units of each rank, balanced by ``STEP_COST`` × the setting's training steps (``steps``, by setting),
+    in the one-process order (setting, model)."""
+    from isae.experiments.p1_real import SETTINGS
+
+    units = [RealUnit(s, a) for s in SETTINGS for a in p.models]
+    cost = [STEP_COST.get(u.variant, 1.0) * steps[u.setting] for u in units]
+    return [[units[i] for i in share] for share in shares(len(units), world_size, cost)]
+
+
+def _real_work(out: Path, setting: str) -> Path:
+    return out / WORK_DIR / "p1_real" / setting
+
+
+def _real_part(setting: str, variants: list[str], p: RealProfile) -> str | None:
+    """The checkpoint subfolder of a rank's models of a setting: None when it holds them all (the one-process
+    folder), else "part-<hash of its models>"."""
+    if list(variants) == list(p.models):
+        return None
+    return part_name(RunKey(a, s) for a in variants for s in range(p.n_seeds))
+
+
+def train_real_share(units: list[RealUnit], caches: dict, p: RealProfile, out: Path, device: torch.device,
+                     progress: bool = True, label: str = "", **provenance_params) -> None:
+    """Train and evaluate ``units`` (one ``train_real_setting`` per setting, on the rank's models of it), saving
+    every SAE where notebook 03 does and the setting's tables and curve under ``distributed/p1_real/``."""
+    from isae.experiments import p1_real
+
+    by_setting: dict[str, list[str]] = {}
+    for u in units:
+        by_setting.setdefault(u.setting, []).append(u.variant)
+    for setting, variants in by_setting.items():
+        part = _real_part(setting, variants, p)
+        print(f"{label}training {', '.join(variants)} × {p.n_seeds} seeds on {setting}", flush=True)
+        rs = p1_real.train_real_setting(setting, caches, p, out, device=_as_notebook_device(device),
+                                        progress=progress, models=tuple(variants), checkpoint_part=part,
+                                        **provenance_params)
+        r = rs.result
+        _save_pickle({"runs": r.runs, "pairs": r.pairs, "log": r.log, "curve": r.curve},
+                     _real_work(out, setting) / f"result-{'-'.join(variants)}.pkl")
+
+
+def _in_order(df: pd.DataFrame, keys: list[str], order: dict[str, int]) -> pd.DataFrame:
+    """``df`` sorted stably by ``keys``, where "variant" sorts in ``order`` and "trained" trained first."""
+    if df.empty:
+        return df
+    sort = {k: (df[k].map(order) if k == "variant" else ~df[k].astype(bool) if k == "trained"
+                else df[k].map({"run": 0, "pair": 1}) if k == "level" else df[k]) for k in keys}
+    tmp = df.assign(**{f"_k{i}": v for i, v in enumerate(sort.values())})
+    return (tmp.sort_values([f"_k{i}" for i in range(len(keys))], kind="stable")
+            .drop(columns=[f"_k{i}" for i in range(len(keys))]).reset_index(drop=True))
+
+
+def assemble_real(p: RealProfile, plan: list[list[RealUnit]], out: Path) -> dict[str, dict[str, pd.DataFrame]]:
+    """Rank 0: each setting's runs, pairs, log and curve in ``train_and_evaluate``'s order, from the files the ranks
+    wrote, into ``distributed/p1_real/<setting>/result.pkl``; returns them by setting."""
+    from isae.experiments.p1_real import SETTINGS
+
+    order = {a: i for i, a in enumerate(p.models)}
+    parts: dict[str, list[list[str]]] = {}
+    for share in plan:
+        mine: dict[str, list[str]] = {}
+        for u in share:
+            mine.setdefault(u.setting, []).append(u.variant)
+        for setting, variants in mine.items():
+            parts.setdefault(setting, []).append(variants)
+    tables = {}
+    for setting in SETTINGS:
+        work = _real_work(out, setting)
+        got = [pd.read_pickle(work / f"result-{'-'.join(v)}.pkl") for v in parts[setting]]
+        cat = {name: pd.concat([g[name] for g in got], ignore_index=True) for name in ("runs", "pairs", "log", "curve")}
+        # train_and_evaluate's order: trained models then their random-init pairs, each in model order; the log
+        # step by step, every model in turn; the curve step by step, runs before pairs
+        tables[setting] = {"runs": _in_order(cat["runs"], ["trained", "variant"], order),
+                           "pairs": _in_order(cat["pairs"], ["trained", "variant"], order),
+                           "log": _in_order(cat["log"], ["step", "variant"], order),
+                           "curve": _in_order(cat["curve"], ["step", "level", "variant"], order)}
+        _save_pickle(tables[setting], work / "result.pkl")
+    return tables
+
+
+def _real_identity(p: RealProfile) -> dict:
+    return {"sizes": _sizes(p)}
+
+
+def run_real_distributed(world: World, p: RealProfile, caches: dict, out: str | Path, device: str | None = None,
+                         progress: bool = True, profile: str = "custom", command: str = "",
+                         log: Callable[[str], None] = print) -> dict | None:
+    """Notebook 03's training and evaluation (``p1_real.train_real_settings``) shared among the ranks of ``world``
+    by (setting, model); rank 0 writes its Table 2 files under ``out/tables`` and ``complete.json`` last, which
+    notebook 03 then reads (``real_results``). Every rank calls it with the same caches."""
+    from isae.experiments import p1_real
+
+    out = Path(out)
+    dev = world.device(device)
+    record = describe_world(world, dev)
+    label = f"[rank {world.rank}/{world.world_size}] " if world.world_size > 1 else ""
+    params = {"experiment": "p1_real", "profile": profile, "launcher": command}
+    started = time.perf_counter()
+    if world.is_main:
+        marker_path(out, "p1_real").unlink(missing_ok=True)
+    steps = {s: p1_real.real_inputs(s, caches, p).stream.n_steps for s in p1_real.SETTINGS}
+    plan = real_plan(p, steps, world.world_size)
+    mine = plan[world.rank]
+    log(f"{label}{len(mine)} of {sum(map(len, plan))} (setting, model) units to train and evaluate on {dev}")
+    train_real_share(mine, caches, p, out, dev, progress=progress, label=label, **params)
+    timings = world.all_gather({"rank": world.rank, "seconds": round(time.perf_counter() - started, 1)})
+    if not world.is_main:
+        return None
+    tables = assemble_real(p, plan, out)
+    runs = pd.concat([t["runs"] for t in tables.values()], ignore_index=True)
+    pairs = pd.concat([t["pairs"] for t in tables.values()], ignore_index=True)
+    p1_real.write_table2(out / "tables", runs, pairs, **params, **p.to_dict())
+    done = _complete(out, "p1_real", _real_identity(p), world, record, command, started, timings, params)
+    log(f"tables written under {out / 'tables'} in {done['seconds']:.0f} s; {marker_path(out, 'p1_real')}")
+    return done
+
+
+def load_real_results(out: str | Path, caches: dict, p: RealProfile, device: str | None = None) -> dict:
+    """``p1_real.train_real_settings``' result rebuilt from what a distributed run wrote under ``out``: the tables
+    rank 0 assembled, the saved SAEs, the held-out rows read again from the caches."""
+    from isae.experiments import p1_real
+
+    out = Path(out)
+    settings = {}
+    for setting in p1_real.SETTINGS:
+        ri = p1_real.real_inputs(setting, caches, p, device)
+        dev = ri.train_cfg.resolved_device()
+        t = pd.read_pickle(_real_work(out, setting) / "result.pkl")
+        keys = [RunKey(a, s) for a in p.models for s in range(p.n_seeds)]
+        saes = {}
+        for key in keys:
+            saes[key] = load_sae(p1_synthetic.sae_dir(out, setting, key), device=dev)
+            saes[key].seed = key.seed
+        result = ExperimentResult(runs=t["runs"], pairs=t["pairs"], log=t["log"], saes=saes,
+                                  x_eval=ri.x_eval.to(dev), curve=t["curve"])
+        settings[setting] = p1_real.RealSetting(setting, p.recipe, ri.stream, ri.train_cfg, ri.sae_cfgs, result,
+                                                len(ri.x_eval))
+    return settings
+
+
+def real_results(caches: dict, p: RealProfile, out_dir: str | Path, results_from: str | Path | None = "auto",
+                 device: str | None = None, progress: bool = True, **provenance_params) -> tuple[dict, str]:
+    """Notebook 03's trained settings and where they came from: read from a completed distributed run
+    (``results_from`` as in ``synthetic_results``), else trained here with ``p1_real.train_real_settings``."""
+    from isae.experiments import p1_real
+
+    found = results_source(results_from, out_dir, "p1_real", _real_identity(p))
+    if found is None:
+        settings = p1_real.train_real_settings(caches, p, out_dir, device=device, progress=progress,
+                                               **provenance_params)
+        return settings, "trained and evaluated in this process"
+    source, record = found
+    return load_real_results(source, caches, p, device=device), _source_sentence(source, record)
+
+
+# ------------------------------------------------------------------------------------------------------
+# P2's weighted SAE (notebook 05) across ranks
+# ------------------------------------------------------------------------------------------------------
+def _weighted_identity(wp: WeightedProfile, p: RealProfile, tail: str) -> dict:
+    return {"sizes": _sizes(wp), "real_sizes": _sizes(p), "consistency_tail": tail}
+
+
+def _weighted_file(out: Path, setting: str) -> Path:
+    return out / WORK_DIR / "p2_weighted" / f"{setting}.pkl"
+
+
+def weighted_plan(sources: dict, wp: WeightedProfile, world_size: int) -> list[list[str]]:
+    """The settings of each rank, balanced by training rows × K × d_in (every setting trains the same number of
+    SAEs, all α and seeds of a setting on one rank: ``train_many``'s one stream)."""
+    from isae.experiments.p2_weighted import setting_size
+
+    names = list(sources)
+    cost = [float(stop * setting_size(s, wp)[0] * sources[s][0].d_in) for s, (_, stop, _) in sources.items()]
+    return [[names[i] for i in share] for share in shares(len(names), world_size, cost)]
+
+
+def run_weighted_distributed(world: World, sources: dict, weights: dict, wp: WeightedProfile, p: RealProfile,
+                             tail: str, out: str | Path, device: str | None = None, progress: bool = True,
+                             profile: str = "custom", command: str = "",
+                             log: Callable[[str], None] = print) -> dict | None:
+    """Notebook 05's training and evaluation (``p2_weighted.run_settings``) shared among the ranks by setting, each
+    setting's result written to ``distributed/p2_weighted/<setting>.pkl`` (its SAEs are not kept, as in the
+    notebook); a relaunch skips the settings already written at these sizes. Rank 0 writes ``complete.json``
+    last, which notebook 05 then reads (``weighted_results``)."""
+    from isae.experiments import p2_weighted
+
+    out = Path(out)
+    dev = world.device(device)
+    record = describe_world(world, dev)
+    label = f"[rank {world.rank}/{world.world_size}] " if world.world_size > 1 else ""
+    identity = _weighted_identity(wp, p, tail)
+    params = {"experiment": "p2_weighted", "profile": profile, "launcher": command}
+    started = time.perf_counter()
+    if world.is_main:
+        marker_path(out, "p2_weighted").unlink(missing_ok=True)
+    mine = weighted_plan(sources, wp, world.world_size)[world.rank]
+    done_before = [s for s in mine if _weighted_file(out, s).exists()
+                   and pd.read_pickle(_weighted_file(out, s))["identity"] == identity]
+    todo = tuple(s for s in mine if s not in done_before)
+    log(f"{label}settings {', '.join(mine) or '(none)'} on {dev}"
+        + (f"; {', '.join(done_before)} already done" if done_before else ""))
+    results = p2_weighted.run_settings(sources, weights, wp, device=_as_notebook_device(dev), progress=progress,
+                                       only=todo, log=lambda line: log(label + line))
+    for setting, r in results.items():
+        _save_pickle({"identity": identity, "result": replace(r, saes={})}, _weighted_file(out, setting))
+    timings = world.all_gather({"rank": world.rank, "seconds": round(time.perf_counter() - started, 1)})
+    if not world.is_main:
+        return None
+    done = _complete(out, "p2_weighted", identity, world, record, command, started, timings, params)
+    log(f"{len(sources)} settings under {_weighted_file(out, '').parent} in {done['seconds']:.0f} s")
+    return done
+
+
+def weighted_results(sources: dict, weights: dict, wp: WeightedProfile, p: RealProfile, tail: str,
+                     out_dir: str | Path, results_from: str | Path | None = "auto", device: str | None = None,
+                     progress: bool = True) -> tuple[dict, str]:
+    """Notebook 05's results by setting and where they came from: read from a completed distributed run
+    (``results_from`` as in ``synthetic_results``; their ``saes`` are empty), else trained here with
+    ``p2_weighted.run_settings``."""
+    from isae.experiments import p2_weighted
+
+    found = results_source(results_from, out_dir, "p2_weighted", _weighted_identity(wp, p, tail))
+    if found is None:
+        return (p2_weighted.run_settings(sources, weights, wp, device=device, progress=progress),
+                "trained and evaluated in this process")
+    source, record = found
+    results = {s: pd.read_pickle(_weighted_file(source, s))["result"] for s in sources}
+    for setting, r in results.items():
+        print(f"{setting}: {r.info['n_saes']} SAEs, train {r.info['train_seconds']:.0f} s, eval "
+              f"{r.info['eval_seconds']:.0f} s (in the distributed run)")
+    return results, _source_sentence(source, record)
+
+
+# ------------------------------------------------------------------------------------------------------
 # Activation caches (notebook 02) across ranks
 # ------------------------------------------------------------------------------------------------------
-def run_caching_distributed(world: World, profile: str, out: str | Path, device: str | None = None,
-                            progress: bool = True, log: Callable[[str], None] = print, **overrides) -> None:
+def profile_caches(world: World, profile: str, out: str | Path, device: str | None = None, progress: bool = True,
+                   log: Callable[[str], None] = print, wp: WeightedProfile | None = None, **overrides) -> dict:
     """Notebook 02's caches (the real-data profile's and the weighted-SAE notebook's layers) under
-    ``out/activations``, each cache's shards shared among the ranks (``isae.data.cache.partitioned_builds``)."""
+    ``out/activations``, each cache's shards shared among the ranks (``isae.data.cache.partitioned_builds``); caches
+    already built are only verified and opened. Every rank gets them all, by name. ``wp``: the weighted-SAE sizes
+    (default: the profile's); ``overrides``: fields of the real-data profile."""
     from isae.data.cache import partitioned_builds
     from isae.experiments import caching
     from isae.experiments.profiles import real_profile, weighted_profile
@@ -471,6 +766,7 @@ def run_caching_distributed(world: World, profile: str, out: str | Path, device:
     p = real_profile(profile, **overrides)
     with partitioned_builds(world.rank, world.world_size, world.barrier):
         caches, timing, _ = caching.build_profile_caches(Path(out) / "activations", p, device=str(dev),
-                                                         progress=progress, wp=weighted_profile(profile))
+                                                         progress=progress, wp=wp or weighted_profile(profile))
     if world.is_main:
         log(timing.to_string(index=False))
+    return caches

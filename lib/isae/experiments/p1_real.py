@@ -9,11 +9,12 @@ from pathlib import Path
 import pandas as pd
 
 from isae.core.models import SAE, SAEConfig
+from isae.core.provenance import write_with_provenance
 from isae.core.runs import RunKey
 from isae.data import activations
 from isae.data.cache import ActivationCache
 from isae.eval import downstream, probing
-from isae.experiments.p1_synthetic import ExperimentResult, train_and_evaluate, untrained_pair
+from isae.experiments.p1_synthetic import TABLE_COLUMNS, ExperimentResult, summarise, train_and_evaluate, untrained_pair
 from isae.experiments.profiles import RealProfile
 from isae.plots.p1 import matched_cosines
 from isae.train.recipe import recipe as get_recipe
@@ -63,25 +64,49 @@ def eval_inputs(caches: dict[str, ActivationCache], setting: str, p: RealProfile
                                            center=get_recipe(p.recipe).center_inputs)
 
 
-def train_real_setting(setting: str, caches: dict[str, ActivationCache], p: RealProfile, out_dir: str | Path,
-                       device: str | None = None, progress: bool = True, **provenance_params) -> RealSetting:
-    """Train ``p.models`` × ``p.n_seeds`` SAEs with ``p.recipe`` for ``p.passes`` passes over the setting's training
-    cache, with a convergence curve of ``p.curve_points`` points, then evaluate them (and a random-init pair) on
-    ``p.n_eval`` held-out rows (``p1_synthetic.train_and_evaluate``)."""
-    train_name, eval_name = SETTINGS[setting]
-    cache = caches[train_name]
+@dataclass
+class RealInputs:
+    """What one real setting trains and is evaluated on, at the sizes of a ``RealProfile``: shared by
+    ``train_real_setting`` and the distributed driver (``isae.experiments.distributed``), so both train and
+    evaluate exactly the same things."""
+
+    setting: str
+    cache: ActivationCache
+    stream: object
+    train_cfg: TrainConfig
+    sae_cfgs: dict[str, SAEConfig]
+    x_eval: object
+    recipe: dict
+
+
+def real_inputs(setting: str, caches: dict[str, ActivationCache], p: RealProfile,
+                device: str | None = None) -> RealInputs:
+    """The stream (``p.passes`` passes over the setting's training cache), training settings, SAE configs of
+    ``p.models`` and held-out rows of ``setting``."""
+    cache = caches[SETTINGS[setting][0]]
     rec = get_recipe(p.recipe)
     stream = cache.stream(p.batch_size, seed=0, passes=p.passes, center=rec.center_inputs)
     train_cfg = rec.train_config(stream.n_steps, p.batch_size, lr=p.lr, log_every=p.log_every,
                                  checkpoint_every=p.checkpoint_every, device=device,
                                  geometric_median_samples=min(8192, stream.steps_per_pass * p.batch_size))
     sae_cfgs = {a: rec.sae_config(cache.d_in, p.d_sae, p.k, a) for a in p.models}
-    x_eval = eval_inputs(caches, setting, p)
-    result = train_and_evaluate(setting, stream, x_eval, sae_cfgs, train_cfg, p.n_seeds, out_dir=out_dir,
+    return RealInputs(setting, cache, stream, train_cfg, sae_cfgs, eval_inputs(caches, setting, p), rec.to_dict())
+
+
+def train_real_setting(setting: str, caches: dict[str, ActivationCache], p: RealProfile, out_dir: str | Path,
+                       device: str | None = None, progress: bool = True, models: tuple[str, ...] | None = None,
+                       checkpoint_part: str | None = None, **provenance_params) -> RealSetting:
+    """Train ``p.models`` × ``p.n_seeds`` SAEs with ``p.recipe`` for ``p.passes`` passes over the setting's training
+    cache, with a convergence curve of ``p.curve_points`` points, then evaluate them (and a random-init pair) on
+    ``p.n_eval`` held-out rows (``p1_synthetic.train_and_evaluate``). ``models``: only these of ``p.models`` (a
+    rank's part of the setting, checkpointed under ``checkpoint_part``)."""
+    ri = real_inputs(setting, caches, p, device)
+    sae_cfgs = {a: c for a, c in ri.sae_cfgs.items() if models is None or a in models}
+    result = train_and_evaluate(setting, ri.stream, ri.x_eval, sae_cfgs, ri.train_cfg, p.n_seeds, out_dir=out_dir,
                                 progress=progress, curve_points=p.curve_points, n_curve=p.n_curve,
-                                real_profile=p.to_dict(), cache=str(cache.directory), recipe=rec.to_dict(),
-                                **provenance_params)
-    return RealSetting(setting, p.recipe, stream, train_cfg, sae_cfgs, result, len(x_eval))
+                                checkpoint_part=checkpoint_part, real_profile=p.to_dict(),
+                                cache=str(ri.cache.directory), recipe=ri.recipe, **provenance_params)
+    return RealSetting(setting, p.recipe, ri.stream, ri.train_cfg, sae_cfgs, result, len(ri.x_eval))
 
 
 def train_real_settings(caches: dict[str, ActivationCache], p: RealProfile, out_dir: str | Path,
@@ -173,6 +198,16 @@ def claims_beside_paper(table: pd.DataFrame, splice: pd.DataFrame, paper2_as_our
     paper_claims = check_real_claims(paper2_as_ours, downstream=paper3, downstream_setting=downstream_setting)
     return claims.merge(paper_claims[["claim", "setting", "holds", "evidence"]].rename(
         columns={"holds": "holds in P1's numbers", "evidence": "P1's evidence"}), on=["claim", "setting"], how="left")
+
+
+def write_table2(tables: str | Path, runs: pd.DataFrame, pairs: pd.DataFrame, **params) -> pd.DataFrame:
+    """Table 2's files under ``tables`` (the paper's columns, every metric, the per-run and per-pair rows), each
+    with provenance; returns the summary table (``p1_synthetic.summarise``)."""
+    table = summarise(runs, pairs)
+    for df, name in ((table[list(TABLE_COLUMNS)], "table2_real.csv"), (table, "table2_real_all_metrics.csv"),
+                     (runs, "table2_real_runs.csv"), (pairs, "table2_real_pairs.csv")):
+        write_with_provenance(Path(tables) / name, lambda f, df=df: df.to_csv(f, index=False), **params)
+    return table
 
 
 def dcs_above_floor(table: pd.DataFrame) -> pd.DataFrame:

@@ -133,13 +133,15 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
                        train_cfg: TrainConfig, n_seeds: int, out_dir: str | Path | None = None,
                        true_atoms: torch.Tensor | None = None, progress: bool = True, baseline: bool = True,
                        run_name: str | None = None, curve_points: int = 0, n_curve: int = 512,
-                       **provenance_params) -> ExperimentResult:
+                       checkpoint_part: str | None = None, **provenance_params) -> ExperimentResult:
     """Train ``sae_cfgs`` × ``n_seeds`` SAEs on one stream, then evaluate them and (with ``baseline``) a random-init
     pair per architecture on x_eval. With ``curve_points`` ≥ 2, every metric is also evaluated on the first
     ``n_curve`` rows of x_eval at that many evenly spaced steps (``curve_steps``), into ``result.curve``.
 
-    With ``out_dir``: checkpoints under ``out_dir/checkpoints/<run_name>`` (a re-run resumes), SAEs saved
-    under ``out_dir/saes/<run_name>_<arch>_seed<N>`` in SAELens's layout; ``run_name`` defaults to ``setting``.
+    With ``out_dir``: checkpoints under ``out_dir/checkpoints/<run_name>`` (a re-run resumes; under its subfolder
+    ``checkpoint_part`` when these SAEs are a part of the setting, as a rank of a distributed run trains), SAEs
+    saved under ``out_dir/saes/<run_name>_<arch>_seed<N>`` in SAELens's layout; ``run_name`` defaults to
+    ``setting``.
     """
     run_name = run_name or setting
     dev = train_cfg.resolved_device()
@@ -149,9 +151,9 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
     by_name = {str(key): key for key in saes}
     probe = (curve_probe(setting, by_name, x_eval[:n_curve].to(dev), curve_steps(train_cfg.n_steps, curve_points),
                          train_cfg.batch_size) if curve_points else None)
-    log = train_many({name: saes[key] for name, key in by_name.items()}, stream, train_cfg,
-                     checkpoint_dir=out_dir / "checkpoints" / run_name if out_dir else None, progress=progress,
-                     probe=probe)
+    ckpt = out_dir / "checkpoints" / run_name / (checkpoint_part or "") if out_dir else None
+    log = train_many({name: saes[key] for name, key in by_name.items()}, stream, train_cfg, checkpoint_dir=ckpt,
+                     progress=progress, probe=probe)
     log.insert(0, "setting", setting)
     if len(log):
         log = log.join(pd.DataFrame([by_name[name].columns() for name in log["model"]], index=log.index))

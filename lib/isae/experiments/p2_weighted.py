@@ -373,6 +373,53 @@ def run_setting(setting: str, train_cache, stop_row: int, heldout_cache, weights
 
 
 # ------------------------------------------------------------------------------------------------------
+# Every setting of the notebook
+# ------------------------------------------------------------------------------------------------------
+Source = tuple  # (train cache, training rows used, held-out cache)
+
+
+def setting_sources(caches: dict, layers: dict[int, LayerData]) -> dict[str, Source]:
+    """Each setting's (train cache, training rows used, held-out cache): "layer<L>" for every LM layer of
+    ``layers``, then "vision" (notebook 02's vision caches, every training row)."""
+    sources = {f"layer{L}": (d.train, d.stop_row, d.heldout) for L, d in layers.items()}
+    sources["vision"] = (caches["vision_train"], len(caches["vision_train"]), caches["vision_heldout"])
+    return sources
+
+
+def setting_weights(sources: dict[str, Source], wp: WeightedProfile, tail: str = "positive"
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, dict[float, torch.Tensor]]]:
+    """(scores, weights) by setting: per-dim variance for an LM layer, semantic consistency (``tail``) for vision,
+    and γ(α) for every α of ``wp``."""
+    scores = {s: vision_statistics(train, wp, tail=tail) if s == "vision" else lm_statistics(train, stop, wp)
+              for s, (train, stop, _) in sources.items()}
+    return scores, {s: gammas(v, wp.alphas) for s, v in scores.items()}
+
+
+def setting_size(setting: str, wp: WeightedProfile) -> tuple[int, int]:
+    """(K, k) of a setting's SAEs."""
+    return (wp.vision_d_sae, wp.vision_k) if setting == "vision" else (wp.lm_d_sae, wp.lm_k)
+
+
+def run_settings(sources: dict[str, Source], weights: dict[str, dict[float, torch.Tensor]], wp: WeightedProfile,
+                 device: str | None = None, progress: bool = True, only: tuple[str, ...] | None = None,
+                 log=print) -> dict[str, SettingResult]:
+    """``run_setting`` for every setting of ``sources`` (or those in ``only``), in order, with one line each."""
+    results = {}
+    for setting, (train_cache, stop_row, heldout_cache) in sources.items():
+        if only is not None and setting not in only:
+            continue
+        d_sae, k = setting_size(setting, wp)
+        results[setting] = run_setting(setting, train_cache, stop_row, heldout_cache, weights[setting], d_sae, k,
+                                       wp, device=device, progress=progress)
+        r = results[setting].info
+        log(f"{setting}: {r['n_saes']} SAEs (K={r['d_sae']} = {r['expansion']:.1f}×{r['d_in']}, k={r['k']}; "
+            f"uniform controls k={r['control_ks']}) on {r['steps']} steps × {wp.batch_size} = {r['train_rows']:,} "
+            f"rows; {r['heldout_rows']:,} held-out rows; train {r['train_seconds']:.0f} s, eval "
+            f"{r['eval_seconds']:.0f} s")
+    return results
+
+
+# ------------------------------------------------------------------------------------------------------
 # Tables
 # ------------------------------------------------------------------------------------------------------
 def summarise(runs: pd.DataFrame, measures: tuple[str, ...]) -> pd.DataFrame:
