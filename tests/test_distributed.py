@@ -376,3 +376,42 @@ def test_two_ranks_give_notebook_05s_weighted_sae_tables_of_one_process_bit_for_
                                      results_from=dist)
     assert distributed.completed_record(dist, "p2_weighted", {"sizes": distributed._sizes(
         weighted_profile("smoke", **{**WEIGHTED_OVERRIDES, "n_seeds": 3}))}) is None
+
+
+def test_two_ranks_give_notebook_04s_toy_banks_of_one_process_bit_for_bit(tmp_path):
+    from isae.experiments import p2_toy
+    from isae.experiments.profiles import toy_profile
+
+    overrides = {"n_steps": 20, "log_every": 5}
+    p = toy_profile("smoke", **overrides)
+    plan = distributed.toy_plan(p, 2)
+    assert all(plan) and sorted(u for share in plan for u in share) == sorted(
+        (name, key) for name in p2_toy.TOY_EXPERIMENTS
+        for key in p2_toy.toy_banks(p2_toy.experiment_conditions(name, p)[0]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = {name: p2_toy.run_toy_experiment(*p2_toy.experiment_conditions(name, p)[:1], p,
+                                                  w_p=p2_toy.experiment_conditions(name, p)[1], device="cpu",
+                                                  progress=False) for name in p2_toy.TOY_EXPERIMENTS}
+    finally:
+        torch.set_num_threads(threads)
+
+    dist = tmp_path / "dist"
+    sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
+    done = _torchrun(["-m", "isae.experiments.launch", "p2_toy", "--profile", "smoke", *sets, "--output-root",
+                      str(dist), "--device", "cpu", "--threads", "1", "--no-progress"], cwd=tmp_path)
+    assert "[rank 1/2]" in done.stdout
+    for name, want in single.items():
+        got, source = distributed.toy_results(name, p, dist, device="cpu")
+        assert source.startswith("read from the distributed run")
+        pd.testing.assert_frame_equal(got.runs, want.runs, check_exact=True)
+        pd.testing.assert_frame_equal(got.log, want.log, check_exact=True)
+        assert list(got.banks) == list(want.banks)
+        for key, bank in want.banks.items():
+            assert all(torch.equal(a, b) for a, b in zip(got.banks[key].state_dict().values(),
+                                                         bank.state_dict().values()))
+        # what the notebook computes from the banks afterwards is the same too
+        if name == "weighted":
+            pd.testing.assert_frame_equal(p2_toy.gap_under_weights(got, p.weight_alphas, p.n_eval),
+                                          p2_toy.gap_under_weights(want, p.weight_alphas, p.n_eval), check_exact=True)

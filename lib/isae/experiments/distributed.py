@@ -45,13 +45,13 @@ from isae.core.provenance import _atomic_write, atomic_write_json, provenance, s
 from isae.core.runs import RunKey
 from isae.experiments import p1_synthetic
 from isae.experiments.p1_synthetic import ExperimentResult
-from isae.experiments.profiles import RealProfile, SyntheticProfile, WeightedProfile
+from isae.experiments.profiles import RealProfile, SyntheticProfile, ToyProfile, WeightedProfile
 from isae.train.trainer import train_many
 
 #: Relative cost of one training step per architecture, from the README's step times at P1's sizes (TopK 93 ms,
 #: AbsTopK 92, iSAE 135, iSAE-ME 340); used only to balance ranks.
 STEP_COST = {"topk": 1.0, "abstopk": 1.0, "isae": 1.45, "isae_me": 3.65, "relu": 1.0, "jumprelu": 1.0}
-EXPERIMENTS = ("p1_synthetic", "p1_real", "p2_weighted", "caching")
+EXPERIMENTS = ("p1_synthetic", "p1_real", "p2_toy", "p2_weighted", "caching")
 WORK_DIR = "distributed"
 
 
@@ -668,6 +668,88 @@ def real_results(caches: dict, p: RealProfile, out_dir: str | Path, results_from
         return settings, "trained and evaluated in this process"
     source, record = found
     return load_real_results(source, caches, p, device=device), _source_sentence(source, record)
+
+
+# ------------------------------------------------------------------------------------------------------
+# P2's toy models (notebook 04) across ranks
+# ------------------------------------------------------------------------------------------------------
+def toy_plan(p: ToyProfile, world_size: int) -> list[list[tuple[str, tuple]]]:
+    """The (experiment, bank) units of each rank, in the one-process order, balanced by models × latents (every
+    bank trains ``p.n_steps`` steps)."""
+    from isae.experiments import p2_toy
+
+    units, cost = [], []
+    for name in p2_toy.TOY_EXPERIMENTS:
+        for key, conds in p2_toy.toy_banks(p2_toy.experiment_conditions(name, p)[0]).items():
+            units.append((name, key))
+            cost.append(float(len(conds) * p.n_seeds * key[1]))
+    return [[units[i] for i in share] for share in shares(len(units), world_size, cost)]
+
+
+def _toy_file(out: Path, name: str, key: tuple) -> Path:
+    return out / WORK_DIR / "p2_toy" / name / f"{part_name([key])}.pkl"
+
+
+def run_toy_distributed(world: World, p: ToyProfile, out: str | Path, device: str | None = None,
+                        progress: bool = True, profile: str = "custom", command: str = "",
+                        log: Callable[[str], None] = print) -> dict | None:
+    """Notebook 04's three experiments shared among the ranks by bank (every condition and seed of a bank in one
+    tensor, so a bank is the unit), each bank's runs, log and trained bank written to
+    ``distributed/p2_toy/<experiment>/``; rank 0 writes ``complete.json`` last, which notebook 04 then reads
+    (``toy_results``)."""
+    from isae.experiments import p2_toy
+
+    out = Path(out)
+    dev = world.device(device)
+    record = describe_world(world, dev)
+    label = f"[rank {world.rank}/{world.world_size}] " if world.world_size > 1 else ""
+    params = {"experiment": "p2_toy", "profile": profile, "launcher": command}
+    started = time.perf_counter()
+    if world.is_main:
+        marker_path(out, "p2_toy").unlink(missing_ok=True)
+    mine = toy_plan(p, world.world_size)[world.rank]
+    log(f"{label}{len(mine)} of {sum(map(len, toy_plan(p, world.world_size)))} banks to train on {dev}")
+    for name, key in mine:
+        conditions, w_p = p2_toy.experiment_conditions(name, p)
+        r = p2_toy.run_toy_experiment(conditions, p, w_p=w_p, device=dev, progress=progress, only=[key])
+        _save_pickle({"runs": r.runs, "log": r.log, "bank": r.banks[key].cpu()}, _toy_file(out, name, key))
+        log(f"{label}{name}: bank {key} ({len(r.runs)} models)")
+    timings = world.all_gather({"rank": world.rank, "seconds": round(time.perf_counter() - started, 1)})
+    if not world.is_main:
+        return None
+    done = _complete(out, "p2_toy", {"sizes": _sizes(p)}, world, record, command, started, timings, params)
+    log(f"banks under {out / WORK_DIR / 'p2_toy'} in {done['seconds']:.0f} s")
+    return done
+
+
+def load_toy_result(out: str | Path, name: str, p: ToyProfile, device: str | None = None):
+    """``p2_toy.run_toy_experiment``'s result for experiment ``name`` rebuilt from a distributed run's banks, in
+    the one-process order."""
+    from isae.core.runs import resolve_device
+    from isae.experiments import p2_toy
+
+    conditions, w_p = p2_toy.experiment_conditions(name, p)
+    parts = {key: pd.read_pickle(_toy_file(Path(out), name, key)) for key in p2_toy.toy_banks(conditions)}
+    dev = resolve_device(device)
+    return p2_toy.ToyResult(runs=pd.concat([b["runs"] for b in parts.values()], ignore_index=True),
+                            log=pd.concat([b["log"] for b in parts.values()], ignore_index=True),
+                            banks={key: b["bank"].to(dev) for key, b in parts.items()},
+                            stream=p2_toy.toy_stream(p, w_p, dev))
+
+
+def toy_results(name: str, p: ToyProfile, out_dir: str | Path, results_from: str | Path | None = "auto",
+                device: str | None = None, progress: bool = True) -> tuple:
+    """Notebook 04's experiment ``name`` and where it came from: read from a completed distributed run
+    (``results_from`` as in ``synthetic_results``), else trained here with ``p2_toy.run_toy_experiment``."""
+    from isae.experiments import p2_toy
+
+    found = results_source(results_from, out_dir, "p2_toy", {"sizes": _sizes(p)})
+    if found is None:
+        conditions, w_p = p2_toy.experiment_conditions(name, p)
+        return (p2_toy.run_toy_experiment(conditions, p, w_p=w_p, device=device, progress=progress),
+                "trained and measured in this process")
+    source, record = found
+    return load_toy_result(source, name, p, device=device), _source_sentence(source, record)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -5,11 +5,13 @@
     torchrun --nproc_per_node=2 -m isae.experiments.launch caching --profile default
     torchrun --nproc_per_node=8 -m isae.experiments.launch p1_real --profile paper
     torchrun --nproc_per_node=5 -m isae.experiments.launch p2_weighted --profile paper
+    torchrun --nproc_per_node=4 -m isae.experiments.launch p2_toy --profile paper
 
 ``p1_synthetic`` is notebook 01's training and evaluation (``isae.experiments.distributed``), ``p1_real``
-notebook 03's and ``p2_weighted`` notebook 05's (their caches built first, shared among the ranks); afterwards
-the notebook at the same profile and parameters reads the results (its ``results_from`` parameter) instead of
-training. ``caching`` builds notebook 02's activation caches, each cache's shards shared among the ranks.
+notebook 03's and ``p2_weighted`` notebook 05's (their caches built first, shared among the ranks), ``p2_toy``
+notebook 04's; afterwards the notebook at the same profile and parameters reads the results (its
+``results_from`` parameter) instead of training. ``caching`` builds notebook 02's activation caches, each
+cache's shards shared among the ranks.
 Without torchrun (WORLD_SIZE unset) it is one process: the same code with world size 1.
 """
 
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from isae.core.provenance import repo_root
     from isae.experiments import distributed
-    from isae.experiments.profiles import check_profile, real_profile, synthetic_profile
+    from isae.experiments.profiles import check_profile, real_profile, synthetic_profile, toy_profile
 
     check_profile(args.profile)
     if args.threads is not None:
@@ -117,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                                                 progress=not args.no_progress, **overrides)
             distributed.run_real_distributed(world, p, caches, out, device=args.device, progress=not args.no_progress,
                                              profile=args.profile, command=command)
+        elif args.experiment == "p2_toy":
+            distributed.run_toy_distributed(world, toy_profile(args.profile, **overrides), out, device=args.device,
+                                            progress=not args.no_progress, profile=args.profile, command=command)
         elif args.experiment == "p2_weighted":
             run_weighted(world, args, overrides, out, command)
         else:

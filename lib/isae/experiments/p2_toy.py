@@ -33,7 +33,7 @@ the SAE init.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 
 import pandas as pd
@@ -48,6 +48,8 @@ from isae.toy.data import ToyConfig, ToyStream, wsae_weights
 from isae.toy.model import ACTIVATION_NAMES, ToySAE, ToySAEConfig, activate
 from isae.train.trainer import BankTrainConfig, train_bank
 
+#: Notebook 04's experiments (``experiment_conditions``): the sparsity sweep, the hidden-size ablation, the WSAE.
+TOY_EXPERIMENTS = ("sparsity", "hidden", "weighted")
 RECOVERY_THRESHOLD = 0.9
 """A true feature is *recovered* when its Hungarian-matched atom has |cos| above this (P2-style, our value)."""
 PROBE_VALUE = 0.5
@@ -164,22 +166,35 @@ class ToyResult:
     stream: ToyStream | None = None
 
 
+def toy_stream(p: ToyProfile, w_p: str = "gaussian", device: str | torch.device | None = None) -> ToyStream:
+    """The seeded stream every bank of an experiment at the sizes of ``p`` trains on."""
+    data_cfg = ToyConfig(n_features=p.n_features, n_input=p.n_input, w_p=w_p, seed=p.data_seed)
+    return ToyStream(data_cfg, p.batch_size, seed=p.data_seed, device=resolve_device(device))
+
+
+def toy_banks(conditions: Sequence[ToyCondition]) -> dict[tuple, list[ToyCondition]]:
+    """The banks of an experiment, in training order: conditions sharing (activation, n_latents, bias, l1) by that
+    key (the key of ``ToyResult.banks``)."""
+    groups: dict[tuple, list[ToyCondition]] = {}
+    for c in dict.fromkeys(conditions):
+        groups.setdefault((c.activation, c.n_latents, c.bias, c.l1_coef), []).append(c)
+    return groups
+
+
 def run_toy_experiment(conditions: Sequence[ToyCondition], p: ToyProfile, w_p: str = "gaussian",
-                       device: str | torch.device | None = None, progress: bool = True) -> ToyResult:
+                       device: str | torch.device | None = None, progress: bool = True,
+                       only: Collection[tuple] | None = None) -> ToyResult:
     """Train ``p.n_seeds`` seeds of every condition on one seeded stream and measure them on held-out data.
 
     Conditions sharing (activation, n_latents, bias, l1) are trained together as one bank; every model sees
     the same batches (coupled across sparsities). Metrics are computed on held-out inputs at each model's S
     and with its own Γ (``loss_sae`` is the objective it was trained on). ``device``: None → cuda when
-    available, else cpu.
+    available, else cpu. ``only``: train just these banks (``toy_banks`` keys; a rank's share), measured as in
+    the whole experiment.
     """
-    device = resolve_device(device)
-    data_cfg = ToyConfig(n_features=p.n_features, n_input=p.n_input, w_p=w_p, seed=p.data_seed)
-    stream = ToyStream(data_cfg, p.batch_size, seed=p.data_seed, device=device)
+    stream = toy_stream(p, w_p, device)
     train_cfg = BankTrainConfig(n_steps=p.n_steps, lr=p.lr, log_every=p.log_every)
-    groups: dict[tuple, list[ToyCondition]] = {}
-    for c in dict.fromkeys(conditions):
-        groups.setdefault((c.activation, c.n_latents, c.bias, c.l1_coef), []).append(c)
+    groups = {key: conds for key, conds in toy_banks(conditions).items() if only is None or key in only}
     levels = sorted({c.sparsity for c in conditions})
     x_eval, xp_eval = stream.held_out(p.n_eval, sparsity=levels)
     runs, logs, banks = [], [], {}
@@ -272,6 +287,17 @@ def gap_under_weights(result: ToyResult, alphas: Sequence[float], n_eval: int) -
                             "seed": row["seed"], "eval_alpha": a, "loss_true": m["loss_true"],
                             "loss_sae": m["loss_sae"], "gap": m["gap"]})
     return pd.DataFrame(out)
+
+
+def experiment_conditions(name: str, p: ToyProfile) -> tuple[list[ToyCondition], str]:
+    """(conditions, W_p) of one of notebook 04's experiments (``TOY_EXPERIMENTS``)."""
+    if name == "sparsity":
+        return sweep_conditions(p), "gaussian"
+    if name == "hidden":
+        return hidden_conditions(p), "gaussian"
+    if name == "weighted":
+        return weighted_conditions(p), p.weight_w_p
+    raise ValueError(f"experiment {name!r}: use one of {TOY_EXPERIMENTS}.")
 
 
 def sweep_conditions(p: ToyProfile) -> list[ToyCondition]:
