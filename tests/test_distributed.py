@@ -184,27 +184,54 @@ def test_two_ranks_build_the_shards_of_a_one_process_cache(tmp_path):
 #: LM's, so that the cost balance splits the vision setting across the ranks and keeps the LM setting whole.
 REAL_OVERRIDES = {"d_sae": 32, "k": 4, "batch_size": 64, "n_seeds": 2, "n_eval": 64, "n_curve": 32,
                   "curve_points": 3, "models": ["topk", "isae_me"], "log_every": 2, "checkpoint_every": 4, "passes": 1}
-REAL_HELPERS = """
-def random_caches(root):
-    \"\"\"The four caches notebook 03 reads, as sparse codes of random atoms (LM rows 16-dim, vision 12-dim).\"\"\"
-    import torch
+DATA_HELPERS = """
+def sparse_cache(folder, rows, d, seed, extras=None, spec=None):
+    \"\"\"A cache of two shards of sparse codes of 24 random atoms plus noise (built once), with the per-row extras
+    ``extras(rng, first_row, n)`` returns and ``spec`` in its spec.\"\"\"
+    import numpy as np
     from isae.data.cache import ActivationCache, build_cache
 
-    def one(name, rows, d, seed):
-        folder = root / name
-        if not (folder / "manifest.json").exists():
-            def shard(i):
-                g = torch.Generator().manual_seed(seed * 100 + i)
-                atoms = torch.randn(24, d, generator=torch.Generator().manual_seed(seed))
-                codes = torch.randn(rows // 2, 24, generator=g) * (torch.rand(rows // 2, 24, generator=g) < 0.15)
-                return codes @ atoms + 0.01 * torch.randn(rows // 2, d, generator=g)
-            build_cache(folder, {"dtype": "float32", "kind": "toy", "seed": seed}, 2, shard, progress=False)
-        return ActivationCache(folder)
+    if not (folder / "manifest.json").exists():
+        def shard(i):
+            g, n = np.random.default_rng([seed, i]), rows // 2
+            atoms = np.random.default_rng(seed).standard_normal((24, d))
+            codes = g.standard_normal((n, 24)) * (g.random((n, 24)) < 0.15)
+            acts = (codes @ atoms + 0.01 * g.standard_normal((n, d))).astype(np.float32)
+            return {"acts": acts, **(extras(g, i * n, n) if extras else {})}
+        build_cache(folder, {"dtype": "float32", "kind": "toy", "seed": seed, **(spec or {})}, 2, shard,
+                    progress=False)
+    return ActivationCache(folder)
 
-    return {"lm_train": one("lm_train", 512, 16, 0), "lm_heldout": one("lm_heldout", 128, 16, 1),
-            "vision_train": one("vision_train", 1024, 12, 2), "vision_heldout": one("vision_heldout", 128, 12, 3)}
+
+def random_caches(root):
+    \"\"\"The four caches notebook 03 reads (LM rows 16-dim, vision 12-dim, the vision cache twice the LM's).\"\"\"
+    return {"lm_train": sparse_cache(root / "lm_train", 512, 16, 0),
+            "lm_heldout": sparse_cache(root / "lm_heldout", 128, 16, 1),
+            "vision_train": sparse_cache(root / "vision_train", 1024, 12, 2),
+            "vision_heldout": sparse_cache(root / "vision_heldout", 128, 12, 3)}
+
+
+def weighted_sources(root):
+    \"\"\"Notebook 05's settings on such caches with the extras its measures read: two LM layers (token ids and
+    positions) and a vision model (4 patch tokens per image, class labels).\"\"\"
+    import numpy as np
+
+    def text(g, first, n):
+        return {"tokens": g.integers(0, 40, n), "positions": (np.arange(n) + first) % 16}
+
+    def vision(g, first, n):
+        image = (np.arange(n) + first) // 4
+        return {"image": image, "labels": image % 5}
+
+    def vision_cache(name, seed):
+        return sparse_cache(root / name, 512 if seed == 3 else 128, 12, seed, vision, {"tokens_per_image": 4})
+
+    text_heldout = sparse_cache(root / "text_heldout", 128, 16, 9, text)
+    return {"layer1": (sparse_cache(root / "layer1", 512, 16, 11, text), 512, text_heldout),
+            "layer2": (sparse_cache(root / "layer2", 512, 16, 12, text), 384, text_heldout),
+            "vision": (vision_cache("vision", 3), 512, vision_cache("vision_heldout", 4))}
 """
-exec(REAL_HELPERS)  # defines random_caches here, as in the ranks' script
+exec(DATA_HELPERS)  # defines sparse_cache, random_caches and weighted_sources here, as in the ranks' scripts
 
 REAL_SCRIPT = """
 import json, sys
@@ -212,7 +239,7 @@ from pathlib import Path
 import torch
 from isae.experiments import distributed
 from isae.experiments.profiles import real_profile
-""" + REAL_HELPERS + """
+""" + DATA_HELPERS + """
 torch.set_num_threads(1)
 world = distributed.init_world()
 p = real_profile("smoke", **json.loads(sys.argv[3]))
@@ -241,7 +268,7 @@ def test_two_ranks_train_notebook_03s_saes_and_tables_of_one_process_bit_for_bit
     from isae.experiments.profiles import real_profile
 
     p = real_profile("smoke", **REAL_OVERRIDES)
-    caches = random_caches(tmp_path / "activations")  # noqa: F821 (REAL_HELPERS)
+    caches = random_caches(tmp_path / "activations")  # noqa: F821 (DATA_HELPERS)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -281,39 +308,6 @@ def test_two_ranks_train_notebook_03s_saes_and_tables_of_one_process_bit_for_bit
 
 WEIGHTED_OVERRIDES = {"lm_d_sae": 32, "lm_k": 4, "vision_d_sae": 32, "vision_k": 4, "batch_size": 64, "n_top": 5,
                       "consistency_top": 5, "log_every": 2, "control_k_fractions": [0.5]}
-WEIGHTED_HELPERS = """
-def weighted_sources(root):
-    \"\"\"Notebook 05's settings on random caches with the extras its measures read: two LM layers (token ids and
-    positions, 16-dim rows) and a vision model (4 patch tokens per image with class labels, 12-dim rows).\"\"\"
-    import numpy as np
-    from isae.data.cache import ActivationCache, build_cache
-
-    def one(name, rows, d, seed, kind):
-        folder = root / name
-        if not (folder / "manifest.json").exists():
-            def shard(i):
-                g = np.random.default_rng([seed, i])
-                atoms = np.random.default_rng(seed).standard_normal((24, d))
-                codes = g.standard_normal((rows // 2, 24)) * (g.random((rows // 2, 24)) < 0.15)
-                acts = (codes @ atoms + 0.01 * g.standard_normal((rows // 2, d))).astype(np.float32)
-                first = i * rows // 2
-                if kind == "text":
-                    return {"acts": acts, "tokens": g.integers(0, 40, rows // 2),
-                            "positions": (np.arange(rows // 2) + first) % 16}
-                return {"acts": acts, "image": (np.arange(rows // 2) + first) // 4,
-                        "labels": ((np.arange(rows // 2) + first) // 4) % 5}
-            spec = {"dtype": "float32", "kind": kind, "seed": seed}
-            if kind == "vision":
-                spec["tokens_per_image"] = 4
-            build_cache(folder, spec, 2, shard, progress=False)
-        return ActivationCache(folder)
-
-    text_heldout = one("text_heldout", 128, 16, 9, "text")
-    return {"layer1": (one("layer1", 512, 16, 1, "text"), 512, text_heldout),
-            "layer2": (one("layer2", 512, 16, 2, "text"), 384, text_heldout),
-            "vision": (one("vision", 512, 12, 3, "vision"), 512, one("vision_heldout", 128, 12, 4, "vision"))}
-"""
-exec(WEIGHTED_HELPERS)  # defines weighted_sources here, as in the ranks' script
 
 WEIGHTED_SCRIPT = """
 import json, sys
@@ -321,7 +315,7 @@ from pathlib import Path
 import torch
 from isae.experiments import distributed, p2_weighted
 from isae.experiments.profiles import real_profile, weighted_profile
-""" + WEIGHTED_HELPERS + """
+""" + DATA_HELPERS + """
 torch.set_num_threads(1)
 world = distributed.init_world()
 wp = weighted_profile("smoke", **json.loads(sys.argv[3]))
@@ -338,7 +332,7 @@ def test_two_ranks_give_notebook_05s_weighted_sae_tables_of_one_process_bit_for_
     from isae.experiments.profiles import real_profile, weighted_profile
 
     wp = weighted_profile("smoke", **WEIGHTED_OVERRIDES)
-    sources = weighted_sources(tmp_path / "activations")  # noqa: F821 (WEIGHTED_HELPERS)
+    sources = weighted_sources(tmp_path / "activations")  # noqa: F821 (DATA_HELPERS)
     _, weights = p2_weighted.setting_weights(sources, wp)
     plan = distributed.weighted_plan(sources, wp, 2)
     assert sorted(s for share in plan for s in share) == sorted(sources) and all(plan)

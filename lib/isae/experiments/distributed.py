@@ -389,15 +389,43 @@ def _source_sentence(source: Path, record: dict) -> str:
             f"{record['finished_utc']}; launched with `{record['command']}`)")
 
 
-def _complete(out: Path, experiment: str, identity: dict, world: World, record: dict, command: str,
-              started: float, timings: list, params: dict) -> dict:
-    """Rank 0: write ``experiment``'s completion record (last, atomically) and return it."""
-    done = {"experiment": experiment, "profile": params.get("profile"), **identity,
-            "world_size": world.world_size, "ranks": record["ranks"], "command": command,
-            "seconds": round(time.perf_counter() - started, 1), "rank_seconds": timings,
+@dataclass
+class _Launch:
+    """One rank's side of a launched experiment: where it writes, its device, its prefix in log lines, what its
+    provenance records and when it started."""
+
+    experiment: str
+    out: Path
+    device: torch.device
+    world: dict
+    """``describe_world``'s record (every rank's host and device)."""
+    label: str
+    params: dict
+    command: str
+    started: float
+
+
+def _begin(world: World, experiment: str, out: str | Path, device: str | None, profile: str,
+           command: str) -> _Launch:
+    """Every rank, first: its device, the world's record; rank 0 removes an old completion record (a run in
+    progress is not complete)."""
+    dev = world.device(device)
+    run = _Launch(experiment, Path(out), dev, describe_world(world, dev),
+                  f"[rank {world.rank}/{world.world_size}] " if world.world_size > 1 else "",
+                  {"experiment": experiment, "profile": profile, "launcher": command}, command, time.perf_counter())
+    if world.is_main:
+        marker_path(run.out, experiment).unlink(missing_ok=True)
+    return run
+
+
+def _complete(run: _Launch, identity: dict, timings: list) -> dict:
+    """Rank 0, last: write the run's completion record (atomically) and return it."""
+    done = {"experiment": run.experiment, "profile": run.params["profile"], **identity,
+            "world_size": run.world["world_size"], "ranks": run.world["ranks"], "command": run.command,
+            "seconds": round(time.perf_counter() - run.started, 1), "rank_seconds": timings,
             "finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "provenance": provenance(**params)}
-    atomic_write_json(marker_path(out, experiment), done)
+            "provenance": provenance(**run.params)}
+    atomic_write_json(marker_path(run.out, run.experiment), done)
     return done
 
 
@@ -457,18 +485,12 @@ def run_synthetic_distributed(world: World, p: SyntheticProfile, recipes: tuple[
                               command: str = "", log: Callable[[str], None] = print) -> dict | None:
     """Notebook 01's training and evaluation shared among the ranks of ``world``, its tables written by rank 0
     under ``out/tables`` and ``complete.json`` last. Every rank calls it; rank 0 returns the completion record."""
-    out = Path(out)
-    dev = world.device(device)
-    record = describe_world(world, dev)
-    label = f"[rank {world.rank}/{world.world_size}] " if world.world_size > 1 else ""
-    params = {"experiment": "p1_synthetic", "profile": profile, "launcher": command}
-    started = time.perf_counter()
-    if world.is_main:
-        marker_path(out).unlink(missing_ok=True)  # a run in progress is not complete
+    run = _begin(world, "p1_synthetic", out, device, profile, command)
+    out, dev, label, params = run.out, run.device, run.label, run.params
     mine = training_plan(p, recipes, world.world_size)[world.rank]
     log(f"{label}{len(mine)} of {len(synthetic_grid(p, recipes))} SAEs to train on {dev}")
     train_synthetic_share(mine, p, recipes, out, dev, progress=progress, label=label, **params)
-    trained = time.perf_counter() - started
+    trained = time.perf_counter() - run.started
     world.barrier()
     units = synthetic_eval_units(p, recipes)
     my_units = [units[i] for i in shares(len(units), world.world_size)[world.rank]]
@@ -476,14 +498,13 @@ def run_synthetic_distributed(world: World, p: SyntheticProfile, recipes: tuple[
     evaluate_synthetic_share(my_units, p, recipes, out, dev)
     # every rank's own time (gathering is also the barrier before rank 0 reads the evaluations)
     timings = world.all_gather({"rank": world.rank, "train_s": round(trained, 1),
-                                "eval_s": round(time.perf_counter() - started - trained, 1)})
+                                "eval_s": round(time.perf_counter() - run.started - trained, 1)})
     if not world.is_main:
         return None
     assemble_synthetic(p, recipes, out, world.world_size)
     runs, pairs = _combined_tables(out, p, recipes)
     write_synthetic_tables(out / "tables", runs, pairs, recipes, **params, **p.to_dict(), recipe_names=list(recipes))
-    done = _complete(out, "p1_synthetic", _synthetic_identity(p, recipes), world, record, command, started,
-                     timings, params)
+    done = _complete(run, _synthetic_identity(p, recipes), timings)
     log(f"tables written under {out / 'tables'} in {done['seconds']:.0f} s; {marker_path(out)}")
     return done
 
@@ -607,27 +628,21 @@ def run_real_distributed(world: World, p: RealProfile, caches: dict, out: str | 
     notebook 03 then reads (``real_results``). Every rank calls it with the same caches."""
     from isae.experiments import p1_real
 
-    out = Path(out)
-    dev = world.device(device)
-    record = describe_world(world, dev)
-    label = f"[rank {world.rank}/{world.world_size}] " if world.world_size > 1 else ""
-    params = {"experiment": "p1_real", "profile": profile, "launcher": command}
-    started = time.perf_counter()
-    if world.is_main:
-        marker_path(out, "p1_real").unlink(missing_ok=True)
+    run = _begin(world, "p1_real", out, device, profile, command)
+    out, dev, label, params = run.out, run.device, run.label, run.params
     steps = {s: p1_real.real_inputs(s, caches, p).stream.n_steps for s in p1_real.SETTINGS}
     plan = real_plan(p, steps, world.world_size)
     mine = plan[world.rank]
     log(f"{label}{len(mine)} of {sum(map(len, plan))} (setting, model) units to train and evaluate on {dev}")
     train_real_share(mine, caches, p, out, dev, progress=progress, label=label, **params)
-    timings = world.all_gather({"rank": world.rank, "seconds": round(time.perf_counter() - started, 1)})
+    timings = world.all_gather({"rank": world.rank, "seconds": round(time.perf_counter() - run.started, 1)})
     if not world.is_main:
         return None
     tables = assemble_real(p, plan, out)
     runs = pd.concat([t["runs"] for t in tables.values()], ignore_index=True)
     pairs = pd.concat([t["pairs"] for t in tables.values()], ignore_index=True)
     p1_real.write_table2(out / "tables", runs, pairs, **params, **p.to_dict())
-    done = _complete(out, "p1_real", _real_identity(p), world, record, command, started, timings, params)
+    done = _complete(run, _real_identity(p), timings)
     log(f"tables written under {out / 'tables'} in {done['seconds']:.0f} s; {marker_path(out, 'p1_real')}")
     return done
 
@@ -699,14 +714,8 @@ def run_toy_distributed(world: World, p: ToyProfile, out: str | Path, device: st
     (``toy_results``)."""
     from isae.experiments import p2_toy
 
-    out = Path(out)
-    dev = world.device(device)
-    record = describe_world(world, dev)
-    label = f"[rank {world.rank}/{world.world_size}] " if world.world_size > 1 else ""
-    params = {"experiment": "p2_toy", "profile": profile, "launcher": command}
-    started = time.perf_counter()
-    if world.is_main:
-        marker_path(out, "p2_toy").unlink(missing_ok=True)
+    run = _begin(world, "p2_toy", out, device, profile, command)
+    out, dev, label = run.out, run.device, run.label
     mine = toy_plan(p, world.world_size)[world.rank]
     log(f"{label}{len(mine)} of {sum(map(len, toy_plan(p, world.world_size)))} banks to train on {dev}")
     for name, key in mine:
@@ -714,10 +723,10 @@ def run_toy_distributed(world: World, p: ToyProfile, out: str | Path, device: st
         r = p2_toy.run_toy_experiment(conditions, p, w_p=w_p, device=dev, progress=progress, only=[key])
         _save_pickle({"runs": r.runs, "log": r.log, "bank": r.banks[key].cpu()}, _toy_file(out, name, key))
         log(f"{label}{name}: bank {key} ({len(r.runs)} models)")
-    timings = world.all_gather({"rank": world.rank, "seconds": round(time.perf_counter() - started, 1)})
+    timings = world.all_gather({"rank": world.rank, "seconds": round(time.perf_counter() - run.started, 1)})
     if not world.is_main:
         return None
-    done = _complete(out, "p2_toy", {"sizes": _sizes(p)}, world, record, command, started, timings, params)
+    done = _complete(run, {"sizes": _sizes(p)}, timings)
     log(f"banks under {out / WORK_DIR / 'p2_toy'} in {done['seconds']:.0f} s")
     return done
 
@@ -783,15 +792,9 @@ def run_weighted_distributed(world: World, sources: dict, weights: dict, wp: Wei
     last, which notebook 05 then reads (``weighted_results``)."""
     from isae.experiments import p2_weighted
 
-    out = Path(out)
-    dev = world.device(device)
-    record = describe_world(world, dev)
-    label = f"[rank {world.rank}/{world.world_size}] " if world.world_size > 1 else ""
+    run = _begin(world, "p2_weighted", out, device, profile, command)
+    out, dev, label = run.out, run.device, run.label
     identity = _weighted_identity(wp, p, tail)
-    params = {"experiment": "p2_weighted", "profile": profile, "launcher": command}
-    started = time.perf_counter()
-    if world.is_main:
-        marker_path(out, "p2_weighted").unlink(missing_ok=True)
     mine = weighted_plan(sources, wp, world.world_size)[world.rank]
     done_before = [s for s in mine if _weighted_file(out, s).exists()
                    and pd.read_pickle(_weighted_file(out, s))["identity"] == identity]
@@ -802,10 +805,10 @@ def run_weighted_distributed(world: World, sources: dict, weights: dict, wp: Wei
                                        only=todo, log=lambda line: log(label + line))
     for setting, r in results.items():
         _save_pickle({"identity": identity, "result": replace(r, saes={})}, _weighted_file(out, setting))
-    timings = world.all_gather({"rank": world.rank, "seconds": round(time.perf_counter() - started, 1)})
+    timings = world.all_gather({"rank": world.rank, "seconds": round(time.perf_counter() - run.started, 1)})
     if not world.is_main:
         return None
-    done = _complete(out, "p2_weighted", identity, world, record, command, started, timings, params)
+    done = _complete(run, identity, timings)
     log(f"{len(sources)} settings under {_weighted_file(out, '').parent} in {done['seconds']:.0f} s")
     return done
 
