@@ -18,9 +18,10 @@ part uses ``checkpoints/<run>/part-<hash of its models>``, the same at every lau
 killed rank's work resumes and finished ranks only reload their last checkpoint.
 
 The same pattern serves notebook 03 (``run_real_distributed``: units of (setting, model), every seed of a model on
-one rank, so the convergence curve's seed pairs are evaluated during training) and notebook 05
-(``run_weighted_distributed``: one setting per unit). Each notebook reads a completed run through its
-``results_from`` parameter (``synthetic_results``, ``real_results``, ``weighted_results``).
+one rank, so the convergence curve's seed pairs are evaluated during training), notebook 04
+(``run_toy_distributed``: one bank of toy SAEs per unit) and notebook 05 (``run_weighted_distributed``: one
+setting per unit). Each notebook reads a completed run through its ``results_from`` parameter
+(``synthetic_results``, ``real_results``, ``toy_results``, ``weighted_results``).
 """
 
 from __future__ import annotations
@@ -259,7 +260,8 @@ def train_synthetic_share(runs: list[SyntheticRun], p: SyntheticProfile, recipes
         _save_pickle(log, _work(out, recipe, si.run_name) / f"train-{part_name(r.key for r in group)}.pkl")
 
 
-def _load_saes(p: SyntheticProfile, sub: Path, run_name: str, keys: list[RunKey], device) -> dict[RunKey, SAE]:
+def _load_saes(sub: Path, run_name: str, keys: list[RunKey], device) -> dict[RunKey, SAE]:
+    """The saved SAEs ``keys`` of one setting (``p1_synthetic.sae_dir``), each with its seed."""
     saes = {}
     for key in keys:
         sae = load_sae(p1_synthetic.sae_dir(sub, run_name, key), device=device)
@@ -276,7 +278,7 @@ def evaluate_synthetic_share(units: list[tuple[str, str, int, str]], p: Syntheti
         si = _inputs(p, recipe, setting, d, device)
         sub = p1_synthetic.recipe_dir(out, recipes, recipe)
         x_eval = si.stream.held_out(p.n_eval)[0].to(device)
-        saes = _load_saes(p, sub, si.run_name, [RunKey(variant, s) for s in range(p.n_seeds)], device)
+        saes = _load_saes(sub, si.run_name, [RunKey(variant, s) for s in range(p.n_seeds)], device)
         runs, pairs = p1_synthetic.evaluate(saes, x_eval, true_atoms=si.stream.dictionary, progress=False)
         base = p1_synthetic.untrained_pair(si.sae_cfgs[variant], si.stream, si.train_cfg.geometric_median_samples,
                                            device)
@@ -401,7 +403,7 @@ class _Launch:
     """``describe_world``'s record (every rank's host and device)."""
     label: str
     params: dict
-    command: str
+    """Provenance of what it writes: experiment, profile and the launch command ("launcher")."""
     started: float
 
 
@@ -412,7 +414,7 @@ def _begin(world: World, experiment: str, out: str | Path, device: str | None, p
     dev = world.device(device)
     run = _Launch(experiment, Path(out), dev, describe_world(world, dev),
                   f"[rank {world.rank}/{world.world_size}] " if world.world_size > 1 else "",
-                  {"experiment": experiment, "profile": profile, "launcher": command}, command, time.perf_counter())
+                  {"experiment": experiment, "profile": profile, "launcher": command}, time.perf_counter())
     if world.is_main:
         marker_path(run.out, experiment).unlink(missing_ok=True)
     return run
@@ -421,7 +423,7 @@ def _begin(world: World, experiment: str, out: str | Path, device: str | None, p
 def _complete(run: _Launch, identity: dict, timings: list) -> dict:
     """Rank 0, last: write the run's completion record (atomically) and return it."""
     done = {"experiment": run.experiment, "profile": run.params["profile"], **identity,
-            "world_size": run.world["world_size"], "ranks": run.world["ranks"], "command": run.command,
+            "world_size": run.world["world_size"], "ranks": run.world["ranks"], "command": run.params["launcher"],
             "seconds": round(time.perf_counter() - run.started, 1), "rank_seconds": timings,
             "finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "provenance": provenance(**run.params)}
@@ -443,7 +445,7 @@ def load_synthetic_results(out: str | Path, p: SyntheticProfile, recipes: tuple[
             for d in p.data_seeds():
                 si = _inputs(p, recipe, setting, d, dev)
                 tables = pd.read_pickle(_work(out, recipe, si.run_name) / "result.pkl")
-                saes = _load_saes(p, sub, si.run_name, _canonical_keys(p), dev)
+                saes = _load_saes(sub, si.run_name, _canonical_keys(p), dev)
                 x_eval = si.stream.held_out(p.n_eval)[0].to(dev)
                 results[recipe][p1_synthetic.setting_key(setting, d, p)] = ExperimentResult(
                     runs=tables["runs"], pairs=tables["pairs"], log=tables["log"], saes=saes, x_eval=x_eval)
@@ -557,16 +559,21 @@ def _real_part(setting: str, variants: list[str], p: RealProfile) -> str | None:
     return part_name(RunKey(a, s) for a in variants for s in range(p.n_seeds))
 
 
+def _by_setting(units: list[RealUnit]) -> dict[str, list[str]]:
+    """A rank's models of each setting, in unit order."""
+    out: dict[str, list[str]] = {}
+    for u in units:
+        out.setdefault(u.setting, []).append(u.variant)
+    return out
+
+
 def train_real_share(units: list[RealUnit], caches: dict, p: RealProfile, out: Path, device: torch.device,
                      progress: bool = True, label: str = "", **provenance_params) -> None:
     """Train and evaluate ``units`` (one ``train_real_setting`` per setting, on the rank's models of it), saving
     every SAE where notebook 03 does and the setting's tables and curve under ``distributed/p1_real/``."""
     from isae.experiments import p1_real
 
-    by_setting: dict[str, list[str]] = {}
-    for u in units:
-        by_setting.setdefault(u.setting, []).append(u.variant)
-    for setting, variants in by_setting.items():
+    for setting, variants in _by_setting(units).items():
         part = _real_part(setting, variants, p)
         print(f"{label}training {', '.join(variants)} × {p.n_seeds} seeds on {setting}", flush=True)
         rs = p1_real.train_real_setting(setting, caches, p, out, device=_as_notebook_device(device),
@@ -578,14 +585,14 @@ def train_real_share(units: list[RealUnit], caches: dict, p: RealProfile, out: P
 
 
 def _in_order(df: pd.DataFrame, keys: list[str], order: dict[str, int]) -> pd.DataFrame:
-    """``df`` sorted stably by ``keys``, where "variant" sorts in ``order`` and "trained" trained first."""
+    """``df`` sorted stably by ``keys``: "variant" in ``order``, "trained" trained first, "level" runs before
+    pairs, any other column by its value."""
     if df.empty:
         return df
-    sort = {k: (df[k].map(order) if k == "variant" else ~df[k].astype(bool) if k == "trained"
-                else df[k].map({"run": 0, "pair": 1}) if k == "level" else df[k]) for k in keys}
-    tmp = df.assign(**{f"_k{i}": v for i, v in enumerate(sort.values())})
-    return (tmp.sort_values([f"_k{i}" for i in range(len(keys))], kind="stable")
-            .drop(columns=[f"_k{i}" for i in range(len(keys))]).reset_index(drop=True))
+    rank = {"variant": lambda c: c.map(order), "trained": lambda c: ~c.astype(bool),
+            "level": lambda c: c.map({"run": 0, "pair": 1})}
+    by = pd.DataFrame({k: rank.get(k, lambda c: c)(df[k]) for k in keys})
+    return df.loc[by.sort_values(keys, kind="stable").index].reset_index(drop=True)
 
 
 def assemble_real(p: RealProfile, plan: list[list[RealUnit]], out: Path) -> dict[str, dict[str, pd.DataFrame]]:
@@ -596,10 +603,7 @@ def assemble_real(p: RealProfile, plan: list[list[RealUnit]], out: Path) -> dict
     order = {a: i for i, a in enumerate(p.models)}
     parts: dict[str, list[list[str]]] = {}
     for share in plan:
-        mine: dict[str, list[str]] = {}
-        for u in share:
-            mine.setdefault(u.setting, []).append(u.variant)
-        for setting, variants in mine.items():
+        for setting, variants in _by_setting(share).items():
             parts.setdefault(setting, []).append(variants)
     tables = {}
     for setting in SETTINGS:
@@ -658,11 +662,7 @@ def load_real_results(out: str | Path, caches: dict, p: RealProfile, device: str
         ri = p1_real.real_inputs(setting, caches, p, device)
         dev = ri.train_cfg.resolved_device()
         t = pd.read_pickle(_real_work(out, setting) / "result.pkl")
-        keys = [RunKey(a, s) for a in p.models for s in range(p.n_seeds)]
-        saes = {}
-        for key in keys:
-            saes[key] = load_sae(p1_synthetic.sae_dir(out, setting, key), device=dev)
-            saes[key].seed = key.seed
+        saes = _load_saes(out, setting, [RunKey(a, s) for a in p.models for s in range(p.n_seeds)], dev)
         result = ExperimentResult(runs=t["runs"], pairs=t["pairs"], log=t["log"], saes=saes,
                                   x_eval=ri.x_eval.to(dev), curve=t["curve"])
         settings[setting] = p1_real.RealSetting(setting, p.recipe, ri.stream, ri.train_cfg, ri.sae_cfgs, result,

@@ -281,10 +281,9 @@ REAL: dict[str, RealProfile] = {
                          context_length=64, ce_windows=2, vision_layer="blocks.15", vision_train_images=192,
                          vision_eval_images=64, image_size=112, d_sae=256, k=8, batch_size=128, n_seeds=2,
                          n_eval=512, log_every=10, checkpoint_every=20, curve_points=3, n_curve=256),
-    # default, our choice: K and k shrunk from 2048 / 32 to 256 / 8, twice the tokens and 8 passes over the cache,
-    # so that a 2-core CPU takes many more (and cheaper) steps within the notebook's 30 minutes; at K = 512 / 16
-    # the curves were still rising at 5 and 10 passes (README). The authors' recipe with the paper's K-scaled lr,
-    # as the scale sweep (profiles.SCALE_RECIPES).
+    # default, our choice: K = 256, k = 8 (P1: 4096 / 40) and 8 passes over 200k tokens, the most cheap steps a
+    # 2-core CPU takes within the notebook's 30 minutes (larger K got less far in that budget: README); the
+    # authors' recipe with the paper's K-scaled lr, as the scale sweep (profiles.SCALE_RECIPES).
     "default": RealProfile(lm_hook="blocks.20.hook_resid_post", lm_train_tokens=200_000, lm_eval_tokens=8_000,
                            context_length=128, ce_windows=24, vision_layer="blocks.15", vision_train_images=12_288,
                            vision_eval_images=512, image_size=112, d_sae=256, k=8, batch_size=256, n_seeds=3,
@@ -489,7 +488,7 @@ class P3Profile:
     in its budget; the antipodal count needs no match with it), notebook 03's at the other profiles."""
     real_l1_coefs: tuple[float, ...]
     """ReLU+L1 weights on real activations (unit-norm rows): the antipodal count uses all, the wide sweep the first.
-    Our choice: after 400 steps at K = 512, c = 0.1 gives L0 ≈ 21 (LM) / 39 (vision), about notebook 03's k = 16,
+    Our choice: after 400 steps at K = 512, c = 0.1 gives L0 ≈ 21 (LM) / 39 (vision), about ``real_k`` = 16,
     c = 0.3 gives 2 / 7 (0.2 lies between), and c = 0.01 left over half the latents active."""
     real_steps: int
     """Training steps of every real-activation SAE (batches of ``batch_size``; the cache is re-passed if short)."""
