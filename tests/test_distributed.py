@@ -88,7 +88,7 @@ def test_two_ranks_give_the_weights_and_tables_of_one_process_bit_for_bit(tmp_pa
     finally:
         torch.set_num_threads(threads)
     runs, pairs, log = p1_synthetic.combine(results)
-    distributed.write_synthetic_tables(single / "tables", runs, pairs, RECIPES)
+    distributed.write_synthetic_tables(single / "tables", runs, pairs, RECIPES, profile="smoke")
 
     dist = tmp_path / "dist"
     sets = [a for k, v in OVERRIDES.items() for a in ("--set", f"{k}={json.dumps(v)}")]

@@ -50,7 +50,7 @@ def test_an_unconverged_optimum_is_not_a_verdict_on_p3():
            "c3_median": 1.5, "outer_steps": 30, "converged": False}
     empty = pd.DataFrame(columns=["model", "nested_rate", "absorbed_rate", "absorbed_direction"])
     none, wide = pd.DataFrame(columns=["data"]), pd.DataFrame(columns=["model", "K", "ray_alignment"])
-    claims = p3_claims(pd.DataFrame([row]), empty, none, wide)
-    assert pd.isna(claims["holds"].iloc[0]) and "not converged" in claims["evidence"].iloc[0]
-    claims = p3_claims(pd.DataFrame([row | {"converged": True}]), empty, none, wide)
-    assert pd.notna(claims["holds"].iloc[0]) and not claims["holds"].iloc[0]  # converged, C3 too large: fails
+    claims = p3_claims(pd.DataFrame([row]), empty, none, wide, "default")
+    assert claims["verdict"].iloc[0] == "not tested" and "not converged" in claims["reason"].iloc[0]
+    claims = p3_claims(pd.DataFrame([row | {"converged": True}]), empty, none, wide, "default")
+    assert claims["verdict"].iloc[0] == "fails"  # converged, C3 too large

@@ -88,7 +88,7 @@ def test_saelens_layout_reproduces_the_forward_pass_for_topk(tmp_path: Path, x_u
 def test_provenance_json_records_the_given_params(tmp_path: Path):
     save_sae(make_sae("isae"), tmp_path, experiment="unit-test", seed=7)
     prov = json.loads((tmp_path / "provenance.json").read_text())
-    assert prov["params"] == {"experiment": "unit-test", "seed": 7}
+    assert prov["params"] == {"experiment": "unit-test", "seed": 7, "device": "cpu"}
     assert {"git_commit", "packages", "python", "time_utc"} <= set(prov)
     assert prov["packages"]["torch"] == importlib.metadata.version("torch")
 

@@ -62,28 +62,32 @@ def test_real_wide_limit_measures_every_width_with_optimal_lasso_codes(tmp_path)
 
 @pytest.mark.parametrize("rising", [True, False])
 def test_real_claims_follow_the_measurements(rising):
-    empty = pd.DataFrame(columns=["model", "codes", "nested_rate", "absorbed_rate", "absorbed_direction"])
+    empty = pd.DataFrame(columns=["model", "codes", "nested_rate", "absorbed_rate", "absorbed_direction", "seed"])
     wide = pd.DataFrame(columns=["model", "K", "ray_alignment"])
     antipodal = pd.DataFrame([
-        {"data": "smollm2", "model": "relu λ=0.005", "seed": 0, "antipodal_pairs": 7, "density_antipodal": 0.2},
-        {"data": "smollm2", "model": "topk", "seed": 0, "antipodal_pairs": 3, "density_antipodal": 0.1},
-        {"data": "smollm2", "model": "abstopk", "seed": 0, "antipodal_pairs": 0 if rising else 9,
-         "density_antipodal": np.nan}])
+        row | {"data": "smollm2", "seed": s, "antipodal_pairs": row["antipodal_pairs"] + 0.1 * s}
+        for s in range(3) for row in ({"model": "relu λ=0.005", "antipodal_pairs": 7, "density_antipodal": 0.2},
+                                      {"model": "topk", "antipodal_pairs": 3, "density_antipodal": 0.1},
+                                      {"model": "abstopk", "antipodal_pairs": 0 if rising else 9,
+                                       "density_antipodal": np.nan})])
     ray = [0.3, 0.5] if rising else [0.5, 0.3]
     wide_real = pd.DataFrame([{"data": "smollm2", "model": "relu (lasso codes)", "K": k, "seed": s,
-                               "ray_alignment": r + 0.01 * s} for k, r in zip((64, 128), ray) for s in (0, 1)])
-    claims = p3.p3_claims(empty, empty, antipodal, wide, wide_real)
+                               "ray_alignment": r + 0.01 * s} for k, r in zip((64, 128), ray) for s in range(3)])
+    claims = p3.p3_claims(empty, empty, antipodal, wide, "default", wide_real)
+    want = "holds" if rising else "fails"
     anti = claims[claims["claim"].str.startswith("dense antipodal")].iloc[0]
-    assert anti["setting"] == "smollm2" and anti["holds"] == rising and "ReLU+L1 7.0" in anti["evidence"]
+    assert anti["setting"] == "smollm2" and anti["verdict"] == want and "ReLU+L1 pairs 7.100" in anti["ours"]
     ray_row = claims[claims["claim"].str.contains("real activations")].iloc[0]
-    assert ray_row["holds"] == rising and "K=64" in ray_row["evidence"] and "K=128" in ray_row["evidence"]
+    assert ray_row["verdict"] == want and "K=64" in ray_row["ours"] and "K=128" in ray_row["ours"]
+    # with no ReLU+L1 or AbsTopK rows the claims that need them are missing, not failing
+    assert set(claims.loc[claims["claim"].str.contains("C3|absorption"), "verdict"]) == {"missing"}
 
 
 def test_the_wide_limit_is_not_tested_while_an_optimum_has_not_converged():
-    empty = pd.DataFrame(columns=["model", "codes", "nested_rate", "absorbed_rate", "absorbed_direction"])
+    empty = pd.DataFrame(columns=["model", "codes", "nested_rate", "absorbed_rate", "absorbed_direction", "seed"])
     wide = pd.DataFrame([{"model": "optimum (alternating)", "K": k, "ray_alignment": r, "converged": c}
                          for k, r, c in ((16, 0.4, True), (64, 0.8, False))])
-    row = p3.p3_claims(empty, empty, pd.DataFrame(columns=["data"]), wide).iloc[-1]
-    assert pd.isna(row["holds"]) and "K=[64]" in row["evidence"]
-    row = p3.p3_claims(empty, empty, pd.DataFrame(columns=["data"]), wide.assign(converged=True)).iloc[-1]
-    assert bool(row["holds"])
+    row = p3.p3_claims(empty, empty, pd.DataFrame(columns=["data"]), wide, "default").iloc[-1]
+    assert row["verdict"] == "not tested" and "K=[64]" in row["reason"]
+    row = p3.p3_claims(empty, empty, pd.DataFrame(columns=["data"]), wide.assign(converged=True), "default").iloc[-1]
+    assert row["verdict"] == "holds"

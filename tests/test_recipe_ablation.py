@@ -40,9 +40,9 @@ def _table(rows):
 
 
 def test_summary_measures_each_switch_against_its_own_base():
-    runs, pairs = _table([("paper", "—", 0.5, 0), ("paper", "—", 0.52, 1), ("paper", "lr", 0.9, 0),
-                          ("paper", "lr", 0.92, 1), ("authors", "—", 0.95, 0), ("authors", "—", 0.97, 1),
-                          ("authors", "lr", 0.6, 0), ("authors", "lr", 0.62, 1)])
+    runs, pairs = _table([(b, e, v + 0.01 * s, s) for b, e, v in (("paper", "—", 0.5), ("paper", "lr", 0.9),
+                                                                   ("authors", "—", 0.95), ("authors", "lr", 0.6))
+                          for s in range(3)])
     table = p1_recipe.summarise_ablation(runs, pairs).set_index(["base", "element"])
     assert table.loc[("paper", "lr"), "d_sae_iou"] == pytest.approx(0.4)
     assert table.loc[("authors", "lr"), "d_sae_iou"] == pytest.approx(-0.35)
@@ -50,11 +50,14 @@ def test_summary_measures_each_switch_against_its_own_base():
     assert table.loc[("paper", "lr"), "d_mse"] == pytest.approx(0.4)  # mse in the authors' reading (FVU)
     moved = p1_recipe.effects(table.reset_index(), "sae_iou")
     assert list(moved["element"]) == ["lr", "lr"] and list(moved["base"]) == ["paper", "authors"]
+    assert list(moved["direction"]) == ["up", "down"]
+    two_seeds = p1_recipe.summarise_ablation(runs[runs["seed"] < 2], pairs[runs["seed"] < 2])
+    assert p1_recipe.effects(two_seeds, "sae_iou").empty  # 2 seeds decide nothing
 
 
 def test_effects_ignore_a_change_within_the_seed_spread():
-    runs, pairs = _table([("paper", "—", 0.5, 0), ("paper", "—", 0.7, 1), ("paper", "lr", 0.6, 0),
-                          ("paper", "lr", 0.75, 1)])
+    runs, pairs = _table([("paper", "—", 0.5, 0), ("paper", "—", 0.7, 1), ("paper", "—", 0.6, 2),
+                          ("paper", "lr", 0.6, 0), ("paper", "lr", 0.75, 1), ("paper", "lr", 0.7, 2)])
     table = p1_recipe.summarise_ablation(runs, pairs)
     assert p1_recipe.effects(table, "sae_iou").empty
 

@@ -47,9 +47,9 @@ def _cols(d, t):
 def _tables():
     rows = [(32, 1000, 0.90, 0.93), (32, 3000, 0.96, 0.98), (64, 1000, 0.97, 0.99), (64, 3000, 0.5, 0.5)]
     runs = pd.DataFrame([{**_cols(d, t), "mse": 0.1, "mse_fvu": 0.2, "gt_recovered": 0.9, "seed": s}
-                         for d, t, _, _ in rows for s in (0, 1)])
+                         for d, t, _, _ in rows for s in (0, 1, 2)])
     pairs = pd.DataFrame([{**_cols(d, t), "sae_iou": iou + e, "oracle_iou": iou, "dcs": dcs, "sae_l2": 0.1,
-                           "sae_l2_authors": 0.1} for d, t, iou, dcs in rows for e in (-0.01, 0.01)])
+                           "sae_l2_authors": 0.1} for d, t, iou, dcs in rows for e in (-0.01, 0.0, 0.01)])
     return runs, pairs
 
 
@@ -57,7 +57,7 @@ def test_summary_and_the_smallest_point_reaching_the_goal():
     table = p1_scale.summarise_scale(*_tables())
     assert len(table) == 4 and list(table["d_in"]) == [32, 32, 64, 64]
     row = table[(table["d_in"] == 32) & (table["n_steps"] == 3000)].iloc[0]
-    assert row["sae_iou"] == pytest.approx(0.96) and row["sae_iou_sd"] == pytest.approx(0.02 / 2**0.5)
+    assert row["sae_iou"] == pytest.approx(0.96) and row["sae_iou_sd"] == pytest.approx(0.01)
     assert row["mse"] == pytest.approx(0.2)  # the authors' reading (FVU), as the headline table
     reached = p1_scale.smallest_scale(table)
     assert [(int(r.d_in), int(r.n_steps)) for r in reached.itertuples()] == [(32, 3000), (64, 1000)]
@@ -66,12 +66,14 @@ def test_summary_and_the_smallest_point_reaching_the_goal():
 
 def test_a_goal_not_reached_while_still_rising_is_not_tested():
     table = p1_scale.summarise_scale(*_tables())
-    claims = p1_scale.headline_claims(table).set_index("setting")
-    assert bool(claims.loc["iid", "holds"]) and "N=32" in claims.loc["iid", "evidence"]
-    strict = p1_scale.headline_claims(table, goal={"sae_iou": 0.99}).set_index("setting")
-    # N=32 rose 0.90 → 0.96 (sd 0.014): still rising, so no verdict
+    claims = p1_scale.headline_claims(table, "default").set_index("setting")
+    # N=64 at 1000 steps: SAE IoU 0.97 ± 0.008 and DCS 0.99 clear 0.95 / 0.97 beyond 2 se
+    assert claims.loc["iid", "verdict"] == "holds" and "N=64" in claims.loc["iid", "ours"]
+    assert claims.loc["iid", "paper_verdict"] == "holds"  # P1's iSAE-ME: 0.997 / 0.999
+    strict = p1_scale.headline_claims(table, "default", goal={"sae_iou": 0.99}).set_index("setting")
+    # N=32 rose 0.90 → 0.96 (sd 0.01): still rising by more than its distance to the goal, so no verdict
     assert p1_scale.still_rising(table) == [32]
-    assert pd.isna(strict.loc["iid", "holds"]) and "still rising" in strict.loc["iid", "evidence"]
+    assert strict.loc["iid", "verdict"] == "not tested" and "still moving" in strict.loc["iid", "reason"]
     flat = table[table["d_in"] == 64]  # fell with steps: a fail, not "not tested"
-    verdict = p1_scale.headline_claims(flat, goal={"sae_iou": 0.99})["holds"].iloc[0]
-    assert pd.notna(verdict) and not verdict
+    assert p1_scale.headline_claims(flat, "default", goal={"sae_iou": 0.99})["verdict"].iloc[0] == "fails"
+    assert p1_scale.headline_claims(table, "smoke")["verdict"].iloc[0] == "not tested"

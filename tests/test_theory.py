@@ -139,16 +139,19 @@ def test_theory_claims_read_the_tables():
 
     deltas = pd.DataFrame([
         {"setting": "iid", "model": m, "dictionary": "learned", "kind": "pair union", "mean": mean, "mean_sd": 0.01,
-         "q50": mean, "q99": 0.9, "frac_below_1": frac} for m, mean, frac in (("AbsTopK", 0.7, 0.995),
-                                                                              ("iSAE", 0.5, 0.98))])
+         "q50": mean, "q99": 0.9, "frac_below_1": frac, "frac_below_1_sd": 0.001, "n_seeds": 3}
+        for m, mean, frac in (("AbsTopK", 0.7, 0.995), ("iSAE", 0.5, 0.98))])
     bounds = pd.DataFrame([{"setting": "iid", "δ reading": "sup", "delta": d, "premise_holds": ok,
                             "premise_ratio": r} for d, ok, r in ((1.2, False, float("nan")), (0.5, True, 0.5))])
-    claims = p1_theory.theory_claims(deltas, bounds)
-    arip = claims[claims["claim"].str.startswith("learned")].set_index("model")["holds"]
-    assert bool(arip["AbsTopK"]) and not bool(arip["iSAE"])
-    assert bool(claims[claims["claim"].str.contains("regulariser")]["holds"].iloc[0])
+    claims = p1_theory.theory_claims(deltas, bounds, "default")
+    arip = claims[claims["claim"].str.startswith("learned")].set_index("setting")["verdict"]
+    assert arip.to_dict() == {"iid, AbsTopK": "holds", "iid, iSAE": "fails"}
+    assert claims[claims["claim"].str.contains("regulariser")]["verdict"].iloc[0] == "holds"
     premise = claims[claims["claim"].str.contains("3.6")].iloc[0]
-    assert bool(premise["holds"]) and "1/2 pairs" in premise["evidence"]
+    assert premise["verdict"] == "holds" and "(of 2)" in premise["ours"] and "1/2 pairs" in premise["ours"]
+    # without iSAE the regulariser claim is missing, not failing
+    alone = p1_theory.theory_claims(deltas[deltas["model"] == "AbsTopK"], bounds, "default")
+    assert alone[alone["claim"].str.contains("regulariser")]["verdict"].iloc[0] == "missing"
 
 
 def test_groups_are_rebuilt_from_saved_saes_and_their_provenance(tmp_path):

@@ -162,8 +162,8 @@ def test_paired_gains_pair_by_seed_and_respect_the_direction():
     assert gains.loc["token_purity", "gain_pct"] == pytest.approx(100 * 0.05 / 0.6)
     assert gains.loc["token_purity", "diff_sd"] == pytest.approx(np.std([0.1, 0.0], ddof=1))
     assert gains.loc["token_purity", "better"] and gains.loc["token_entropy", "better"]  # entropy went down
-    claims = check_claims(p2_weighted.paired_gains(runs, ("token_purity",)), ["L"], None)
-    assert claims["holds"].all()
+    claims = check_claims(p2_weighted.paired_gains(runs, ("token_purity",)), ["L"], None, profile="default")
+    assert (claims["verdict"] == "inconclusive").all()  # two seeds (and one layer) decide nothing
 
 
 def test_uniform_controls_have_smaller_k_and_keys_carry_their_identity():
@@ -211,9 +211,11 @@ def test_frontier_comparison_interpolates_the_uniform_curve_at_the_weighted_mse(
     assert f.loc[1.0, "excess"] == pytest.approx(-0.05)  # weighting buys less purity than lowering k
     assert np.isnan(f.loc[0.5, "excess"]) and f.loc[0.5, "n_matched"] == 0  # MSE beyond the frontier: no extrapolation
     claims = check_claims(pd.DataFrame(columns=["alpha", "measure", "setting", "diff", "better", "beyond_2se",
-                                                          "gain_pct"]), ["L"], None, frontiers=f.reset_index())
+                                                          "gain_pct"]), ["L"], None, frontiers=f.reset_index(),
+                          profile="default")
     row = claims[claims["claim"].str.contains("α=1:")].iloc[0]
-    assert not row["holds"]
+    assert row["verdict"] == "inconclusive" and row["difference"] == pytest.approx(-0.05)  # one seed
+    assert claims[claims["claim"].str.contains("α=0.5:")]["verdict"].iloc[0] == "missing"  # nothing matched
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])

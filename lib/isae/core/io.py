@@ -91,9 +91,11 @@ def inference_tensors(sae: SAE) -> dict[str, torch.Tensor]:
 
 
 def save_sae(sae: SAE, directory: str | Path, **params) -> Path:
-    """Write ``sae`` to ``directory`` (atomically, file by file) with a provenance.json of ``params``."""
+    """Write ``sae`` to ``directory`` (atomically, file by file) with a provenance.json of ``params`` (``device``, the
+    device it was trained on, defaults to where its parameters are)."""
     directory = Path(directory)
     _write(sae, directory)
+    params.setdefault("device", str(sae.W_dec.device))
     atomic_write_json(directory / "provenance.json", provenance(**params))
     return directory
 

@@ -120,7 +120,8 @@ def ensure_smollm2_hf(force: bool = False, log: Callable[[str], None] = lambda s
                  for p in sorted(staging.rglob("*")) if p.is_file()}
         atomic_write_json(staging / _STAMP, {
             "gguf": gguf.name, "gguf_sha256": _gguf_sha256(), "files": files,
-            "seconds": round(time.perf_counter() - t0, 1), "provenance": provenance(step="gguf->safetensors")})
+            "seconds": round(time.perf_counter() - t0, 1),
+            "provenance": provenance(step="gguf->safetensors", device="cpu")})
         (staging / _STAMP).chmod(0o644)
         staging.chmod(0o755)
         old = None

@@ -13,6 +13,10 @@ and a few small objects; every result goes through the file system, in the folde
 3. A barrier; rank 0 assembles the tables in the one-process order, writes them with provenance (world size, every
    rank's host and device) and a ``complete.json`` that notebook 01 detects (``results_from``).
 
+A completed run is identified by its sizes and by the code that computed it (``code``: a digest of
+``isae.core.provenance.RESULTS_CODE``, each file's hash kept under ``code_files``); one made by other code is never
+read as this code's results: asking for it refuses, naming the files that changed.
+
 Checkpoints: a rank holding every SAE of a setting uses the one-process folder ``checkpoints/<run>``; one holding a
 part uses ``checkpoints/<run>/part-<hash of its models>``, the same at every launch with the same world size, so a
 killed rank's work resumes and finished ranks only reload their last checkpoint.
@@ -42,7 +46,18 @@ import torch
 
 from isae.core.io import load_sae, save_sae
 from isae.core.models import SAE
-from isae.core.provenance import _atomic_write, atomic_write_json, provenance, set_distributed, write_with_provenance
+from isae.core.provenance import (
+    RESULTS_CODE,
+    _atomic_write,
+    atomic_write_json,
+    code_difference,
+    code_digest,
+    code_fingerprint,
+    device_name,
+    provenance,
+    set_distributed,
+    write_with_provenance,
+)
 from isae.core.runs import RunKey
 from isae.experiments import p1_synthetic
 from isae.experiments.p1_synthetic import ExperimentResult
@@ -123,9 +138,8 @@ def close_world(world: World) -> None:
 def describe_world(world: World, device: torch.device) -> dict:
     """Every rank's host, process, device and torch threads (gathered from all ranks), as provenance records
     them; sets it as this process's provenance context (``isae.core.provenance.set_distributed``)."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     mine = {"rank": world.rank, "local_rank": world.local_rank, "host": socket.gethostname(), "pid": os.getpid(),
-            "device": str(device), "device_name": name, "torch_threads": torch.get_num_threads()}
+            "device": str(device), "device_name": device_name(device), "torch_threads": torch.get_num_threads()}
     record = {"world_size": world.world_size, "backend": world.backend, "rank": world.rank,
               "ranks": world.all_gather(mine)}
     set_distributed(record)
@@ -330,9 +344,14 @@ def marker_path(out: str | Path, experiment: str = "p1_synthetic") -> Path:
     return Path(out) / WORK_DIR / experiment / "complete.json"
 
 
+def _with_code(identity: dict) -> dict:
+    """A completed run's identity: its sizes and so on, and the code that computed its results."""
+    return {**identity, "code": code_digest(code_fingerprint(RESULTS_CODE))}
+
+
 def completed_record(out: str | Path, experiment: str, identity: dict) -> dict | None:
     """The record of a completed distributed run of ``experiment`` under ``out`` whose ``identity`` fields (its
-    sizes, ...) equal these; None when there is none or it was made at other sizes."""
+    sizes, code, ...) equal these; None when there is none or it was made at other sizes or by other code."""
     path = marker_path(out, experiment)
     if not path.exists():
         return None
@@ -341,7 +360,7 @@ def completed_record(out: str | Path, experiment: str, identity: dict) -> dict |
 
 
 def _synthetic_identity(p: SyntheticProfile, recipes: tuple[str, ...]) -> dict:
-    return {"sizes": _sizes(p), "recipes": list(recipes)}
+    return _with_code({"sizes": _sizes(p), "recipes": list(recipes)})
 
 
 def completed_run(out: str | Path, p: SyntheticProfile, recipes: tuple[str, ...]) -> dict | None:
@@ -350,12 +369,20 @@ def completed_run(out: str | Path, p: SyntheticProfile, recipes: tuple[str, ...]
     return completed_record(out, "p1_synthetic", _synthetic_identity(p, recipes))
 
 
+def _code_change(record: dict) -> str:
+    """The source files that differ between a completion record's code and this code."""
+    return code_difference(record.get("code_files"), code_fingerprint(RESULTS_CODE))
+
+
 def _mismatch(record: dict, identity: dict) -> str:
-    """What differs between a record and the identity asked for, field by field."""
+    """What differs between a record and the identity asked for, field by field (the code: file by file)."""
     parts = []
     for name, ours in identity.items():
         theirs = record.get(name)
-        if isinstance(ours, dict) and isinstance(theirs, dict):
+        if name == "code":
+            if theirs != ours:
+                parts.append(f"code: {_code_change(record)}")
+        elif isinstance(ours, dict) and isinstance(theirs, dict):
             parts += [f"{k}: run {theirs.get(k)!r}, here {ours.get(k)!r}" for k in sorted(set(theirs) | set(ours))
                       if theirs.get(k) != ours.get(k)]
         elif theirs != ours:
@@ -367,22 +394,34 @@ def results_source(results_from: str | Path | None, out_dir: str | Path, experim
                    identity: dict) -> tuple[Path, dict] | None:
     """Where a notebook reads ``experiment``'s results from: (folder, completion record) of the completed distributed
     run that ``results_from`` names (a folder such as ``outputs/paper``; "auto": ``out_dir`` when it holds one at
-    these sizes), None to train in the notebook. An explicit folder without such a run is refused, naming why."""
+    these sizes), None to train in the notebook. An explicit folder without such a run is refused, naming why.
+
+    A run made by other code (everything else equal) is refused under "auto" too, rather than trained over: its
+    results are not this code's, and training here would meet checkpoints of that same code."""
     if results_from is None:
         return None
-    if results_from == "auto":
-        record = completed_record(out_dir, experiment, identity)
-        return (Path(out_dir), record) if record is not None else None
-    record = completed_record(results_from, experiment, identity)
+    folder = Path(out_dir if results_from == "auto" else results_from)
+    record = completed_record(folder, experiment, identity)
     if record is not None:
-        return Path(results_from), record
-    path = marker_path(results_from, experiment)
+        return folder, record
+    path = marker_path(folder, experiment)
     if not path.exists():
+        if results_from == "auto":
+            return None
         raise ValueError(f"results_from={str(results_from)!r}: no completed distributed run there ({path} is "
                          f"missing); launch one (python -m isae.experiments.launch {experiment}) or pass "
                          "results_from=None to train here.")
+    theirs = json.loads(path.read_text())
+    if all(theirs.get(k) == v for k, v in identity.items() if k != "code"):
+        raise ValueError(f"results_from={str(results_from)!r}: the completed distributed run of {experiment} under "
+                         f"{folder} was made by other code ({_code_change(theirs)}): its results are not what this "
+                         f"code computes. Delete {folder} (or every output: `make clean`) or pass another "
+                         "output_root, then relaunch or train here; results_from=None trains here at once, but is "
+                         f"refused in turn where {folder} holds training checkpoints of that code.")
+    if results_from == "auto":
+        return None
     raise ValueError(f"results_from={str(results_from)!r}: that run was made at other sizes "
-                     f"({_mismatch(json.loads(path.read_text()), identity)}); pass the same notebook "
+                     f"({_mismatch(theirs, identity)}); pass the same notebook "
                      "parameters or results_from=None to train here.")
 
 
@@ -426,7 +465,8 @@ def _complete(run: _Launch, identity: dict, timings: list) -> dict:
             "world_size": run.world["world_size"], "ranks": run.world["ranks"], "command": run.params["launcher"],
             "seconds": round(time.perf_counter() - run.started, 1), "rank_seconds": timings,
             "finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "provenance": provenance(**run.params)}
+            "code_files": code_fingerprint(RESULTS_CODE),
+            "provenance": provenance(**run.params, device=str(run.device))}
     atomic_write_json(marker_path(run.out, run.experiment), done)
     return done
 
@@ -477,7 +517,8 @@ def write_synthetic_tables(tables: Path, runs: pd.DataFrame, pairs: pd.DataFrame
     for df, name in ((headline[list(p1_synthetic.TABLE_COLUMNS)], "table1_synthetic.csv"),
                      (table, "table1_synthetic_all_metrics.csv"), (runs, "table1_synthetic_runs.csv"),
                      (pairs, "table1_synthetic_pairs.csv"),
-                     (report_p1.check_synthetic_claims_by_recipe(table), "table1_claims.csv")):
+                     (report_p1.check_synthetic_claims_by_recipe(table, params.get("profile", "")),
+                      "table1_claims.csv")):
         write_with_provenance(tables / name, lambda f, df=df: df.to_csv(f, index=False), **params)
     return table
 
@@ -505,7 +546,8 @@ def run_synthetic_distributed(world: World, p: SyntheticProfile, recipes: tuple[
         return None
     assemble_synthetic(p, recipes, out, world.world_size)
     runs, pairs = _combined_tables(out, p, recipes)
-    write_synthetic_tables(out / "tables", runs, pairs, recipes, **params, **p.to_dict(), recipe_names=list(recipes))
+    write_synthetic_tables(out / "tables", runs, pairs, recipes, **params, **p.to_dict(), recipe_names=list(recipes),
+                           device=str(dev))
     done = _complete(run, _synthetic_identity(p, recipes), timings)
     log(f"tables written under {out / 'tables'} in {done['seconds']:.0f} s; {marker_path(out)}")
     return done
@@ -621,7 +663,11 @@ def assemble_real(p: RealProfile, plan: list[list[RealUnit]], out: Path) -> dict
 
 
 def _real_identity(p: RealProfile) -> dict:
-    return {"sizes": _sizes(p)}
+    return _with_code({"sizes": _sizes(p)})
+
+
+def _toy_identity(p: ToyProfile) -> dict:
+    return _with_code({"sizes": _sizes(p)})
 
 
 def run_real_distributed(world: World, p: RealProfile, caches: dict, out: str | Path, device: str | None = None,
@@ -645,7 +691,7 @@ def run_real_distributed(world: World, p: RealProfile, caches: dict, out: str | 
     tables = assemble_real(p, plan, out)
     runs = pd.concat([t["runs"] for t in tables.values()], ignore_index=True)
     pairs = pd.concat([t["pairs"] for t in tables.values()], ignore_index=True)
-    p1_real.write_table2(out / "tables", runs, pairs, **params, **p.to_dict())
+    p1_real.write_table2(out / "tables", runs, pairs, **params, **p.to_dict(), device=str(dev))
     done = _complete(run, _real_identity(p), timings)
     log(f"tables written under {out / 'tables'} in {done['seconds']:.0f} s; {marker_path(out, 'p1_real')}")
     return done
@@ -726,7 +772,7 @@ def run_toy_distributed(world: World, p: ToyProfile, out: str | Path, device: st
     timings = world.all_gather({"rank": world.rank, "seconds": round(time.perf_counter() - run.started, 1)})
     if not world.is_main:
         return None
-    done = _complete(run, {"sizes": _sizes(p)}, timings)
+    done = _complete(run, _toy_identity(p), timings)
     log(f"banks under {out / WORK_DIR / 'p2_toy'} in {done['seconds']:.0f} s")
     return done
 
@@ -752,7 +798,7 @@ def toy_results(name: str, p: ToyProfile, out_dir: str | Path, results_from: str
     (``results_from`` as in ``synthetic_results``), else trained here with ``p2_toy.run_toy_experiment``."""
     from isae.experiments import p2_toy
 
-    found = results_source(results_from, out_dir, "p2_toy", {"sizes": _sizes(p)})
+    found = results_source(results_from, out_dir, "p2_toy", _toy_identity(p))
     if found is None:
         conditions, w_p = p2_toy.experiment_conditions(name, p)
         return (p2_toy.run_toy_experiment(conditions, p, w_p=w_p, device=device, progress=progress),
@@ -765,7 +811,7 @@ def toy_results(name: str, p: ToyProfile, out_dir: str | Path, results_from: str
 # P2's weighted SAE (notebook 05) across ranks
 # ------------------------------------------------------------------------------------------------------
 def _weighted_identity(wp: WeightedProfile, p: RealProfile, tail: str) -> dict:
-    return {"sizes": _sizes(wp), "real_sizes": _sizes(p), "consistency_tail": tail}
+    return _with_code({"sizes": _sizes(wp), "real_sizes": _sizes(p), "consistency_tail": tail})
 
 
 def _weighted_file(out: Path, setting: str) -> Path:

@@ -188,18 +188,6 @@ def paper_table2_as_ours(paper2: pd.DataFrame) -> pd.DataFrame:
     return paper2.assign(paper_setting=paper2["setting"], setting=paper2["setting"].map(ours_setting))
 
 
-def claims_beside_paper(table: pd.DataFrame, splice: pd.DataFrame, paper2_as_ours: pd.DataFrame,
-                        paper3: pd.DataFrame, downstream_setting: str = "smollm2 (CE)") -> pd.DataFrame:
-    """``report.p1.check_real_claims`` on our tables, with the same check on P1's own numbers beside each claim
-    (columns "holds in P1's numbers" and "P1's evidence")."""
-    from isae.report.p1 import check_real_claims
-
-    claims = check_real_claims(table, downstream=splice, downstream_setting=downstream_setting)
-    paper_claims = check_real_claims(paper2_as_ours, downstream=paper3, downstream_setting=downstream_setting)
-    return claims.merge(paper_claims[["claim", "setting", "holds", "evidence"]].rename(
-        columns={"holds": "holds in P1's numbers", "evidence": "P1's evidence"}), on=["claim", "setting"], how="left")
-
-
 def write_table2(tables: str | Path, runs: pd.DataFrame, pairs: pd.DataFrame, **params) -> pd.DataFrame:
     """Table 2's files under ``tables`` (the paper's columns, every metric, the per-run and per-pair rows), each
     with provenance; returns the summary table (``p1_synthetic.summarise``)."""

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from isae.experiments import p1_synthetic
 from isae.experiments.profiles import SyntheticProfile
+from isae.report import claims
 from isae.report.summary import mean_sd
 from isae.train.recipe import AUTHORS, ELEMENTS, PAPER, Recipe
 
@@ -103,17 +104,28 @@ def summarise_ablation(runs: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     return table[cols].reset_index(drop=True)
 
 
-def effects(table: pd.DataFrame, metric: str = "sae_iou", spread: float = 2.0) -> pd.DataFrame:
-    """The switched elements whose change of ``metric`` exceeds ``spread`` times the larger seed sd of the
-    variant and its base (our rule for "moves it"), largest change first: setting, model, base, element, the
-    change and both sds."""
-    base_sd = table[table["element"] == "—"].set_index(["setting", "model", "base"])[f"{metric}_sd"]
-    rows = table[table["element"] != "—"].copy()
-    rows["base_sd"] = [base_sd.get((s, m, b), float("nan")) for s, m, b in zip(rows["setting"], rows["model"],
-                                                                               rows["base"])]
-    noise = rows[[f"{metric}_sd", "base_sd"]].max(axis=1)
-    moved = rows[(rows[f"d_{metric}"].abs() > spread * noise)]
+def effects(table: pd.DataFrame, metric: str = "sae_iou") -> pd.DataFrame:
+    """The switched elements that move ``metric``, by the claims engine's rule (``isae.report.claims``): the
+    change from the base recipe exceeds twice its standard error over seeds (seed pairs for pair metrics), with
+    at least 3 seeds behind each. Largest change first: setting, model, base, element, the change, its standard
+    error and the direction."""
+    level = "pair" if metric in p1_synthetic.PAIR_METRICS else "run"
+    bases = table[table["element"] == "—"].set_index(["setting", "model", "base"])
+
+    def q(r, label: str) -> claims.Quantity:
+        return claims.from_seeds(label, float(r[metric]), float(r[f"{metric}_sd"]), int(r["n_seeds"]), level)
+
+    rows = []
+    for _, r in table[table["element"] != "—"].iterrows():
+        key = (r["setting"], r["model"], r["base"])
+        if key not in bases.index:
+            continue
+        out = claims.Compare(q(r, "variant"), ">", q(bases.loc[key], "base")).decide({})
+        if out.verdict in (claims.HOLDS, claims.FAILS):
+            rows.append({"setting": r["setting"], "model": r["model"], "base": r["base"], "element": r["element"],
+                         f"d_{metric}": out.difference, "se": out.difference_se,
+                         "direction": "up" if out.verdict == claims.HOLDS else "down"})
+    moved = pd.DataFrame(rows, columns=["setting", "model", "base", "element", f"d_{metric}", "se", "direction"])
     moved = moved.assign(_size=moved[f"d_{metric}"].abs()).sort_values(["setting", "model", "_size"],
                                                                         ascending=[True, True, False])
-    return moved[["setting", "model", "base", "element", f"d_{metric}", f"{metric}_sd", "base_sd"]].reset_index(
-        drop=True)
+    return moved.drop(columns="_size").reset_index(drop=True)

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -22,6 +21,8 @@ from isae.core.io import load_sae
 from isae.core.models import SAE
 from isae.data.synthetic import SyntheticConfig, SyntheticStream
 from isae.eval import metrics, theory
+from isae.report import claims
+from isae.report.claims import Claim, Compare
 
 SYNTHETIC_SETTINGS = ("iid", "mixture")
 REAL_SETTINGS = ("smollm2", "efficientnet-lite0")
@@ -129,7 +130,8 @@ def delta_table(groups: list[Group], n_supports: int = 4096, seed: int = 0) -> p
         stats = [c for c in seeds if c not in ("kind", "seed", "n")]
         for kind, sub in seeds.groupby("kind", sort=False):
             row = {"setting": g.setting, "model": g.model, "dictionary": "learned", "kind": kind}
-            row |= {c: sub[c].mean() for c in stats} | {f"{c}_sd": sub[c].std() for c in ("mean", "q99")}
+            row |= {c: sub[c].mean() for c in stats}
+            row |= {f"{c}_sd": sub[c].std() for c in ("mean", "q99", "frac_below_1")}
             rows.append(row | {"n": int(sub["n"].iloc[0]), "n_seeds": len(sub)})
         if g.true_atoms is not None and g.setting not in truth_done:
             truth_done.add(g.setting)
@@ -245,40 +247,46 @@ def diagnostic_check(groups: list[Group], n_sample: int = 256, n_exhaustive: int
     return pd.DataFrame(rows)
 
 
-def theory_claims(deltas: pd.DataFrame, bounds: pd.DataFrame, frac: float = 0.99) -> pd.DataFrame:
-    """P1's theoretical claims, each holds / fails, with evidence:
+def theory_claims(deltas: pd.DataFrame, bounds: pd.DataFrame, profile: str, frac: float = 0.99) -> pd.DataFrame:
+    """P1's theoretical claims, decided by the claims engine (``isae.report.claims``):
 
-    * per group: the learned dictionaries satisfy aRIP on the data's supports (δ_S < 1 on at least ``frac`` of
-      pair unions, mean over seeds);
-    * per setting: the aRIP regulariser improves it (iSAE's mean δ_S below AbsTopK's by more than the larger sd);
-    * per setting: Theorem 3.6's premise holds for some pair (the bound is then evaluable), else vacuous.
+    * per group: the learned dictionaries satisfy aRIP on the data's supports (δ_S < 1 on more than ``frac`` of
+      pair unions, mean ± se over seeds);
+    * per setting: the aRIP regulariser lowers δ_S (iSAE's mean δ_S below AbsTopK's);
+    * per setting: Theorem 3.6's premise holds for some pair (the bound is then evaluable), else vacuous (a
+      count over the pairs: exact).
     """
-    rows = []
+    out = []
     learned = deltas[(deltas["dictionary"] == "learned") & (deltas["kind"] == "pair union")]
-    for r in learned.itertuples():
-        rows.append({"claim": "learned dictionaries satisfy aRIP on the data's supports", "setting": r.setting,
-                     "model": r.model, "holds": bool(r.frac_below_1 >= frac),
-                     "evidence": f"δ_S < 1 on {r.frac_below_1:.1%} of pair unions; median {r.q50:.3f}, "
-                                 f"q99 {r.q99:.3f}"})
+
+    def seeds_q(r, stat: str, label: str) -> claims.Quantity:
+        return claims.from_seeds(label, float(r[stat]), float(r.get(f"{stat}_sd", float("nan"))), int(r["n_seeds"]))
+
+    for _, r in learned.iterrows():
+        out.append(Claim("P1", "learned dictionaries satisfy aRIP on the data's supports",
+                         f"{r['setting']}, {r['model']}",
+                         Compare(seeds_q(r, "frac_below_1", "share of pair unions with δ_S < 1"), ">",
+                                 claims.exact(f"{frac:g}", frac)),
+                         note=f"median δ_S {r['q50']:.3f}, q99 {r['q99']:.3f}"))
     for setting, sub in learned.groupby("setting", sort=False):
         by = sub.set_index("model")
-        if {"AbsTopK", "iSAE"} <= set(by.index):
-            a, i = by.loc["AbsTopK"], by.loc["iSAE"]
-            noise = max(float(np.nan_to_num(a["mean_sd"])), float(np.nan_to_num(i["mean_sd"])))
-            rows.append({"claim": "the aRIP regulariser lowers δ_S (iSAE vs AbsTopK)", "setting": setting,
-                         "model": "iSAE", "holds": bool(a["mean"] - i["mean"] > noise),
-                         "evidence": f"mean δ_S {i['mean']:.3f} (iSAE) vs {a['mean']:.3f} (AbsTopK), sd ≤ {noise:.3f}"})
+        rows = {m: by.loc[m] for m in ("AbsTopK", "iSAE") if m in by.index}
+        q = {m: seeds_q(rows[m], "mean", f"{m} mean δ_S") if m in rows else claims.missing(f"{m} mean δ_S")
+             for m in ("AbsTopK", "iSAE")}
+        out.append(Claim("P1", "the aRIP regulariser lowers δ_S (iSAE vs AbsTopK)", setting,
+                         Compare(q["iSAE"], "<", q["AbsTopK"])))
     for setting, sub in bounds[bounds["δ reading"] == "sup"].groupby("setting", sort=False):
-        ok = sub[sub["premise_holds"].astype(bool)]
+        ok = int(sub["premise_holds"].astype(bool).sum())
         no_rip = int((sub["delta"] >= 1).sum())
         ratios = sub["premise_ratio"].dropna()
         why = (f"δ ≥ 1 (no aRIP constant below 1) for {no_rip}/{len(sub)} pairs, δ from {sub['delta'].min():.3f} "
                f"to {sub['delta'].max():.3f}")
         if len(ratios):
             why += f"; elsewhere ε / ε_max from {ratios.min():.3g} to {ratios.max():.3g}"
-        rows.append({"claim": "Theorem 3.6's premise holds, so its bound says something", "setting": setting,
-                     "model": "all", "holds": not ok.empty, "evidence": f"{len(ok)}/{len(sub)} pairs; {why}"})
-    return pd.DataFrame(rows, columns=["claim", "setting", "model", "holds", "evidence"])
+        out.append(Claim("P1", "Theorem 3.6's premise holds, so its bound says something", setting,
+                         Compare(claims.exact(f"pairs (of {len(sub)}) where the premise holds", ok), ">",
+                                 claims.exact("0", 0)), note=why))
+    return claims.claims_table(out, profile)
 
 
 def construction_table(k: int, eps_grid: tuple[float, ...], n_inputs: int = 2048, seed: int = 0) -> pd.DataFrame:

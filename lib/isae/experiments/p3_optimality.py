@@ -20,6 +20,8 @@ from isae.data.synthetic import SyntheticConfig, SyntheticStream
 from isae.eval import metrics, optimality
 from isae.experiments.p1_real import SETTINGS as REAL_SETTINGS
 from isae.experiments.profiles import P3Profile
+from isae.report import claims
+from isae.report.claims import AllOf, Claim, Compare
 from isae.train.trainer import TrainConfig, train_many
 
 CONTRASTS = ("topk", "abstopk")
@@ -218,70 +220,64 @@ def summarise(table: pd.DataFrame, keys: list[str], exclude: tuple[str, ...] = (
     return g.mean().join(g.std().add_suffix("_sd")).reset_index()
 
 
+def _per_seed(rows: pd.DataFrame, column: str, label: str) -> claims.Quantity:
+    """``column`` averaged within each seed (over L1 weights or models), then mean ± se over seeds."""
+    if not len(rows) or column not in rows:
+        return claims.missing(label)
+    return claims.from_values(label, rows.groupby("seed")[column].mean().tolist())
+
+
 def p3_claims(conds: pd.DataFrame, absorb: pd.DataFrame, antipodal: pd.DataFrame, wide: pd.DataFrame,
-              wide_real: pd.DataFrame | None = None) -> pd.DataFrame:
-    """P3's predictions, each holds / fails (or not testable: holds empty), with evidence; thresholds are our
-    choices, stated in each row. ``wide_real``: ``real_wide_limit``'s table, when it ran."""
-    rows = []
+              profile: str, wide_real: pd.DataFrame | None = None) -> pd.DataFrame:
+    """P3's predictions, decided by the claims engine (``isae.report.claims``); thresholds are our choices,
+    stated in each claim. The alternating optimum is one deterministic fit (exact numbers); when it had not
+    converged, its claims are not tested. ``wide_real``: ``real_wide_limit``'s table, when it ran."""
+    out = []
     opt = conds[conds["model"] == "optimum (alternating)"]
     if len(opt):
         o = opt.iloc[0]
-        ok = o["c1_active_mean_dev"] < 0.01 and o["c2"] < 0.01 and o["c3_median"] < 0.05
         converged = bool(o.get("converged", True))
-        rows.append({"claim": "a local optimum satisfies C1–C3 (our thresholds: C1, C2 < 0.01, C3 median < 0.05)",
-                     "setting": "hierarchy", "holds": True if ok else (False if converged else None),
-                     "evidence": f"C1 dev {o['c1_active_mean_dev']:.2g}, C2 {o['c2']:.2g}, C3 median "
-                                 f"{o['c3_median']:.3f}" + ("" if converged else (
-                                     f"; within the thresholds, though the atoms still moved after "
-                                     f"{int(o['outer_steps'])} outer steps" if ok else
-                                     f"; not tested: the alternating solver had not converged after "
-                                     f"{int(o['outer_steps'])} outer steps"))})
+        out.append(Claim(
+            "P3", "a local optimum satisfies C1–C3 (our thresholds: C1, C2 < 0.01, C3 median < 0.05)", "hierarchy",
+            AllOf(Compare(claims.exact("C1 deviation", o["c1_active_mean_dev"]), "<", claims.exact("0.01", 0.01)),
+                  Compare(claims.exact("C2", o["c2"]), "<", claims.exact("0.01", 0.01)),
+                  Compare(claims.exact("C3 median", o["c3_median"]), "<", claims.exact("0.05", 0.05))),
+            unconverged="" if converged else f"the alternating solver had not converged after "
+                                             f"{int(o['outer_steps'])} outer steps"))
     relu = conds[conds["model"].str.startswith("relu") & (conds["codes"] == "SAE encoder")]
     contrast = conds[conds["model"].isin(CONTRASTS) & (conds["codes"] == "SAE encoder")]
-    if len(relu) and len(contrast):
-        r, c = relu["c3_median"].mean(), contrast["c3_median"].mean()
-        rows.append({"claim": "a trained ReLU+L1 SAE is closer to C3 than TopK / AbsTopK", "setting": "hierarchy",
-                     "holds": bool(r < c), "evidence": f"C3 median {r:.3f} (ReLU+L1) vs {c:.3f} (TopK, AbsTopK)"})
+    out.append(Claim("P3", "a trained ReLU+L1 SAE is closer to C3 than TopK / AbsTopK", "hierarchy",
+                     Compare(_per_seed(relu, "c3_median", "C3 median ReLU+L1"), "<",
+                             _per_seed(contrast, "c3_median", "C3 median TopK, AbsTopK"))))
     rl = absorb[absorb["model"].str.startswith("relu")]
-    if len(rl):
-        nested, absorbed = rl["nested_rate"].mean(), rl["absorbed_rate"].mean()
-        rows.append({"claim": "absorption, not strictly nested latents (ReLU+L1: absorbed rate > nested rate)",
-                     "setting": "hierarchy", "holds": bool(absorbed > nested) if pd.notna(absorbed) else None,
-                     "evidence": f"absorbed {absorbed:.3f}, nested {nested:.3f}; child atom's extra cos with "
-                                 f"parent {rl['absorbed_direction'].mean():+.3f}"})
+    out.append(Claim("P3", "absorption, not strictly nested latents (ReLU+L1: absorbed rate > nested rate)",
+                     "hierarchy", Compare(_per_seed(rl, "absorbed_rate", "absorbed rate"), ">",
+                                          _per_seed(rl, "nested_rate", "nested rate")),
+                     note=f"child atom's extra cos with parent {rl['absorbed_direction'].mean():+.3f}" if len(rl)
+                     else ""))
     for data, rows_d in antipodal.groupby("data", sort=False):
-        by = rows_d.groupby("model")["antipodal_pairs"].mean()
-        dens = rows_d.groupby("model")["density_antipodal"].mean() if "density_antipodal" in rows_d else None
-        relu_n = by[[m for m in by.index if m.startswith("relu")]].mean()
-        ab, tk = by.get("abstopk", float("nan")), by.get("topk", float("nan"))
+        relu_n = _per_seed(rows_d[rows_d["model"].str.startswith("relu")], "antipodal_pairs", "ReLU+L1 pairs")
+        abstopk = _per_seed(rows_d[rows_d["model"] == "abstopk"], "antipodal_pairs", "AbsTopK pairs")
         synthetic = data == "synthetic, signed codes"
-        density = "" if dens is None else (
-            "; firing density of paired atoms: " + ", ".join(f"{m} {v:.3f}" for m, v in dens.dropna().items()))
-        rows.append({"claim": "dense antipodal pairs under ReLU+L1" + (" on signed data" if synthetic else "")
-                     + ", not under AbsTopK", "setting": data if not synthetic else "synthetic signed",
-                     "holds": bool(relu_n > 0 and relu_n > ab),
-                     "evidence": f"pairs with cos < −0.9: ReLU+L1 {relu_n:.1f}, TopK {tk:.1f}, "
-                                 f"AbsTopK {ab:.1f} (mean over seeds and L1 weights){density}"})
+        out.append(Claim("P3", "dense antipodal pairs under ReLU+L1" + (" on signed data" if synthetic else "")
+                         + ", not under AbsTopK", data if not synthetic else "synthetic signed",
+                         AllOf(Compare(relu_n, ">", claims.exact("0", 0)), Compare(relu_n, ">", abstopk)),
+                         note="pairs with cos < −0.9, mean over L1 weights within a seed"))
     w = wide[wide["model"] == "optimum (alternating)"].sort_values("K")
     if len(w) >= 2:
         first, last = w.iloc[0], w.iloc[-1]
         unconverged = [int(r.K) for r in w.itertuples() if not bool(getattr(r, "converged", True))]
-        rises = bool(last["ray_alignment"] > first["ray_alignment"])
-        rows.append({"claim": "wide limit: atoms approach rays through the data as K grows (optimum)",
-                     "setting": "hierarchy", "holds": None if unconverged else rises,
-                     "evidence": f"mean max-cos to a data point {first['ray_alignment']:.3f} at K={int(first['K'])} "
-                                 f"→ {last['ray_alignment']:.3f} at K={int(last['K'])}" + (
-                                     f"; not tested: the optimum had not converged at K={unconverged}"
-                                     if unconverged else "")})
+        out.append(Claim("P3", "wide limit: atoms approach rays through the data as K grows (optimum)", "hierarchy",
+                         Compare(claims.exact(f"ray alignment at K={int(last['K'])}", last["ray_alignment"]), ">",
+                                 claims.exact(f"at K={int(first['K'])}", first["ray_alignment"])),
+                         unconverged=f"the optimum had not converged at K={unconverged}" if unconverged else ""))
     for (data, model), wr in (wide_real.groupby(["data", "model"], sort=False) if wide_real is not None
                               and len(wide_real) else ()):
-        by_k = wr.groupby("K")["ray_alignment"].agg(["mean", "std"]).sort_index()
-        if len(by_k) < 2:
+        ks = sorted(wr["K"].unique())
+        if len(ks) < 2:
             continue
-        first, last = by_k.iloc[0], by_k.iloc[-1]
-        rows.append({"claim": f"wide limit on real activations: atoms approach rays through the data as K grows "
-                              f"({model})", "setting": data, "holds": bool(last["mean"] > first["mean"]),
-                     "evidence": f"mean max-cos to a data point {first['mean']:.3f} ± {first['std']:.3f} at "
-                                 f"K={by_k.index[0]} → {last['mean']:.3f} ± {last['std']:.3f} at K={by_k.index[-1]}"})
-    return pd.DataFrame(rows, columns=["claim", "setting", "holds", "evidence"])
-
+        at = {k: claims.from_values(f"ray alignment at K={k}", wr.loc[wr["K"] == k, "ray_alignment"].tolist())
+              for k in (ks[0], ks[-1])}
+        out.append(Claim("P3", f"wide limit on real activations: atoms approach rays through the data as K grows "
+                               f"({model})", data, Compare(at[ks[-1]], ">", at[ks[0]])))
+    return claims.claims_table(out, profile)

@@ -28,7 +28,7 @@ class NotebookSetup:
     device: torch.device
     n_threads: int
     params: dict = field(default_factory=dict)
-    """Provenance parameters written beside every table and figure."""
+    """Provenance parameters written beside every table and figure (the device among them)."""
 
     @property
     def tables(self) -> Path:
@@ -63,6 +63,6 @@ def notebook_setup(notebook: str, profile: str, sizes: Any, n_threads: int | Non
     out = Path(output_root) if output_root else repo_root() / "outputs" / profile
     for sub in ("tables", "figures"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    params = {"notebook": notebook, "profile": profile, **sizes.to_dict()}
+    params = {"notebook": notebook, "profile": profile, **sizes.to_dict(), "device": str(dev)}
     return NotebookSetup(notebook=notebook, profile=profile, sizes=sizes, out=out, device=dev,
                          n_threads=torch.get_num_threads(), params=params)

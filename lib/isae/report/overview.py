@@ -2,11 +2,12 @@
 
     python -m isae.report.overview --profile smoke        # the last step of `make reproduce`
 
-Every claims table the notebooks wrote (``tables/*claims*.csv``: columns ``claim, setting, holds, evidence`` and,
-where the paper's own numbers were checked, e.g. ``holds in P1's numbers, P1's evidence``) becomes one table of the
-page, with a summary line per table at the top, the figures of that notebook as thumbnails, and links to the
-executed notebooks. A notebook that has not run yet is listed as "not run". Pure Python and pandas; the page is
-self-contained apart from the linked figures and notebooks (relative links: move the folder as a whole).
+Every claims table the notebooks wrote (``tables/*claims*.csv``, the claims engine's columns
+``isae.report.claims.CLAIM_COLUMNS``) becomes one table of the page, with the count of each verdict per notebook
+at the top, the figures of that notebook as thumbnails, and links to the executed notebooks. A smoke page says
+at its top that smoke sizes decide no claim. A notebook that has not run yet is listed as "not run". Pure Python
+and pandas; the page is self-contained apart from the linked figures and notebooks (relative links: move the
+folder as a whole).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 from isae.core.provenance import atomic_write_text, git_commit, repo_root
+from isae.report.claims import RULE, SMOKE_REASON, VERDICTS, counts
 
-CORE_COLUMNS = ("recipe", "claim", "setting", "model", "holds", "evidence")
+SHOWN_COLUMNS = ("claim", "setting", "verdict", "ours", "reason", "paper_value", "paper_verdict")
+"""The columns of a claims table the page shows (the CSV holds more)."""
 
 
 @dataclass(frozen=True)
@@ -58,43 +61,31 @@ th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-al
 th { background: #f2f2f2; }
 td.holds { background: #d4f4d4; color: #145214; font-weight: bold; }
 td.fails { background: #f8d4d4; color: #7a1010; font-weight: bold; }
+td.inconclusive { background: #fdf3d0; color: #6b5300; }
+td.not-tested, td.missing { background: #eee; color: #555; font-style: italic; }
 td.na, .notrun { color: #888; font-style: italic; }
+.banner { background: #fff3cd; border: 1px solid #e0c060; padding: 0.6em 1em; font-weight: bold; }
 .thumbs a { display: inline-block; margin: 0 6px 6px 0; text-align: center; font-size: 0.8em; }
 .thumbs img { height: 140px; border: 1px solid #ddd; display: block; }
 """
 
 
-def _truth(value) -> bool | None:
-    """True/False from a claims cell (bool, "True"/"False", 1/0); None when empty or unreadable."""
-    if isinstance(value, bool):
-        return value
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return None
-    text = str(value).strip().lower()
-    return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text)
-
-
 def _verdict_cell(value) -> str:
-    t = _truth(value)
-    if t is None:
-        return '<td class="na">n/a</td>'
-    return '<td class="holds">holds</td>' if t else '<td class="fails">fails</td>'
-
-
-def _is_verdict_column(name: str) -> bool:
-    return name == "holds" or name.startswith("holds")
+    v = "" if pd.isna(value) else str(value)
+    css = v.replace(" ", "-") if v in VERDICTS else "na"
+    return f'<td class="{css}">{html.escape(v or "n/a")}</td>'
 
 
 def claims_html(df: pd.DataFrame) -> str:
-    """The claims as an HTML table: claim, setting, ours (evidence), our verdict, then the paper's columns."""
-    paper = [c for c in df.columns if c not in CORE_COLUMNS]
-    columns = [c for c in ("recipe", "claim", "setting", "model", "evidence", "holds") if c in df.columns] + paper
-    heads = {"evidence": "ours", "holds": "holds here"}
+    """The claims as an HTML table: claim, setting, our verdict, our numbers and why, the paper's."""
+    columns = [c for c in SHOWN_COLUMNS if c in df.columns]
+    heads = {"verdict": "verdict here", "ours": "ours", "paper_value": "paper",
+             "paper_verdict": "in the paper's numbers"}
     out = ["<table><tr>" + "".join(f"<th>{html.escape(heads.get(c, str(c)))}</th>" for c in columns) + "</tr>"]
     for _, row in df.iterrows():
         cells = []
         for c in columns:
-            if _is_verdict_column(str(c)):
+            if c in ("verdict", "paper_verdict"):
                 cells.append(_verdict_cell(row[c]))
             else:
                 v = row[c]
@@ -104,10 +95,10 @@ def claims_html(df: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def _count(df: pd.DataFrame) -> tuple[int, int]:
-    """(claims that hold, claims with a verdict)."""
-    verdicts = [_truth(v) for v in df["holds"]] if "holds" in df.columns else []
-    return sum(v is True for v in verdicts), sum(v is not None for v in verdicts)
+def _count_cells(df: pd.DataFrame | None) -> str:
+    if df is None:
+        return "".join("<td></td>" for _ in VERDICTS)
+    return "".join(f"<td>{n}</td>" for n in counts(df).values())
 
 
 def _notebook_link(out: Path, notebook: str) -> str | None:
@@ -135,8 +126,9 @@ def _read_claims(path: Path) -> tuple[pd.DataFrame | None, str | None]:
         df = pd.read_csv(path)
     except Exception as e:  # an unreadable table is reported on the page, not hidden
         return None, f"unreadable claims table {path.name}: {type(e).__name__}: {e}"
-    if "claim" not in df.columns or "holds" not in df.columns:
-        return None, f"{path.name} has no 'claim'/'holds' columns (columns: {', '.join(map(str, df.columns))})"
+    if "claim" not in df.columns or "verdict" not in df.columns:
+        return None, (f"{path.name} has no 'claim'/'verdict' columns (columns: {', '.join(map(str, df.columns))}); "
+                      "it was written by older code: re-run its notebook")
     return df, None
 
 
@@ -150,7 +142,8 @@ def build_overview(out: str | Path, profile: str, commit: str | None = None, now
     extra = sorted(p.name for p in tables.glob("*claims*.csv") if p.name not in known) if tables.is_dir() else []
     sections = list(SECTIONS) + [Section(f"Other claims: {name}", "", name, ()) for name in extra]
 
-    summary = ['<table><tr><th>section</th><th>notebook</th><th>claims that hold</th></tr>']
+    summary = ['<table><tr><th>section</th><th>notebook</th>'
+               + "".join(f"<th>{v}</th>" for v in VERDICTS) + "<th>status</th></tr>"]
     bodies = []
     for i, s in enumerate(sections):
         anchor = f"s{i}"
@@ -158,6 +151,7 @@ def build_overview(out: str | Path, profile: str, commit: str | None = None, now
         nb_cell = (f'<a href="{html.escape(link)}">{html.escape(s.notebook)}</a>' if link
                    else f'<span class="notrun">{html.escape(s.notebook or "-")} (not run)</span>')
         body = [f'<h2 id="{anchor}">{html.escape(s.title)}</h2>', f"<p>notebook: {nb_cell}</p>"]
+        df = None
         if s.claims is None:
             status = "no claims table" if link else '<span class="notrun">not run</span>'
         else:
@@ -166,15 +160,15 @@ def build_overview(out: str | Path, profile: str, commit: str | None = None, now
                 status = f'<span class="notrun">{html.escape(why)}</span>'
                 body.append(f'<p class="notrun">{html.escape(s.claims)}: {html.escape(why)}</p>')
             else:
-                held, judged = _count(df)
                 written = datetime.fromtimestamp((tables / s.claims).stat().st_mtime, UTC)
-                status = f"{held} / {judged}"
-                body.append(f"<p>{held} of {judged} claims hold ({html.escape(s.claims)}, written "
+                status = f"{len(df)} claims"
+                text = ", ".join(f"{n} {v}" for v, n in counts(df).items() if n)
+                body.append(f"<p>{len(df)} claims: {html.escape(text)} ({html.escape(s.claims)}, written "
                             f"{written:%Y-%m-%d %H:%M} UTC)</p>")
                 body.append(claims_html(df))
         body.append(_thumbs(out, s.figure_prefixes))
         summary.append(f'<tr><td><a href="#{anchor}">{html.escape(s.title)}</a></td><td>{nb_cell}</td>'
-                       f"<td>{status}</td></tr>")
+                       f"{_count_cells(df)}<td>{status}</td></tr>")
         bodies.append("\n".join(body))
     summary.append("</table>")
     return "\n".join([
@@ -183,6 +177,9 @@ def build_overview(out: str | Path, profile: str, commit: str | None = None, now
         f"<h1>Which claims hold: profile <code>{html.escape(profile)}</code></h1>",
         f'<div class="meta">commit <code>{html.escape(commit)}</code> · generated {now:%Y-%m-%d %H:%M} UTC · '
         f"outputs: <code>{html.escape(str(out))}</code></div>",
+        (f'<p class="banner">Profile <code>smoke</code>: {html.escape(SMOKE_REASON)}; every verdict is "not tested" '
+         "(or \"missing\").</p>" if profile == "smoke" else ""),
+        f'<p class="meta">The rule (every table): {html.escape(RULE)}.</p>',
         *summary, *bodies, "</body></html>", "",
     ])
 

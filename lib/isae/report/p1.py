@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 
 from isae.core.models import ARCHITECTURES
 from isae.core.provenance import repo_root
-from isae.experiments.p1_synthetic import TABLE_METRICS
+from isae.experiments.p1_synthetic import PAIR_METRICS, TABLE_METRICS
 from isae.experiments.profiles import P1_MODELS
+from isae.report import claims
+from isae.report.claims import AllOf, Claim, Compare, Quantity
 
 PAPER_DIR = repo_root() / "data" / "paper"
 #: Direction of improvement of each metric (for the "better" arrows in tables).
@@ -42,14 +42,10 @@ def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, metrics: tuple[str, ..
     return out
 
 
-@dataclass
-class Claim:
-    """A qualitative claim of a paper, and whether our numbers support it."""
-
-    claim: str
-    setting: str
-    holds: bool
-    evidence: str
+METRIC_LABELS = {"mse": "MSE", "r_s": "R_S", "sae_iou": "SAE IoU", "sae_l2": "SAE ℓ2", "oracle_iou": "oracle IoU",
+                 "oracle_l2": "oracle ℓ2", "dcs": "DCS"}
+PAIR_LEVEL = set(PAIR_METRICS)
+"""Metrics measured per seed pair (their standard error follows ``claims.RULE``'s pair rule)."""
 
 
 def _trained(table: pd.DataFrame) -> pd.Series:
@@ -57,68 +53,98 @@ def _trained(table: pd.DataFrame) -> pd.Series:
     return table["trained"].astype(bool) if "trained" in table else pd.Series(True, index=table.index)
 
 
-def _get(table: pd.DataFrame, setting: str, model: str, metric: str) -> float:
-    """``metric`` of the trained ``model`` (display name) in ``setting``; NaN when the table lacks it."""
-    row = table[(table["setting"] == setting) & (table["model"] == model) & _trained(table)]
-    return float(row[metric].iloc[0]) if len(row) else float("nan")
+def _quantity(rows: pd.DataFrame, label: str, metric: str, key: tuple[str, str, str], paper: bool) -> Quantity:
+    """``metric`` of the one row in ``rows`` as a quantity: exact for the paper's numbers, else mean ± se over
+    seeds (``n_seeds``); missing when the row or the metric is absent."""
+    if not len(rows) or metric not in rows or pd.isna(rows[metric].iloc[0]):
+        return claims.missing(label)
+    r = rows.iloc[0]
+    if paper:
+        return claims.exact(label, float(r[metric]))
+    return claims.from_seeds(label, float(r[metric]), float(r.get(f"{metric}_sd", float("nan"))),
+                             int(r.get("n_seeds", 1)), "pair" if metric in PAIR_LEVEL else "run", key)
 
 
-def _get_untrained(table: pd.DataFrame, setting: str, variant: str, metric: str) -> float:
-    """``metric`` of the random-init baseline of architecture ``variant`` in ``setting``; NaN when absent."""
-    if "variant" not in table:
-        return float("nan")
-    row = table[(table["setting"] == setting) & (table["variant"] == variant) & ~_trained(table)]
-    return float(row[metric].iloc[0]) if len(row) else float("nan")
+def getters(table: pd.DataFrame, setting: str, paper: bool = False):
+    """(get, get_untrained) for one setting of a ``summarise`` table (or a paper's table, ``paper=True``):
+    ``get(model, metric)`` the trained model's quantity, ``get_untrained(variant, metric)`` the random-init
+    baseline's."""
+    in_setting = table[table["setting"] == setting]
+    trained = _trained(in_setting)
+
+    def get(model: str, metric: str) -> Quantity:
+        rows = in_setting[(in_setting["model"] == model) & trained]
+        return _quantity(rows, f"{model} {METRIC_LABELS.get(metric, metric)}", metric, (setting, model, metric),
+                         paper)
+
+    def get_untrained(variant: str, metric: str) -> Quantity:
+        label = f"untrained {ARCHITECTURES.get(variant, variant)} {METRIC_LABELS.get(metric, metric)}"
+        if "variant" not in in_setting:
+            return claims.missing(label)
+        rows = in_setting[(in_setting["variant"] == variant) & ~trained]
+        return _quantity(rows, label, metric, (setting, f"untrained {variant}", metric), paper)
+
+    return get, get_untrained
 
 
-def _metric_getter(table: pd.DataFrame, setting: str):
-    """``get(model, metric)``: ``_get`` for one setting of ``table``."""
-    return lambda model, metric: _get(table, setting, model, metric)
+def _lowest(g, model: str, metric: str, others: tuple[str, ...]) -> AllOf:
+    return AllOf(*(Compare(g(model, metric), "<", g(o, metric)) for o in others))
 
 
-def check_synthetic_claims(table: pd.DataFrame) -> pd.DataFrame:
-    """P1's qualitative claims on synthetic data, checked on ``table`` (the output of ``summarise``)."""
-    claims: list[Claim] = []
-    for s in sorted(set(table["setting"])):
-        g = _metric_getter(table, s)
-        untrained_dcs = _get_untrained(table, s, "topk", "dcs")
-        claims += [
-            Claim("AbsTopK beats TopK on DCS", s, g("AbsTopK", "dcs") > g("TopK", "dcs"),
-                  f"DCS {g('AbsTopK', 'dcs'):.3f} vs {g('TopK', 'dcs'):.3f}"),
-            Claim("AbsTopK beats TopK on SAE code IoU", s, g("AbsTopK", "sae_iou") > g("TopK", "sae_iou"),
-                  f"IoU {g('AbsTopK', 'sae_iou'):.3f} vs {g('TopK', 'sae_iou'):.3f}"),
-            Claim("OMP oracle on AbsTopK dictionaries is more consistent than the AbsTopK encoder", s,
-                  g("AbsTopK", "oracle_iou") > g("AbsTopK", "sae_iou"),
-                  f"oracle IoU {g('AbsTopK', 'oracle_iou'):.3f} vs SAE IoU {g('AbsTopK', 'sae_iou'):.3f}"),
-            Claim("iSAE-ME has the lowest MSE", s,
-                  g("iSAE-ME", "mse") <= min(g(m, "mse") for m in ("TopK", "AbsTopK", "iSAE")),
-                  f"MSE iSAE-ME {g('iSAE-ME', 'mse'):.3f}, AbsTopK {g('AbsTopK', 'mse'):.3f}, "
-                  f"TopK {g('TopK', 'mse'):.3f}"),
-            Claim("iSAE-ME closes the gap to the oracle (SAE IoU ≥ AbsTopK's oracle IoU − 0.05)", s,
-                  g("iSAE-ME", "sae_iou") >= g("AbsTopK", "oracle_iou") - 0.05,
-                  f"iSAE-ME SAE IoU {g('iSAE-ME', 'sae_iou'):.3f} vs AbsTopK oracle IoU "
-                  f"{g('AbsTopK', 'oracle_iou'):.3f}"),
-            Claim("Trained SAEs are more consistent than untrained ones (DCS above the random-init baseline)", s,
-                  g("TopK", "dcs") > untrained_dcs,
-                  f"TopK DCS {g('TopK', 'dcs'):.3f} vs untrained {untrained_dcs:.3f}"),
-        ]
-        if s == "iid":
-            claims.append(Claim("iSAE-ME is near-perfectly stable on i.i.d. data (SAE IoU > 0.9)", s,
-                                g("iSAE-ME", "sae_iou") > 0.9, f"SAE IoU {g('iSAE-ME', 'sae_iou'):.3f}"))
-        if s == "mixture":
-            claims.append(Claim("the aRIP term lowers R_S on coherent (mixture) data", s,
-                                g("iSAE", "r_s") < g("AbsTopK", "r_s"),
-                                f"R_S iSAE {g('iSAE', 'r_s'):.3f} vs AbsTopK {g('AbsTopK', 'r_s'):.3f}"))
-    return pd.DataFrame([c.__dict__ for c in claims])
+def synthetic_tests(g, u, setting: str) -> list[tuple[str, object]]:
+    """P1's claims on synthetic data as (statement, test) for one setting; ``g``, ``u`` from ``getters``."""
+    out = [
+        ("AbsTopK beats TopK on DCS", Compare(g("AbsTopK", "dcs"), ">", g("TopK", "dcs"))),
+        ("AbsTopK beats TopK on SAE code IoU", Compare(g("AbsTopK", "sae_iou"), ">", g("TopK", "sae_iou"))),
+        ("OMP oracle on AbsTopK dictionaries is more consistent than the AbsTopK encoder",
+         Compare(g("AbsTopK", "oracle_iou"), ">", g("AbsTopK", "sae_iou"))),
+        ("iSAE-ME has the lowest MSE", _lowest(g, "iSAE-ME", "mse", ("TopK", "AbsTopK", "iSAE"))),
+        ("iSAE-ME closes the gap to the oracle (SAE IoU ≥ AbsTopK's oracle IoU − 0.05)",
+         Compare(g("iSAE-ME", "sae_iou"), ">", g("AbsTopK", "oracle_iou"), offset=-0.05)),
+        ("Trained SAEs are more consistent than untrained ones (DCS above the random-init baseline)",
+         Compare(g("TopK", "dcs"), ">", u("topk", "dcs"))),
+    ]
+    if setting == "iid":
+        out.append(("iSAE-ME is near-perfectly stable on i.i.d. data (SAE IoU > 0.9)",
+                    Compare(g("iSAE-ME", "sae_iou"), ">", claims.exact("0.9", 0.9))))
+    if setting == "mixture":
+        out.append(("the aRIP term lowers R_S on coherent (mixture) data",
+                    Compare(g("iSAE", "r_s"), "<", g("AbsTopK", "r_s"))))
+    return out
 
 
-def check_synthetic_claims_by_recipe(table: pd.DataFrame) -> pd.DataFrame:
-    """``check_synthetic_claims`` for each recipe of a ``summarise`` table that has a ``recipe`` column (the
-    claims table gains that column first)."""
-    parts = [check_synthetic_claims(t.drop(columns="recipe")).assign(recipe=r)
+def _beside_paper(paper_name: str, ours: list[tuple[str, object]], theirs: list[tuple[str, object]] | None,
+                  setting: str) -> list[Claim]:
+    """Claims from our tests, each with the same test on the paper's numbers where the paper has that setting."""
+    paper_tests = dict(theirs) if theirs is not None else {}
+    out = []
+    for statement, test in ours:
+        pt = paper_tests.get(statement)
+        out.append(Claim(paper_name, statement, setting, test, paper_value=str(pt) if pt is not None else "",
+                         paper_test=pt))
+    return out
+
+
+def check_synthetic_claims(table: pd.DataFrame, profile: str, paper: pd.DataFrame | None = None,
+                           label: str = "") -> pd.DataFrame:
+    """P1's qualitative claims on synthetic data, decided by the claims engine on ``table`` (``summarise``'s
+    output), each beside the same test on P1's Table 1 (``paper``, default ``paper_table(1)``). ``label`` is
+    appended to the setting (e.g. the recipe)."""
+    paper = paper_table(1) if paper is None else paper
+    out = []
+    for s in dict.fromkeys(table["setting"]):
+        ours = synthetic_tests(*getters(table, s), s)
+        theirs = synthetic_tests(*getters(paper, s, paper=True), s) if s in set(paper["setting"]) else None
+        out += _beside_paper("P1", ours, theirs, f"{s}{label}")
+    return claims.claims_table(out, profile)
+
+
+def check_synthetic_claims_by_recipe(table: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """``check_synthetic_claims`` for each recipe of a ``summarise`` table with a ``recipe`` column; the recipe
+    is named in the setting ("iid, authors recipe")."""
+    parts = [check_synthetic_claims(t.drop(columns="recipe"), profile, label=f", {r} recipe")
              for r, t in table.groupby("recipe", sort=False)]
-    out = pd.concat(parts, ignore_index=True)
-    return out[["recipe", *(c for c in out if c != "recipe")]]
+    return pd.concat(parts, ignore_index=True)
 
 
 # --- P1 on real activations (Tables 2 and 3) ---------------------------------------------------------------
@@ -135,59 +161,74 @@ def paper_table3() -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def check_real_claims(table: pd.DataFrame, downstream: pd.DataFrame | None = None,
-                      downstream_setting: str = "downstream") -> pd.DataFrame:
-    """P1's claims on real activations (Table 2), checked on ``table`` (``summarise``'s output) per setting.
+def real_tests(g, u, setting: str) -> list[tuple[str, object]]:
+    """P1's claims on real activations (Table 2) as (statement, test) for one setting."""
+    others = ("TopK", "iSAE", "iSAE-ME")
+    out = [
+        ("AbsTopK is the most stable model by DCS",
+         AllOf(*(Compare(g("AbsTopK", "dcs"), ">", g(o, "dcs")) for o in others))),
+        ("AbsTopK is the most stable model by SAE code IoU",
+         AllOf(*(Compare(g("AbsTopK", "sae_iou"), ">", g(o, "sae_iou")) for o in others))),
+        ("AbsTopK beats TopK on DCS and SAE code IoU",
+         AllOf(Compare(g("AbsTopK", "dcs"), ">", g("TopK", "dcs")),
+               Compare(g("AbsTopK", "sae_iou"), ">", g("TopK", "sae_iou")))),
+        ("the aRIP term lowers R_S (iSAE below AbsTopK)", Compare(g("iSAE", "r_s"), "<", g("AbsTopK", "r_s"))),
+        ("aRIP improves oracle identifiability (iSAE oracle IoU > AbsTopK's)",
+         Compare(g("iSAE", "oracle_iou"), ">", g("AbsTopK", "oracle_iou"))),
+        ("iSAE-ME has the lowest MSE", _lowest(g, "iSAE-ME", "mse", ("TopK", "AbsTopK", "iSAE"))),
+        ("iSAE-ME is less stable than AbsTopK (lower DCS and SAE IoU)",
+         AllOf(Compare(g("iSAE-ME", "dcs"), "<", g("AbsTopK", "dcs")),
+               Compare(g("iSAE-ME", "sae_iou"), "<", g("AbsTopK", "sae_iou")))),
+    ]
+    if not u("topk", "dcs").missing:  # P1 reports no random-init baseline; tables without one skip the claim
+        out.append(("Trained SAEs are more consistent than untrained ones (TopK DCS above the random-init baseline)",
+                    Compare(g("TopK", "dcs"), ">", u("topk", "dcs"))))
+    return out
 
-    With ``downstream`` (one row per model, CE with the SAE spliced in as ``ce_sae`` — our table — or
-    ``ce_loss`` — P1's Table 3) the claim "iSAE-ME has the best CE" is checked too, under
-    ``downstream_setting``. Claims compare means only; a missing model gives NaN evidence and holds=False.
-    """
-    claims: list[Claim] = []
-    for s in list(dict.fromkeys(table["setting"])):
-        g = _metric_getter(table, s)
-        untrained_dcs = _get_untrained(table, s, "topk", "dcs")
-        others = [m for m in P1_MODEL_LABELS if m != "AbsTopK"]
-        best_other_dcs = max(others, key=lambda m: g(m, "dcs") if g(m, "dcs") == g(m, "dcs") else -1)
-        best_other_iou = max(others, key=lambda m: g(m, "sae_iou") if g(m, "sae_iou") == g(m, "sae_iou") else -1)
-        claims += [
-            Claim("AbsTopK is the most stable model by DCS", s, g("AbsTopK", "dcs") > g(best_other_dcs, "dcs"),
-                  f"DCS AbsTopK {g('AbsTopK', 'dcs'):.3f} vs best other ({best_other_dcs}) "
-                  f"{g(best_other_dcs, 'dcs'):.3f}"),
-            Claim("AbsTopK is the most stable model by SAE code IoU", s,
-                  g("AbsTopK", "sae_iou") > g(best_other_iou, "sae_iou"),
-                  f"SAE IoU AbsTopK {g('AbsTopK', 'sae_iou'):.3f} vs best other ({best_other_iou}) "
-                  f"{g(best_other_iou, 'sae_iou'):.3f}"),
-            Claim("AbsTopK beats TopK on DCS and SAE code IoU", s,
-                  g("AbsTopK", "dcs") > g("TopK", "dcs") and g("AbsTopK", "sae_iou") > g("TopK", "sae_iou"),
-                  f"DCS {g('AbsTopK', 'dcs'):.3f} vs {g('TopK', 'dcs'):.3f}; "
-                  f"IoU {g('AbsTopK', 'sae_iou'):.3f} vs {g('TopK', 'sae_iou'):.3f}"),
-            Claim("the aRIP term lowers R_S (iSAE below AbsTopK)", s, g("iSAE", "r_s") < g("AbsTopK", "r_s"),
-                  f"R_S iSAE {g('iSAE', 'r_s'):.3f} vs AbsTopK {g('AbsTopK', 'r_s'):.3f}"),
-            Claim("aRIP improves oracle identifiability (iSAE oracle IoU > AbsTopK's)", s,
-                  g("iSAE", "oracle_iou") > g("AbsTopK", "oracle_iou"),
-                  f"oracle IoU iSAE {g('iSAE', 'oracle_iou'):.3f} vs AbsTopK {g('AbsTopK', 'oracle_iou'):.3f}"),
-            Claim("iSAE-ME has the lowest MSE", s,
-                  g("iSAE-ME", "mse") < min(g(m, "mse") for m in ("TopK", "AbsTopK", "iSAE")),
-                  f"MSE iSAE-ME {g('iSAE-ME', 'mse'):.3f}, TopK {g('TopK', 'mse'):.3f}, "
-                  f"AbsTopK {g('AbsTopK', 'mse'):.3f}, iSAE {g('iSAE', 'mse'):.3f}"),
-            Claim("iSAE-ME is less stable than AbsTopK (lower DCS and SAE IoU)", s,
-                  g("iSAE-ME", "dcs") < g("AbsTopK", "dcs") and g("iSAE-ME", "sae_iou") < g("AbsTopK", "sae_iou"),
-                  f"DCS {g('iSAE-ME', 'dcs'):.3f} vs {g('AbsTopK', 'dcs'):.3f}; "
-                  f"IoU {g('iSAE-ME', 'sae_iou'):.3f} vs {g('AbsTopK', 'sae_iou'):.3f}"),
-        ]
-        if untrained_dcs == untrained_dcs:  # not NaN: the table has the random-init baseline
-            claims.append(Claim("Trained SAEs are more consistent than untrained ones (TopK DCS above the "
-                                "random-init baseline)", s, g("TopK", "dcs") > untrained_dcs,
-                                f"TopK DCS {g('TopK', 'dcs'):.3f} vs untrained {untrained_dcs:.3f}"))
+
+def _downstream_getter(downstream: pd.DataFrame, paper: bool):
+    """``get(model)``: the CE loss with the SAE spliced in (our ``ce_sae`` over the seeds spliced, or P1's
+    Table 3 ``ce_loss``)."""
+    col = "ce_sae" if "ce_sae" in downstream else "ce_loss"
+
+    def get(model: str) -> Quantity:
+        rows = downstream[downstream["model"] == model]
+        label = f"{model} CE"
+        if not len(rows):
+            return claims.missing(label)
+        if paper:
+            return claims.exact(label, float(rows[col].iloc[0]))
+        return claims.from_values(label, rows[col].tolist())
+
+    return get
+
+
+def _ce_test(get) -> AllOf:
+    return AllOf(*(Compare(get("iSAE-ME"), "<", get(o)) for o in ("TopK", "AbsTopK", "iSAE")))
+
+
+CE_CLAIM = "iSAE-ME has the lowest CE loss with the SAE spliced in"
+
+
+def check_real_claims(table: pd.DataFrame, profile: str, paper2: pd.DataFrame | None = None,
+                      downstream: pd.DataFrame | None = None, paper3: pd.DataFrame | None = None,
+                      downstream_setting: str = "downstream",
+                      movement: dict[tuple[str, str, str], float] | None = None) -> pd.DataFrame:
+    """P1's claims on real activations (Table 2), decided by the claims engine on ``table`` (``summarise``'s
+    output) per setting, each beside the same test on ``paper2`` (P1's Table 2 with our setting names,
+    ``p1_real.paper_table2_as_ours``). With ``downstream`` (one row per spliced SAE: model, ``ce_sae``) the CE
+    claim too, beside P1's Table 3 (``paper3``). ``movement``: ``still_moving(convergence(curve))``."""
+    out = []
+    for s in dict.fromkeys(table["setting"]):
+        ours = real_tests(*getters(table, s), s)
+        theirs = (real_tests(*getters(paper2, s, paper=True), s)
+                  if paper2 is not None and s in set(paper2["setting"]) else None)
+        out += _beside_paper("P1", ours, theirs, s)
     if downstream is not None:
-        col = "ce_sae" if "ce_sae" in downstream else "ce_loss"
-        ce = downstream.set_index("model")[col]
-        c = {m: float(ce.get(m, float("nan"))) for m in P1_MODEL_LABELS}
-        claims.append(Claim("iSAE-ME has the lowest CE loss with the SAE spliced in", downstream_setting,
-                            c["iSAE-ME"] < min(c[m] for m in ("TopK", "AbsTopK", "iSAE")),
-                            ", ".join(f"{m} {v:.3f}" for m, v in c.items())))
-    return pd.DataFrame([cl.__dict__ for cl in claims])
+        pt = _ce_test(_downstream_getter(paper3, paper=True)) if paper3 is not None else None
+        out.append(Claim("P1", CE_CLAIM, downstream_setting, _ce_test(_downstream_getter(downstream, paper=False)),
+                         paper_value=str(pt) if pt is not None else "", paper_test=pt))
+    return claims.claims_table(out, profile, movement)
 
 
 # --- convergence: is a claim tested at this budget? ------------------------------------------------------------
@@ -195,21 +236,6 @@ def check_real_claims(table: pd.DataFrame, downstream: pd.DataFrame | None = Non
 #: The convergence-curve metrics, and whether each is a per-run or a per-seed-pair metric.
 CURVE_METRICS = {"dcs": "pair", "sae_iou": "pair", "oracle_iou": "pair", "mse": "run", "dead_frac": "run",
                  "r_s": "run"}
-
-#: The metrics each real-data claim of ``check_real_claims`` compares; its verdict needs them to have stopped moving.
-CLAIM_METRICS = {
-    "AbsTopK is the most stable model by DCS": ("dcs",),
-    "AbsTopK is the most stable model by SAE code IoU": ("sae_iou",),
-    "AbsTopK beats TopK on DCS and SAE code IoU": ("dcs", "sae_iou"),
-    "the aRIP term lowers R_S (iSAE below AbsTopK)": ("r_s",),
-    "aRIP improves oracle identifiability (iSAE oracle IoU > AbsTopK's)": ("oracle_iou",),
-    "iSAE-ME has the lowest MSE": ("mse",),
-    "iSAE-ME is less stable than AbsTopK (lower DCS and SAE IoU)": ("dcs", "sae_iou"),
-    "Trained SAEs are more consistent than untrained ones (TopK DCS above the random-init baseline)": ("dcs",),
-    "iSAE-ME has the lowest CE loss with the SAE spliced in": ("mse",),
-}
-
-NOT_TESTED = "not tested at this budget"
 
 
 def convergence(curve: pd.DataFrame, last_frac: float = 0.2) -> pd.DataFrame:
@@ -240,18 +266,9 @@ def convergence(curve: pd.DataFrame, last_frac: float = 0.2) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def with_verdicts(claims: pd.DataFrame, conv: pd.DataFrame, setting_of: dict[str, str] | None = None) -> pd.DataFrame:
-    """``claims`` with a ``verdict``: "holds" / "fails" when every metric the claim compares (``CLAIM_METRICS``)
-    has stopped moving for every model of its setting in ``conv`` (``convergence``), else ``NOT_TESTED``; and
-    ``still_moving``, the moving (model, metric)s. ``setting_of`` maps a claim's setting to the curve's (e.g. the
-    downstream "smollm2 (CE)" to "smollm2"). A claim with no curve keeps holds / fails."""
-    setting_of = setting_of or {}
-    verdicts, moving_lists = [], []
-    for _, c in claims.iterrows():
-        rows = conv[(conv["setting"] == setting_of.get(c["setting"], c["setting"]))
-                    & conv["metric"].isin(CLAIM_METRICS.get(c["claim"], ()))] if len(conv) else conv
-        moving = [f"{r.model} {r.metric} ({r.change:+.3f} vs sd {r.seed_spread:.3f})"
-                  for r in rows.itertuples() if r.moving]
-        verdicts.append(NOT_TESTED if moving else ("holds" if c["holds"] else "fails"))
-        moving_lists.append("; ".join(moving))
-    return claims.assign(verdict=verdicts, still_moving=moving_lists)
+def still_moving(conv: pd.DataFrame) -> dict[tuple[str, str, str], float]:
+    """(setting, model, metric) → change over the last part of training, for the metrics ``convergence`` judges
+    still moving: the claims engine's ``movement``."""
+    if conv is None or not len(conv):
+        return {}
+    return {(r.setting, r.model, r.metric): float(r.change) for r in conv.itertuples() if r.moving}

@@ -3,10 +3,13 @@ on real activations (``check_claims``, ``compare_with_p2``), with the numbers P2
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
-from isae.report.p1 import Claim
+from isae.report import claims
+from isae.report.claims import AllOf, Claim, Compare, Quantity
 from isae.toy.model import ACTIVATION_NAMES
 
 P2_AVERAGE_GAIN = 3.8
@@ -24,89 +27,110 @@ as higher-is-better."""
 # ------------------------------------------------------------------------------------------------------
 # The toy model
 # ------------------------------------------------------------------------------------------------------
-def _m(table: pd.DataFrame, metric: str, **where) -> float:
+def _select(table: pd.DataFrame, where: dict) -> pd.DataFrame:
     sel = table
     for k, v in where.items():
         sel = sel[np.isclose(sel[k], v)] if isinstance(v, float) else sel[sel[k] == v]
-    return float(sel[metric].iloc[0]) if len(sel) else float("nan")
+    return sel
 
 
-def check_toy_claims(sweep: pd.DataFrame, hidden: pd.DataFrame, weighted: pd.DataFrame, n_features: int,
-                     reference: pd.DataFrame | None = None, gap_fixed: pd.DataFrame | None = None,
-                     ablation_sparsity: float = 0.99) -> pd.DataFrame:
-    """P2's toy-model claims checked on the summary tables (``isae.experiments.p2_toy.summarise_toy`` outputs).
-    Means only.
+def _q(table: pd.DataFrame | None, metric: str, label: str, exact: bool = False, **where) -> Quantity:
+    """``metric`` of the one row of a ``summarise_toy`` table matching ``where``: mean ± se over its seeds
+    (``exact``: a deterministic measure, e.g. the ground-truth SAE's); missing when absent."""
+    sel = _select(table, where) if table is not None else pd.DataFrame()
+    if not len(sel) or metric not in sel:
+        return claims.missing(label)
+    r = sel.iloc[0]
+    if exact:
+        return claims.exact(label, float(r[metric]))
+    return claims.from_seeds(label, float(r[metric]), float(r.get(f"{metric}_sd", float("nan"))),
+                             int(r.get("n_seeds", 1)))
+
+
+def toy_claims(sweep: pd.DataFrame, hidden: pd.DataFrame, weighted: pd.DataFrame, n_features: int,
+               reference: pd.DataFrame | None = None, gap_fixed: pd.DataFrame | None = None,
+               ablation_sparsity: float = 0.99) -> list[Claim]:
+    """P2's toy-model claims as claims-engine ``Claim``s, on the summary tables (``p2_toy.summarise_toy``).
 
     ``reference``: the ground-truth SAE's measures (``p2_toy.ground_truth_reference``), the floor that
     interference leaves for "features per latent"; ``gap_fixed``: ``p2_toy.gap_under_weights`` of the α = 0
-    SAEs."""
-    claims = []
+    SAEs (one row per trained model and evaluation α)."""
+    out = []
+
+    def claim(statement: str, setting: str, test) -> None:
+        out.append(Claim("P2", statement, setting, test))
+
     lo, hi = float(sweep["sparsity"].min()), float(sweep["sparsity"].max())
     mid = float(max(s for s in sweep["sparsity"].unique() if s <= 0.8 + 1e-9))
     # (1) extreme sparsity
-    r_hi = _m(sweep, "recovered", activation="topk", sparsity=hi)
-    r_mid = _m(sweep, "recovered", activation="topk", sparsity=mid)
-    claims.append(Claim("(1) extreme sparsity: a TopK SAE with n_m = n recovers most features (>0.8) at the "
-                        "sparsest S but few (<0.2) at S ≤ 0.8", "sparsity sweep", r_hi > 0.8 and r_mid < 0.2,
-                        f"recovered {r_hi:.2f} at S={hi:g}, {r_mid:.2f} at S={mid:g}"))
-    f_hi = _m(sweep, "features_per_latent", activation="topk", sparsity=hi)
-    f_lo = _m(sweep, "features_per_latent", activation="topk", sparsity=lo)
-    floor = (_m(reference, "features_per_latent", activation="topk", sparsity=hi, alpha=0.0)
-             if reference is not None else 1.0)
-    claims.append(Claim("(1) features per latent fall as S → 1, to within 25% of the ground-truth SAE's floor "
-                        "(TopK)", "sparsity sweep", f_hi < f_lo and f_hi <= 1.25 * floor,
-                        f"{f_lo:.2f} at S={lo:g} → {f_hi:.2f} at S={hi:g} (ground-truth SAE: {floor:.2f})"))
+    claim("(1) extreme sparsity: a TopK SAE with n_m = n recovers most features (>0.8) at the sparsest S but few "
+          "(<0.2) at S ≤ 0.8", "sparsity sweep",
+          AllOf(Compare(_q(sweep, "recovered", f"recovered at S={hi:g}", activation="topk", sparsity=hi), ">",
+                        claims.exact("0.8", 0.8)),
+                Compare(_q(sweep, "recovered", f"recovered at S={mid:g}", activation="topk", sparsity=mid), "<",
+                        claims.exact("0.2", 0.2))))
+    f_hi = _q(sweep, "features_per_latent", f"features/latent at S={hi:g}", activation="topk", sparsity=hi)
+    f_lo = _q(sweep, "features_per_latent", f"features/latent at S={lo:g}", activation="topk", sparsity=lo)
+    floor = (_q(reference, "features_per_latent", "1.25 × the ground-truth SAE's", exact=True, activation="topk",
+                sparsity=hi, alpha=0.0) if reference is not None else claims.exact("1.25 × 1", 1.0))
+    floor = claims.exact(floor.label, 1.25 * floor.mean) if not floor.missing else floor
+    claim("(1) features per latent fall as S → 1, to within 25% of the ground-truth SAE's floor (TopK)",
+          "sparsity sweep", AllOf(Compare(f_hi, "<", f_lo), Compare(f_hi, "<", floor)))
     # (2) sparse activation
-    r_none = _m(sweep, "recovered", activation="none", sparsity=ablation_sparsity)
-    f_none = _m(sweep, "features_per_latent", activation="none", sparsity=ablation_sparsity)
-    claims.append(Claim("(2) without an activation the SAE recovers (almost) nothing, even at extreme sparsity",
-                        "activation ablation", r_none < 0.05, f"recovered {r_none:.2f} at S={ablation_sparsity:g}"))
+    f_none = _q(sweep, "features_per_latent", "features/latent without activation", activation="none",
+                sparsity=ablation_sparsity)
+    claim("(2) without an activation the SAE recovers (almost) nothing, even at extreme sparsity",
+          "activation ablation",
+          Compare(_q(sweep, "recovered", f"recovered at S={ablation_sparsity:g}", activation="none",
+                     sparsity=ablation_sparsity), "<", claims.exact("0.05", 0.05)))
     for act in ("relu", "jumprelu", "topk"):
-        r = _m(sweep, "recovered", activation=act, sparsity=ablation_sparsity)
-        f = _m(sweep, "features_per_latent", activation=act, sparsity=ablation_sparsity)
-        claims.append(Claim(f"(2) the sparse activation {ACTIVATION_NAMES[act]} recovers the features at extreme "
-                            "sparsity (recovered > 0.5, fewer features per latent than no activation)",
-                            "activation ablation", r > 0.5 and f < f_none,
-                            f"recovered {r:.2f}, features/latent {f:.1f} (none: {f_none:.1f})"))
+        name = ACTIVATION_NAMES[act]
+        claim(f"(2) the sparse activation {name} recovers the features at extreme sparsity (recovered > 0.5, "
+              "fewer features per latent than no activation)", "activation ablation",
+              AllOf(Compare(_q(sweep, "recovered", f"{name} recovered", activation=act, sparsity=ablation_sparsity),
+                            ">", claims.exact("0.5", 0.5)),
+                    Compare(_q(sweep, "features_per_latent", f"{name} features/latent", activation=act,
+                               sparsity=ablation_sparsity), "<", f_none)))
     # (3) hidden size
     sizes = sorted(int(s) for s in hidden["n_latents"].unique())
-    rec = {s: _m(hidden, "recovered", n_latents=s) for s in sizes}
+    rec = {s: _q(hidden, "recovered", f"recovered at n_m={s}", n_latents=s) for s in sizes}
     below = [s for s in sizes if s < n_features]
     atleast = [s for s in sizes if s >= n_features]
-    claims.append(Claim("(3) n_m < n cannot recover all features (recovered < 0.9 for every n_m < n)",
-                        "hidden-size ablation", all(rec[s] < 0.9 for s in below),
-                        ", ".join(f"n_m={s}: {rec[s]:.2f}" for s in sizes)))
-    claims.append(Claim("(3) with n_m ≥ n the SAE recovers nearly all features (≥ 0.9 at the largest n_m)",
-                        "hidden-size ablation", bool(atleast) and rec[max(atleast)] >= 0.9,
-                        ", ".join(f"n_m={s}: {rec[s]:.2f}" for s in atleast)))
+    claim("(3) n_m < n cannot recover all features (recovered < 0.9 for every n_m < n)", "hidden-size ablation",
+          AllOf(*(Compare(rec[s], "<", claims.exact("0.9", 0.9)) for s in below)))
+    claim("(3) with n_m ≥ n the SAE recovers nearly all features (≥ 0.9 at the largest n_m)",
+          "hidden-size ablation",
+          Compare(rec[max(atleast)], ">", claims.exact("0.9", 0.9)) if atleast
+          else Compare(claims.missing(f"a hidden size n_m ≥ {n_features}"), ">", claims.exact("0.9", 0.9)))
     # (4) weighting
     for s in sorted(weighted["sparsity"].unique()):
-        g0 = _m(weighted, "gap", sparsity=float(s), alpha=0.0)
         alphas = sorted(a for a in weighted["alpha"].unique() if a > 0)
-        gs = {a: _m(weighted, "gap", sparsity=float(s), alpha=float(a)) for a in alphas}
-        claims.append(Claim("(4) WSAE (γ smaller on polysemantic dims) narrows the gap loss_true − loss_sae",
-                            f"weighted, S={s:g}", all(g < g0 for g in gs.values()),
-                            f"gap α=0: {g0:.3f}; " + ", ".join(f"α={a:g}: {g:.3f}" for a, g in gs.items())))
-        t0 = _m(weighted, "loss_true", sparsity=float(s), alpha=0.0)
-        ts = {a: _m(weighted, "loss_true", sparsity=float(s), alpha=float(a)) for a in alphas}
-        claims.append(Claim("(4) WSAE reconstructs the true features better (lower loss_true)",
-                            f"weighted, S={s:g}", all(t < t0 for t in ts.values()),
-                            f"loss_true α=0: {t0:.3f}; " + ", ".join(f"α={a:g}: {t:.3f}" for a, t in ts.items())))
-        f0 = _m(weighted, "features_per_latent", sparsity=float(s), alpha=0.0)
-        fs = {a: _m(weighted, "features_per_latent", sparsity=float(s), alpha=float(a)) for a in alphas}
-        i0 = _m(weighted, "isolated_features_per_latent", sparsity=float(s), alpha=0.0)
-        is_ = {a: _m(weighted, "isolated_features_per_latent", sparsity=float(s), alpha=float(a)) for a in alphas}
-        claims.append(Claim("(4) WSAE latents are more monosemantic (fewer effective features per latent)",
-                            f"weighted, S={s:g}", all(f < f0 for f in fs.values()),
-                            f"effective α=0: {f0:.1f}; " + ", ".join(f"α={a:g}: {f:.1f}" for a, f in fs.items())
-                            + f" (isolated-probe count α=0: {i0:.1f}; "
-                            + ", ".join(f"α={a:g}: {v:.1f}" for a, v in is_.items()) + ")"))
+
+        def q(metric: str, alpha: float, what: str, s=s) -> Quantity:
+            return _q(weighted, metric, f"{what} α={alpha:g}", sparsity=float(s), alpha=float(alpha))
+
+        setting = f"weighted, S={s:g}"
+        claim("(4) WSAE (γ smaller on polysemantic dims) narrows the gap loss_true − loss_sae", setting,
+              AllOf(*(Compare(q("gap", a, "gap"), "<", q("gap", 0.0, "gap")) for a in alphas)))
+        claim("(4) WSAE reconstructs the true features better (lower loss_true)", setting,
+              AllOf(*(Compare(q("loss_true", a, "loss_true"), "<", q("loss_true", 0.0, "loss_true"))
+                      for a in alphas)))
+        claim("(4) WSAE latents are more monosemantic (fewer effective features per latent)", setting,
+              AllOf(*(Compare(q("features_per_latent", a, "features/latent"), "<",
+                              q("features_per_latent", 0.0, "features/latent")) for a in alphas)))
     if gap_fixed is not None and len(gap_fixed):
-        g = gap_fixed.groupby("eval_alpha")["gap"].mean()
-        claims.append(Claim("(4) for the same SAE parameters, the weighted objective is closer to the true-feature "
-                            "loss (mean gap falls with α)", "weighted, fixed SAEs",
-                            bool(all(np.diff(g.values) < 0)), ", ".join(f"α={a:g}: {v:.3f}" for a, v in g.items())))
-    return pd.DataFrame([c.__dict__ for c in claims])
+        by = {a: claims.from_values(f"gap under α={a:g}", g["gap"].tolist())
+              for a, g in gap_fixed.groupby("eval_alpha")}
+        alphas = sorted(by)
+        claim("(4) for the same SAE parameters, the weighted objective is closer to the true-feature loss (mean gap "
+              "falls with α)", "weighted, fixed SAEs",
+              AllOf(*(Compare(by[b], "<", by[a]) for a, b in zip(alphas, alphas[1:]))))
+    return out
+
+
+def check_toy_claims(*args, profile: str, **kw) -> pd.DataFrame:
+    """``toy_claims`` decided by the claims engine at ``profile``: the claims table."""
+    return claims.claims_table(toy_claims(*args, **kw), profile)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -122,62 +146,75 @@ def average_gains(gains: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
     return agg.reset_index()
 
 
-def check_claims(gains: pd.DataFrame, lm_settings: list[str], vision_setting: str | None,
-                 lm_measure: str = "token_purity", vision_measure: str = "class_purity",
-                 lm_robustness: tuple[str, ...] = ("context_purity", "token_pure_frac"),
-                 vision_robustness: tuple[str, ...] = ("class_pure_frac",),
-                 frontiers: pd.DataFrame | None = None) -> pd.DataFrame:
-    """P2's weighted-SAE claims, checked on ``isae.experiments.p2_weighted.paired_gains`` output (means decide;
-    'beyond_2se' is reported).
+def _pooled(label: str, means, sds, ns) -> Quantity:
+    """The average of independent per-setting means (each ± sd/√n over its seeds): mean ± √(Σ se²)/count,
+    with the smallest seed count."""
+    rows = [(m, sd, n) for m, sd, n in zip(means, sds, ns) if pd.notna(m)]
+    if not rows:
+        return claims.missing(label)
+    ses = [sd / math.sqrt(n) if n > 1 and pd.notna(sd) else float("nan") for _, sd, n in rows]
+    return claims.Quantity(label, float(np.mean([m for m, _, _ in rows])),
+                           math.sqrt(sum(se ** 2 for se in ses)) / len(rows), int(min(n for _, _, n in rows)))
 
-    Per α > 0: the main LM measure on average over layers and at most layers, the same with each
-    ``lm_robustness`` measure (marked "robustness"), and the vision measure (and its robustness measures).
-    With ``frontiers`` (``frontier_comparison`` outputs, concatenated): per α and measure, whether the weighted
-    SAEs beat the uniform sparsity frontier at matched unweighted MSE (marked "matched MSE").
+
+def weighted_claims(gains: pd.DataFrame, lm_settings: list[str], vision_setting: str | None,
+                    lm_measure: str = "token_purity", vision_measure: str = "class_purity",
+                    lm_robustness: tuple[str, ...] = ("context_purity", "token_pure_frac"),
+                    vision_robustness: tuple[str, ...] = ("class_pure_frac",),
+                    frontiers: pd.DataFrame | None = None) -> list[Claim]:
+    """P2's weighted-SAE claims as claims-engine ``Claim``s, on ``p2_weighted.paired_gains`` output (per-seed
+    paired differences weighted − uniform).
+
+    Per α > 0: the main LM measure on average over layers (the per-layer paired differences averaged, their
+    seed standard errors pooled) and at most layers (a sign test over layers), the same with each
+    ``lm_robustness`` measure (marked "robustness"), and the vision measure (and its robustness measures). With
+    ``frontiers`` (``frontier_comparison`` outputs, concatenated): per α and measure, whether the weighted SAEs
+    beat the uniform sparsity frontier at matched unweighted MSE (marked "matched MSE").
     """
-    avg = average_gains(gains, lm_settings)
     layers = "LM layers " + ", ".join(s.split("layer")[-1] for s in lm_settings)
-    rows = []
+    zero = claims.exact("0", 0.0)
+    out = []
 
-    def lm_rows(alpha: float, measure: str, tag: str) -> None:
-        a = avg[(avg["alpha"] == alpha) & (avg["measure"] == measure)]
-        if not len(a):
-            return
-        a = a.iloc[0]
+    def lm_claims(alpha: float, measure: str, tag: str) -> None:
         per = gains[(gains["alpha"] == alpha) & (gains["measure"] == measure) & gains["setting"].isin(lm_settings)]
+        if not len(per):
+            return
         up = WSAE_HIGHER_IS_BETTER.get(measure, True)
-        rows.append({"claim": f"{tag}LM, variance weights α={alpha:g}: {measure} {'higher' if up else 'lower'} than "
-                              f"uniform on average over layers (P2: +{P2_AVERAGE_GAIN}% auto-interpretability)",
-                     "setting": layers, "holds": bool(a["diff"] > 0) if up else bool(a["diff"] < 0),
-                     "evidence": f"mean relative change {a['gain_pct']:+.2f}% over {int(a['n_settings'])} layers; "
-                                 f"better at {int(a['n_better'])}/{int(a['n_settings'])}; beyond 2 SE at "
-                                 f"{int(per['beyond_2se'].sum())}"})
-        rows.append({"claim": f"{tag}LM, α={alpha:g}: weighting improves {measure} at most layers",
-                     "setting": layers, "holds": bool(a["n_better"] > a["n_settings"] / 2),
-                     "evidence": f"better at {int(a['n_better'])} of {int(a['n_settings'])} layers"})
+        mean = _pooled(f"mean paired change of {measure} over {len(per)} layers", per["diff"], per["diff_sd"],
+                       per["n_seeds"])
+        out.append(Claim("P2", f"{tag}LM, variance weights α={alpha:g}: {measure} {'higher' if up else 'lower'} "
+                               f"than uniform on average over layers", layers,
+                         Compare(mean, ">" if up else "<", zero),
+                         paper_value=f"+{P2_AVERAGE_GAIN}% auto-interpretability (Pythia-160M layers 0–11)",
+                         paper_test=Compare(claims.exact("P2's average gain %", P2_AVERAGE_GAIN), ">", zero),
+                         note=f"relative change {per['gain_pct'].mean():+.2f}%"))
+        better = claims.fraction(f"share of layers where {measure} improved", int(per["better"].sum()), len(per))
+        out.append(Claim("P2", f"{tag}LM, α={alpha:g}: weighting improves {measure} at most layers", layers,
+                         Compare(better, ">", claims.exact("half", 0.5))))
 
-    def vision_row(alpha: float, measure: str, tag: str) -> None:
+    def vision_claim(alpha: float, measure: str, tag: str) -> None:
         v = gains[(gains["alpha"] == alpha) & (gains["measure"] == measure) & (gains["setting"] == vision_setting)]
         if not len(v):
             return
         v = v.iloc[0]
-        rows.append({"claim": f"{tag}vision, semantic-consistency weights α={alpha:g}: {measure} of the latents "
-                              f"better than uniform (P2: semantic consistency improves)",
-                     "setting": vision_setting, "holds": bool(v["better"]),
-                     "evidence": f"{v['uniform']:.3f} → {v['weighted']:.3f} ({v['gain_pct']:+.2f}%, paired diff "
-                                 f"{v['diff']:+.4f} ± {v['diff_sd']:.4f}; "
-                                 f"{'beyond' if v['beyond_2se'] else 'within'} 2 SE)"})
+        up = WSAE_HIGHER_IS_BETTER.get(measure, True)
+        diff = claims.from_seeds(f"paired change of {measure} ({v['uniform']:.3f} → {v['weighted']:.3f})",
+                                 float(v["diff"]), float(v["diff_sd"]), int(v["n_seeds"]))
+        out.append(Claim("P2", f"{tag}vision, semantic-consistency weights α={alpha:g}: {measure} of the latents "
+                               "better than uniform", vision_setting, Compare(diff, ">" if up else "<", zero),
+                         paper_value="semantic consistency improves (qualitative)"))
 
-    for alpha in sorted(a for a in gains["alpha"].unique() if a > 0):
-        lm_rows(alpha, lm_measure, "")
+    alphas = sorted(a for a in gains["alpha"].unique() if a > 0)
+    for alpha in alphas:
+        lm_claims(alpha, lm_measure, "")
         if vision_setting is not None:
-            vision_row(alpha, vision_measure, "")
-    for alpha in sorted(a for a in gains["alpha"].unique() if a > 0):
+            vision_claim(alpha, vision_measure, "")
+    for alpha in alphas:
         for m in lm_robustness:
-            lm_rows(alpha, m, "(robustness) ")
+            lm_claims(alpha, m, "(robustness) ")
         if vision_setting is not None:
             for m in vision_robustness:
-                vision_row(alpha, m, "(robustness) ")
+                vision_claim(alpha, m, "(robustness) ")
     if frontiers is not None and len(frontiers):
         for (alpha, measure), f in frontiers.groupby(["alpha", "measure"], sort=False):
             for group, sets in ((layers, lm_settings), (vision_setting, [vision_setting])):
@@ -185,16 +222,20 @@ def check_claims(gains: pd.DataFrame, lm_settings: list[str], vision_setting: st
                 if not len(sub):
                     continue
                 matched = sub.dropna(subset=["excess"])
-                mean = float(matched["excess"].mean()) if len(matched) else float("nan")
-                per = ", ".join(f"{r.setting} {r.excess:+.4f}" for r in sub.itertuples())
-                evidence = (f"mean excess {mean:+.4f} over the {len(matched)} of {len(sub)} settings whose weighted "
-                            f"MSE lies within the controls' range; per setting: {per}" if len(matched) else
-                            f"undecided (counted as not holding): no weighted SAE's MSE lies within the range of the "
-                            f"uniform controls (add smaller control_k_fractions); per setting: {per}")
-                rows.append({"claim": f"(matched MSE) α={alpha:g}: {measure} above the uniform sparsity frontier at "
-                                      f"the same unweighted MSE (weighting beats simply lowering k)",
-                             "setting": group, "holds": bool(mean > 0), "evidence": evidence})
-    return pd.DataFrame(rows)
+                label = (f"mean excess over the {len(matched)} of {len(sub)} settings whose weighted MSE lies within "
+                         "the controls' range" if len(matched) else
+                         "excess (no weighted SAE's MSE lies within the uniform controls' range: add smaller "
+                         "control_k_fractions)")
+                excess = _pooled(label, matched["excess"], matched["excess_sd"], matched["n_matched"])
+                out.append(Claim("P2", f"(matched MSE) α={alpha:g}: {measure} above the uniform sparsity frontier "
+                                       "at the same unweighted MSE (weighting beats simply lowering k)", group,
+                                 Compare(excess, ">", zero)))
+    return out
+
+
+def check_claims(*args, profile: str, **kw) -> pd.DataFrame:
+    """``weighted_claims`` decided by the claims engine at ``profile``: the claims table."""
+    return claims.claims_table(weighted_claims(*args, **kw), profile)
 
 
 def compare_with_p2(gains: pd.DataFrame, settings: list[str],

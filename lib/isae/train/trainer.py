@@ -7,7 +7,9 @@ which P1's two recipes differ (``isae.train.recipe``): radial-gradient removal, 
 gradient clipping, bf16 ranking, the loss scale.
 
 A checkpoint (models, optimisers, dead counters, noise generators, logs) is written atomically every
-``checkpoint_every`` steps; ``train_many`` resumes from it and ends identical to an uninterrupted run.
+``checkpoint_every`` steps; ``train_many`` resumes from it and ends identical to an uninterrupted run. It is signed
+with the configs and the code that trains (``isae.core.provenance.TRAINING_CODE``, file by file): one written by
+other code is refused, not reused nor silently retrained over.
 
 ``train_bank`` trains a *bank* (many independent models in one module that supplies its own per-model losses,
 e.g. P2's tied toy SAEs) with Adam and a constant-then-linearly-decaying learning rate. Both run on the same
@@ -28,7 +30,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from isae.core.models import K_SPARSE, SAE
-from isae.core.provenance import atomic_torch_save
+from isae.core.provenance import EVALUATION_CODE, TRAINING_CODE, atomic_torch_save, code_difference, code_fingerprint
 from isae.core.runs import RunKey
 from isae.core.seeding import derive_seed
 
@@ -251,6 +253,22 @@ class Probe:
     rows: list[dict] = field(default_factory=list)
 
 
+def _check_signature(theirs: dict, ours: dict, ckpt_path: Path) -> None:
+    """Refuse a checkpoint of another experiment (naming the signature's parts that differ) or of other code (naming
+    the files): resuming it would not give what this code and these configs train."""
+    parts = {"train": "train (TrainConfig)", "models": "models (configs, seeds or loss weights)",
+             "stream": "stream (the data stream)", "probe_steps": "probe_steps"}
+    differ = [parts.get(k, k) for k in sorted(theirs.keys() | ours.keys())
+              if k != "code" and theirs.get(k) != ours.get(k)]
+    if differ:
+        raise ValueError(f"{ckpt_path} was written by a different experiment (differs in {', '.join(differ)}); "
+                         "delete it or use another checkpoint_dir.")
+    if theirs.get("code") != ours["code"]:
+        raise ValueError(f"{ckpt_path} was written by other code ({code_difference(theirs.get('code'), ours['code'])})"
+                         f": its SAEs would not be what this code trains; delete {ckpt_path.parent} (or `make clean`) "
+                         "or pass another output_root/checkpoint_dir.")
+
+
 def train_many(
     saes: dict[str | RunKey, SAE],
     stream: Stream,
@@ -264,8 +282,9 @@ def train_many(
     ``saes`` is keyed by name or ``RunKey``; the log has one row per (model, logged step), ``model`` being
     ``str(key)``: loss, mse, l0 and dead fraction. With
     ``checkpoint_dir`` the run resumes from ``checkpoint.pt`` there when present (the checkpoint must come
-    from the same models, seeds, stream and settings, else a ValueError says so). ``probe`` evaluates the models
-    at its steps during training (its ``rows``).
+    from the same models, seeds, stream and settings and from the same training code, else a ValueError says what
+    differs). ``probe`` evaluates the models at its steps during training (its ``rows``, kept in the checkpoint:
+    then the metrics code is part of the checkpoint's code too, ``EVALUATION_CODE``).
     """
     _check_inputs(saes, stream, cfg)
     device = cfg.resolved_device()
@@ -285,12 +304,10 @@ def train_many(
                  "stream": stream.identity()}
     if probe is not None:
         signature["probe_steps"] = sorted(probe.steps)
+    signature["code"] = code_fingerprint(EVALUATION_CODE if probe is not None else TRAINING_CODE)
     if ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state["signature"] != signature:
-            raise ValueError(f"{ckpt_path} was written by a different experiment (models, seeds, data stream or "
-                             "TrainConfig differ); "
-                             "delete it or use another checkpoint_dir.")
+        _check_signature(state["signature"], signature, ckpt_path)
         start, log = state["step"], state["log"]
         for n in saes:
             saes[n].load_state_dict(state["models"][n])
