@@ -165,50 +165,41 @@ class Compare:
         return Outcome(verdict, reason, d, se, n)
 
 
-# Order of precedence when combining: AllOf is decided by its weakest part, AnyOf by its strongest.
-_ALL_ORDER = (MISSING, FAILS, NOT_TESTED, INCONCLUSIVE, HOLDS)
-_ANY_ORDER = (MISSING, HOLDS, NOT_TESTED, INCONCLUSIVE, FAILS)
+class _Combination:
+    """Parts decided together: the outcome is the part whose verdict comes first in ``order`` (ties: the part
+    least clearly decided)."""
 
-
-@dataclass(frozen=True)
-class AllOf:
-    """Every part must hold. Missing anywhere: missing; then any failure fails the claim."""
-
-    parts: tuple
+    order: tuple[str, ...]
+    joiner: str
 
     def __init__(self, *parts) -> None:
-        object.__setattr__(self, "parts", tuple(parts))
+        self.parts = tuple(parts)
 
     def __str__(self) -> str:
-        return "; ".join(str(p) for p in self.parts)
+        return self.joiner.join(str(p) for p in self.parts)
 
     def decide(self, movement: Mapping[tuple, float], exact_means: bool = False) -> Outcome:
-        return _combine([p.decide(movement, exact_means) for p in self.parts], _ALL_ORDER)
+        outcomes = [p.decide(movement, exact_means) for p in self.parts]
+        if not outcomes:
+            return Outcome(MISSING, "nothing to compare")
+        first = min(outcomes, key=lambda o: (self.order.index(o.verdict),
+                                             abs(o.difference) / o.difference_se if o.difference_se else 0.0))
+        moving = tuple(m for o in outcomes for m in o.moving)
+        return Outcome(first.verdict, first.reason, first.difference, first.difference_se, first.n, moving)
 
 
-@dataclass(frozen=True)
-class AnyOf:
-    """One part must hold (e.g. "at some swept scale"). Missing anywhere: missing."""
+class AllOf(_Combination):
+    """Every part must hold: decided by its weakest part (missing anywhere: missing; then any failure fails)."""
 
-    parts: tuple
-
-    def __init__(self, *parts) -> None:
-        object.__setattr__(self, "parts", tuple(parts))
-
-    def __str__(self) -> str:
-        return " OR ".join(str(p) for p in self.parts)
-
-    def decide(self, movement: Mapping[tuple, float], exact_means: bool = False) -> Outcome:
-        return _combine([p.decide(movement, exact_means) for p in self.parts], _ANY_ORDER)
+    order = (MISSING, FAILS, NOT_TESTED, INCONCLUSIVE, HOLDS)
+    joiner = "; "
 
 
-def _combine(outcomes: list[Outcome], order: tuple[str, ...]) -> Outcome:
-    if not outcomes:
-        return Outcome(MISSING, "nothing to compare")
-    best = min(outcomes, key=lambda o: (order.index(o.verdict),
-                                        abs(o.difference) / o.difference_se if o.difference_se else 0.0))
-    moving = tuple(m for o in outcomes for m in o.moving)
-    return Outcome(best.verdict, best.reason, best.difference, best.difference_se, best.n, moving)
+class AnyOf(_Combination):
+    """One part must hold (e.g. "at some swept scale"): decided by its strongest part (missing anywhere: missing)."""
+
+    order = (MISSING, HOLDS, NOT_TESTED, INCONCLUSIVE, FAILS)
+    joiner = " OR "
 
 
 # ------------------------------------------------------------------------------------------------------
