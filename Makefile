@@ -104,7 +104,7 @@ LAUNCH_ARGS ?=
 
 .PHONY: distributed
 
-distributed: $(STAMP)  ## Run EXPERIMENT (p1_synthetic | p1_real | p2_toy | p2_weighted | caching) at PROFILE on NPROC ranks with torchrun (LAUNCH_ARGS: e.g. --set n_steps=40000)
-	@case "$(EXPERIMENT)" in p1_synthetic|p2_toy) ;; *) $(PY) scripts/fetch_assets.py;; esac
+distributed: $(STAMP)  ## Run EXPERIMENT (p1_synthetic | p1_real | p2_toy | p2_weighted | p1_recipe | p1_scale | caching) at PROFILE on NPROC ranks with torchrun (LAUNCH_ARGS: e.g. --set n_steps=40000)
+	@case "$(EXPERIMENT)" in p1_synthetic|p2_toy|p1_recipe|p1_scale) ;; *) $(PY) scripts/fetch_assets.py;; esac
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m torch.distributed.run --standalone --nnodes=1 --nproc_per_node=$(NPROC) \
 	  -m isae.experiments.launch $(EXPERIMENT) --profile $(PROFILE) $(LAUNCH_ARGS)

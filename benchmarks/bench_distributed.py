@@ -8,7 +8,8 @@ resume), timed from start to exit (interpreter start and imports included) and b
 * one process, R torch threads (the same cores as R ranks, used by one process);
 * R ranks of 1 thread each (``torch.distributed.run --standalone --nproc_per_node R``).
 
-It then checks that the R-rank run saved the same weights and tables, byte for byte, as the 1-thread process. The
+It then checks that the R-rank run saved the same weights, byte for byte, and merged the same tables as the
+1-thread process. The
 ranks share nothing but the file system, so on R free cores the expected speed-up is R × (the balance of the
 costed grid, printed) less the start-up and the evaluation's imbalance; a machine shared with other jobs gives
 less, and the load averages printed before each side say how busy it was.
@@ -39,7 +40,8 @@ import torch
 from _common import device_name, write_results  # noqa: E402
 
 from isae.core.provenance import atomic_write_json
-from isae.experiments import distributed
+from isae.experiments.executor import marker_path, shares
+from isae.experiments.p1_synthetic import P1Synthetic
 from isae.experiments.profiles import synthetic_profile
 
 DEFAULT_SET: list[str] = []
@@ -82,29 +84,31 @@ def _launch(args: argparse.Namespace, out: Path, ranks: int, threads: int) -> di
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    record = json.loads(distributed.marker_path(out).read_text())
+    record = json.loads(marker_path(out, "p1_synthetic").read_text())
     row = {"side": f"{ranks} rank(s) × {threads} thread(s)", "ranks": ranks, "threads": threads,
            "wall_s": round(wall, 1), "run_s": record["seconds"], "load_1min_before": round(load[0], 2),
-           "rank_seconds": json.dumps(record.get("rank_seconds"))}
+           "unit_seconds": json.dumps(record.get("unit_seconds"))}
     atomic_write_json(saved, row)
     return row
 
 
 def _same(a: Path, b: Path) -> bool:
-    files = [f.relative_to(a) for f in sorted(a.glob("**/saes/*/sae_weights.safetensors"))
-             + sorted(a.glob("tables/*.csv"))]
-    return bool(files) and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    """The same saved weights (byte for byte) and the same merged tables under ``a`` and ``b``."""
+    files = [f.relative_to(a) for f in sorted(a.glob("**/saes/*/sae_weights.safetensors"))]
+    if not files or any((a / f).read_bytes() != (b / f).read_bytes() for f in files):
+        return False
+    x, y = (pd.read_pickle(d / "runs" / "p1_synthetic" / "result.pkl") for d in (a, b))
+    return list(x) == list(y) and all(x[k][t].equals(y[k][t]) for k in x for t in ("runs", "pairs", "log"))
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     p = synthetic_profile(args.profile, **dict(_kv(o) for o in args.overrides))
-    recipes = ("authors", "paper")
-    plan = distributed.training_plan(p, recipes, args.ranks)
-    cost = [sum(distributed.STEP_COST.get(r.variant, 1.0) for r in share) for share in plan]
-    print(f"{device_name(torch.device('cpu'))}; {len(distributed.synthetic_grid(p, recipes))} SAEs of N={p.d_in}, "
-          f"K={p.d_sae}, {p.n_steps} steps of {p.batch_size}; training cost per rank {[round(c, 1) for c in cost]} "
-          f"(balance {sum(cost) / (len(cost) * max(cost)):.3f})")
+    units = P1Synthetic(p, ("authors", "paper")).units()
+    cost = [sum(units[i].cost for i in share) for share in shares(len(units), args.ranks, [u.cost for u in units])]
+    print(f"{device_name(torch.device('cpu'))}; {len(units) * p.n_seeds} SAEs of N={p.d_in}, K={p.d_sae}, "
+          f"{p.n_steps} steps of {p.batch_size} in {len(units)} units; training cost per rank "
+          f"{[round(c / max(cost), 2) for c in cost]} (balance {sum(cost) / (len(cost) * max(cost)):.3f})")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         rows = []

@@ -23,7 +23,8 @@ from isae.core.provenance import (
     provenance,
 )
 from isae.data.synthetic import SyntheticConfig, SyntheticStream
-from isae.experiments import distributed
+from isae.experiments import executor
+from isae.experiments.p2_toy import P2Toy
 from isae.experiments.profiles import toy_profile
 from isae.train import trainer
 from isae.train.trainer import TrainConfig, train_many
@@ -80,7 +81,7 @@ def test_the_scopes_cover_what_they_say():
     training, results, every = (set(code_fingerprint(s)) for s in (TRAINING_CODE, RESULTS_CODE, ALL_CODE))
     assert {"core/losses.py", "core/models.py", "train/trainer.py", "data/stream.py"} <= training
     assert not any(f.startswith(("eval/", "experiments/", "report/", "plots/")) for f in training)
-    assert training < results and "eval/metrics.py" in results and "experiments/distributed.py" in results
+    assert training < results and "eval/metrics.py" in results and "experiments/executor.py" in results
     assert not any(f.startswith(("report/", "plots/")) for f in results)
     assert results < every and "report/p1.py" in every and "__init__.py" in every
 
@@ -118,7 +119,7 @@ def test_an_interrupted_run_resumes_under_the_same_code(tmp_path):
     assert _train(ckpt, n_steps=6).equals(whole)
 
 
-# --- completed distributed runs -----------------------------------------------------------------------
+# --- completed runs -----------------------------------------------------------------------
 
 def _complete_json(out: Path, identity: dict, code_files: dict | None) -> None:
     record = {"experiment": "p2_toy", **identity, "world_size": 2, "finished_utc": "2025-01-01T00:00:00+00:00",
@@ -127,31 +128,31 @@ def _complete_json(out: Path, identity: dict, code_files: dict | None) -> None:
         record["code_files"] = code_files
     else:
         record.pop("code")
-    atomic_write_json(distributed.marker_path(out, "p2_toy"), record)
+    atomic_write_json(executor.marker_path(out, "p2_toy"), record)
 
 
 def test_a_completed_run_of_other_code_is_refused_naming_the_file(tmp_path):
-    identity = distributed._toy_identity(toy_profile("smoke"))
+    identity = executor.full_identity(P2Toy(toy_profile("smoke")))
     out = tmp_path / "out"
     _complete_json(out, identity, code_fingerprint(RESULTS_CODE))
-    found = distributed.results_source("auto", out, "p2_toy", identity)
+    found = executor.results_source("auto", out, "p2_toy", identity)
     assert found is not None and found[0] == out and found[1]["code"] == identity["code"]
 
     other = {**code_fingerprint(RESULTS_CODE), "eval/metrics.py": "0" * 12}
     _complete_json(out, {**identity, "code": code_digest(other)}, other)
-    assert distributed.completed_record(out, "p2_toy", identity) is None
+    assert executor.completed_record(out, "p2_toy", identity) is None
     for results_from in ("auto", out):
         with pytest.raises(ValueError, match=r"other code \(eval/metrics\.py changed\).*make clean"):
-            distributed.results_source(results_from, out, "p2_toy", identity)
+            executor.results_source(results_from, out, "p2_toy", identity)
     # other sizes: "auto" still trains here, an explicit folder names the sizes and the code
-    sizes = distributed._toy_identity(toy_profile("smoke", n_seeds=7))
-    assert distributed.results_source("auto", out, "p2_toy", sizes) is None
+    sizes = executor.full_identity(P2Toy(toy_profile("smoke", n_seeds=7)))
+    assert executor.results_source("auto", out, "p2_toy", sizes) is None
     with pytest.raises(ValueError, match=r"other sizes \(n_seeds: run \d+, here 7; code: eval/metrics\.py changed"):
-        distributed.results_source(out, tmp_path, "p2_toy", sizes)
+        executor.results_source(out, tmp_path, "p2_toy", sizes)
 
     _complete_json(out, identity, None)  # a run from before fingerprints
     with pytest.raises(ValueError, match="code before fingerprints"):
-        distributed.results_source("auto", out, "p2_toy", identity)
+        executor.results_source("auto", out, "p2_toy", identity)
 
 
 # --- provenance's device ------------------------------------------------------------------------------

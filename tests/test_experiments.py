@@ -16,10 +16,10 @@ from isae.report import p1 as reporting
 
 
 @pytest.fixture(scope="module")
-def tiny_result():
+def tiny_result(tmp_path_factory):
     p = synthetic_profile("smoke", n_steps=6, n_seeds=3, settings=("iid",), n_eval=128, log_every=3,
                           checkpoint_every=3)
-    return p, experiments.run_synthetic_setting("iid", p, device="cpu", progress=False)
+    return p, _run(experiments.P1Synthetic(p, ("authors",)), tmp_path_factory.mktemp("tiny"))["authors"]["iid"]
 
 
 def test_summary_has_the_paper_columns_and_counts_every_seed_pair(tiny_result):
@@ -153,10 +153,17 @@ def test_authors_protocol_puts_the_authors_readings_in_the_paper_columns(tiny_re
         experiments.with_protocol(table, "x")
 
 
+def _run(exp, out):
+    """``exp`` run in this process, as a notebook runs it."""
+    from isae.experiments.executor import execute
+
+    return execute(exp, out, device="cpu", progress=False, results_from=None, log=lambda line: None)[0]
+
+
 def test_recipes_are_trained_side_by_side_and_tabulated_per_recipe(tmp_path):
     p = synthetic_profile("smoke", n_steps=4, n_seeds=2, settings=("iid",), models=("abstopk", "isae_me"), n_eval=64,
                           log_every=2, checkpoint_every=2)
-    results = experiments.run_recipes(p, ("authors", "paper"), out_dir=tmp_path, device="cpu", progress=False)
+    results = _run(experiments.P1Synthetic(p, ("authors", "paper")), tmp_path)
     runs, pairs, log = experiments.combine(results)
     assert set(runs["recipe"]) == set(pairs["recipe"]) == set(log["recipe"]) == {"authors", "paper"}
     table = experiments.summarise(runs, pairs)
@@ -174,13 +181,13 @@ def test_recipes_are_trained_side_by_side_and_tabulated_per_recipe(tmp_path):
     assert {s.split(", ")[1] for s in claims["setting"]} == {"authors recipe", "paper recipe"}
     assert set(claims["verdict"]) <= {"not tested", "missing"}  # smoke decides nothing; 2 of 4 models: missing
     with pytest.raises(ValueError, match="recipes="):
-        experiments.run_recipes(p, ("paper", "paper"))
+        experiments.P1Synthetic(p, ("paper", "paper"))
 
 
 def test_several_data_seeds_train_on_their_own_dictionaries_and_pool_in_the_summary(tmp_path):
     p = synthetic_profile("smoke", n_steps=4, n_seeds=2, n_data_seeds=2, settings=("iid",), models=("abstopk",),
                           n_eval=64, log_every=2, checkpoint_every=2)
-    results = experiments.run_synthetic(p, "paper", out_dir=tmp_path, device="cpu", progress=False)
+    results = _run(experiments.P1Synthetic(p, ("paper",)), tmp_path)["paper"]
     assert list(results) == ["iid", "iid_data1"]
     assert not torch.equal(results["iid"].x_eval, results["iid_data1"].x_eval)
     assert (tmp_path / "checkpoints" / "iid_data1").is_dir()

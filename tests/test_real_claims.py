@@ -193,6 +193,16 @@ def _labelled_cache(folder, rows: int, d: int, seed: int) -> ActivationCache:
     return ActivationCache(folder)
 
 
+def _train_lm(caches, p, out):
+    """Notebook 03's experiment on the LM setting alone, run in this process."""
+    from isae.experiments.executor import execute
+    from isae.experiments.p1_real import P1Real
+
+    settings, _ = execute(P1Real(p, caches, settings=("smollm2",)), out, device="cpu", progress=False,
+                          results_from=None, log=lambda line: None)
+    return settings["smollm2"]
+
+
 def test_real_driver_trains_a_setting_and_builds_the_floor_and_the_first_seeds(tmp_path):
     from isae.experiments import p1_real
     from isae.experiments.profiles import real_profile
@@ -201,8 +211,7 @@ def test_real_driver_trains_a_setting_and_builds_the_floor_and_the_first_seeds(t
               "lm_heldout": _random_cache(tmp_path / "heldout", 256, 16, seed=0)}
     p = real_profile("smoke", d_sae=32, k=3, batch_size=64, n_seeds=2, n_eval=64, models=("topk", "abstopk"),
                      log_every=4, checkpoint_every=8)
-    setting = p1_real.train_real_setting("smollm2", caches, p, out_dir=tmp_path / "out", device="cpu",
-                                         progress=False)
+    setting = _train_lm(caches, p, tmp_path / "out")
     assert setting.train_cfg.n_steps == setting.stream.steps_per_pass == 512 // 64
     assert setting.n_eval == 64 and "16" in setting.describe(p)
     assert list(setting.first_seeds()) == ["TopK", "AbsTopK"]
@@ -249,8 +258,7 @@ def test_real_driver_curve_ends_at_the_final_metrics_and_passes_multiply_the_ste
               "lm_heldout": _random_cache(tmp_path / "heldout", 256, 16, seed=0)}
     p = real_profile("smoke", d_sae=32, k=3, batch_size=64, n_seeds=2, n_eval=64, n_curve=64, models=("topk",),
                      log_every=4, checkpoint_every=8, passes=2, curve_points=3, recipe="authors+lr")
-    setting = p1_real.train_real_setting("smollm2", caches, p, out_dir=tmp_path / "out", device="cpu",
-                                         progress=False)
+    setting = _train_lm(caches, p, tmp_path / "out")
     assert setting.train_cfg.n_steps == 2 * setting.stream.steps_per_pass == 16
     assert setting.train_cfg.warmup_steps == 100 and setting.sae_cfgs["topk"].aux_k == 8  # the authors' recipe
     curve = p1_real.curves({"smollm2": setting})

@@ -63,19 +63,28 @@ def test_effects_ignore_a_change_within_the_seed_spread():
 
 
 def test_ablation_runs_end_to_end_and_resumes(tmp_path):
+    import shutil
+
+    from isae.experiments.executor import execute, run_dir
+
+    def run(models, elements):
+        return execute(p1_recipe.P1RecipeAblation(p, models, elements), tmp_path, device="cpu", progress=False,
+                       results_from=None, log=lambda line: None)[0]
+
     p = synthetic_profile("smoke", n_steps=4, n_seeds=2, settings=("iid",), n_eval=64, log_every=2,
                           checkpoint_every=2)
-    runs, pairs = p1_recipe.run_ablation(p, ("abstopk", "isae_me"), ("me_init", "lr"), out_dir=tmp_path,
-                                         device="cpu", progress=False)
+    runs, pairs = run(("abstopk", "isae_me"), ("me_init", "lr"))
     keys = set(zip(pairs["base"], pairs["element"], pairs["variant"]))
     assert keys == {(b, "—", m) for b in ("paper", "authors") for m in ("abstopk", "isae_me")} | \
         {(b, "lr", m) for b in ("paper", "authors") for m in ("abstopk", "isae_me")} | \
         {(b, "me_init", "isae_me") for b in ("paper", "authors")}
     assert pairs["trained"].all()
-    assert (tmp_path / "ablation" / "paper+lr" / "abstopk-isae_me" / "checkpoints" / "iid" / "checkpoint.pt").exists()
-    again, _ = p1_recipe.run_ablation(p, ("abstopk", "isae_me"), ("me_init", "lr"), out_dir=tmp_path, device="cpu",
-                                      progress=False)
+    assert (tmp_path / "ablation" / "paper+lr" / "checkpoints" / "iid" / "abstopk" / "checkpoint.pt").exists()
+    shutil.rmtree(run_dir(tmp_path, "p1_recipe"))  # forget the finished units: training resumes from checkpoints
+    again, _ = run(("abstopk", "isae_me"), ("me_init", "lr"))
     pd.testing.assert_frame_equal(again, runs)  # resumed from the finished checkpoints: the same numbers
-    # another set of models in the same folder trains beside them instead of meeting their checkpoints
-    alone, _ = p1_recipe.run_ablation(p, ("isae_me",), ("lr",), out_dir=tmp_path, device="cpu", progress=False)
+    # another set of models meets the same model's checkpoints: the same numbers for it
+    alone, _ = run(("isae_me",), ("lr",))
     assert set(alone["variant"]) == {"isae_me"}
+    mine = runs[(runs["variant"] == "isae_me") & runs["element"].isin(["—", "lr"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(alone, mine)

@@ -66,3 +66,25 @@ def describe_caches(caches: dict[str, ActivationCache]) -> pd.DataFrame:
     """One row per cache: rows, d_in and what the activations are (hook, or vision model, layer and data)."""
     return pd.DataFrame([{"cache": name, "rows": len(c), "d_in": c.d_in, "source": _source(c.spec)}
                          for name, c in caches.items()])
+
+
+def profile_caches(world, profile: str, out: str | Path, device: str | None = None, progress: bool = True,
+                   log=print, wp=None, **overrides) -> dict[str, ActivationCache]:
+    """Notebook 02's caches (the real-data profile's and the weighted-SAE notebook's layers) under
+    ``out/activations``, each cache's shards shared among the ranks of ``world`` (an ``executor.World``;
+    ``isae.data.cache.partitioned_builds``); caches already built are only verified and opened. Every rank gets
+    them all, by name. ``wp``: the weighted-SAE sizes (default: the profile's); ``overrides``: fields of the
+    real-data profile."""
+    from isae.data.cache import partitioned_builds
+    from isae.experiments.executor import describe_world
+    from isae.experiments.profiles import real_profile, weighted_profile
+
+    dev = world.device(device)
+    describe_world(world, dev)
+    p = real_profile(profile, **overrides)
+    with partitioned_builds(world.rank, world.world_size, world.barrier):
+        caches, timing, _ = build_profile_caches(Path(out) / "activations", p, device=str(dev), progress=progress,
+                                                 wp=wp or weighted_profile(profile))
+    if world.rank == 0:
+        log(timing.to_string(index=False))
+    return caches

@@ -1,18 +1,18 @@
-"""Launch an experiment on one process or many (torchrun); the notebooks then read what it wrote.
+"""Run an experiment on one process, on many (torchrun) or as a SLURM job array; the notebooks then read it.
 
     torchrun --nproc_per_node=4 -m isae.experiments.launch p1_synthetic --profile paper
     python -m isae.experiments.launch p1_synthetic --profile smoke --set n_steps=10 --set settings=[iid]
     torchrun --nproc_per_node=2 -m isae.experiments.launch caching --profile default
     torchrun --nproc_per_node=8 -m isae.experiments.launch p1_real --profile paper
-    torchrun --nproc_per_node=5 -m isae.experiments.launch p2_weighted --profile paper
-    torchrun --nproc_per_node=4 -m isae.experiments.launch p2_toy --profile paper
+    sbatch --array=0-7 --wrap "python -m isae.experiments.launch p2_weighted --profile paper"
 
-``p1_synthetic`` is notebook 01's training and evaluation (``isae.experiments.distributed``), ``p1_real``
-notebook 03's and ``p2_weighted`` notebook 05's (their caches built first, shared among the ranks), ``p2_toy``
-notebook 04's; afterwards the notebook at the same profile and parameters reads the results (its
-``results_from`` parameter) instead of training. ``caching`` builds notebook 02's activation caches, each
-cache's shards shared among the ranks.
-Without torchrun (WORLD_SIZE unset) it is one process: the same code with world size 1.
+Each experiment (``EXPERIMENTS``) is the notebook's own description (``isae.experiments.executor.Experiment``):
+``p1_synthetic`` notebook 01, ``p1_real`` notebook 03 and ``p2_weighted`` notebook 05 (their caches built or
+opened first, shared among the ranks), ``p2_toy`` notebook 04, ``p1_recipe`` notebook 06 and ``p1_scale``
+notebook 07. ``execute`` runs its units; afterwards the notebook at the same profile and parameters reads the
+completed run (its ``results_from`` parameter). ``caching`` builds notebook 02's activation caches, each cache's
+shards shared among the ranks (run it before a job array). Without torchrun or a job array it is one process:
+the same code with world size 1.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -33,12 +34,84 @@ def _override(text: str) -> tuple[str, object]:
     return name.strip(), yaml.safe_load(value)
 
 
+def _p1_synthetic(world, args, overrides: dict, out: Path):
+    from isae.experiments.p1_synthetic import P1Synthetic
+    from isae.experiments.profiles import synthetic_profile
+
+    return P1Synthetic(synthetic_profile(args.profile, **overrides), tuple(args.recipes))
+
+
+def _p1_real(world, args, overrides: dict, out: Path):
+    from isae.experiments.caching import profile_caches
+    from isae.experiments.p1_real import P1Real
+    from isae.experiments.profiles import real_profile
+
+    caches = profile_caches(world, args.profile, out, device=args.device, progress=not args.no_progress, **overrides)
+    return P1Real(real_profile(args.profile, **overrides), caches)
+
+
+def _p2_toy(world, args, overrides: dict, out: Path):
+    from isae.experiments.p2_toy import P2Toy
+    from isae.experiments.profiles import toy_profile
+
+    return P2Toy(toy_profile(args.profile, **overrides))
+
+
+def _p2_weighted(world, args, overrides: dict, out: Path):
+    """Notebook 05's caches, scores and weights on every rank (the caches' shards shared). ``--set`` names
+    weighted-profile fields, and ``consistency_tail``."""
+    from isae.data.cache import partitioned_builds
+    from isae.experiments import p2_weighted
+    from isae.experiments.caching import profile_caches
+    from isae.experiments.profiles import real_profile, weighted_profile
+
+    tail = overrides.pop("consistency_tail", "positive")
+    if tail not in p2_weighted.TAILS:
+        raise SystemExit(f"--set consistency_tail={tail}: use one of {p2_weighted.TAILS}.")
+    p, wp = real_profile(args.profile), weighted_profile(args.profile, **overrides)
+    progress = not args.no_progress
+    caches = profile_caches(world, args.profile, out, device=args.device, progress=progress, wp=wp)
+    with partitioned_builds(world.rank, world.world_size, world.barrier):
+        layers = p2_weighted.lm_layer_caches(out / "activations", wp, p, profile_caches=caches,
+                                             device=str(world.device(args.device)), progress=progress)
+    sources = p2_weighted.setting_sources(caches, layers)
+    _, weights = p2_weighted.setting_weights(sources, wp, tail=tail)
+    return p2_weighted.P2Weighted(sources, weights, wp, p, tail)
+
+
+def _p1_recipe(world, args, overrides: dict, out: Path):
+    """Notebook 06 at its parameters' defaults; ``--set models=[...]``, ``--set elements=[...]`` as its parameters."""
+    from isae.experiments.p1_recipe import P1RecipeAblation
+    from isae.experiments.profiles import synthetic_profile
+
+    models = tuple(overrides.pop("models", ("abstopk", "isae_me")))
+    elements = overrides.pop("elements", None)
+    return P1RecipeAblation(synthetic_profile(args.profile, **overrides), models,
+                            None if elements is None else tuple(elements))
+
+
+def _p1_scale(world, args, overrides: dict, out: Path):
+    """Notebook 07 at its parameters' defaults (i.i.d. data, iSAE-ME, the profile's points and recipes);
+    ``--set points=[[N, steps], ...]``, ``--set recipes=[...]``, ``--set models=[...]`` as its parameters."""
+    from isae.experiments.p1_scale import P1Scale, scale_points
+    from isae.experiments.profiles import SCALE_POINTS, SCALE_RECIPES, synthetic_profile
+
+    points = scale_points(overrides.pop("points", SCALE_POINTS[args.profile]))
+    recipes = tuple(overrides.pop("recipes", SCALE_RECIPES[args.profile]))
+    base = synthetic_profile(args.profile, **{"settings": ["iid"], "models": ["isae_me"], **overrides})
+    return P1Scale(base, points, recipes)
+
+
+#: Each experiment's name → how the launcher builds it (world, parsed arguments, --set overrides, output root).
+EXPERIMENTS: dict[str, Callable] = {"p1_synthetic": _p1_synthetic, "p1_real": _p1_real, "p2_toy": _p2_toy,
+                                    "p2_weighted": _p2_weighted, "p1_recipe": _p1_recipe, "p1_scale": _p1_scale}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from isae.experiments.distributed import EXPERIMENTS
     from isae.train.recipe import RECIPES
 
     p = argparse.ArgumentParser(prog="python -m isae.experiments.launch", description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", choices=EXPERIMENTS)
+    p.add_argument("experiment", choices=[*EXPERIMENTS, "caching"])
     p.add_argument("--profile", default="default", help="smoke | default | paper (the notebooks' profile)")
     p.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="NAME=VALUE",
                    help="override a profile field, as a notebook parameter would (YAML value: --set n_steps=40000, "
@@ -65,28 +138,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_weighted(world, args: argparse.Namespace, overrides: dict, out: Path, command: str) -> None:
-    """Notebook 05's caches, scores and weights on every rank (the caches' shards shared), then its training and
-    evaluation shared by setting. ``--set`` names weighted-profile fields, and ``consistency_tail``."""
-    from isae.data.cache import partitioned_builds
-    from isae.experiments import distributed, p2_weighted
-    from isae.experiments.profiles import real_profile, weighted_profile
-
-    tail = overrides.pop("consistency_tail", "positive")
-    if tail not in p2_weighted.TAILS:
-        raise SystemExit(f"--set consistency_tail={tail}: use one of {p2_weighted.TAILS}.")
-    p, wp = real_profile(args.profile), weighted_profile(args.profile, **overrides)
-    progress = not args.no_progress
-    caches = distributed.profile_caches(world, args.profile, out, device=args.device, progress=progress, wp=wp)
-    with partitioned_builds(world.rank, world.world_size, world.barrier):
-        layers = p2_weighted.lm_layer_caches(out / "activations", wp, p, profile_caches=caches,
-                                             device=str(world.device(args.device)), progress=progress)
-    sources = p2_weighted.setting_sources(caches, layers)
-    _, weights = p2_weighted.setting_weights(sources, wp, tail=tail)
-    distributed.run_weighted_distributed(world, sources, weights, wp, p, tail, out, device=args.device,
-                                         progress=progress, profile=args.profile, command=command)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.deterministic:
@@ -94,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from isae.core.provenance import repo_root
-    from isae.experiments import distributed
-    from isae.experiments.profiles import check_profile, real_profile, synthetic_profile, toy_profile
+    from isae.experiments.caching import profile_caches
+    from isae.experiments.executor import close_world, execute, init_world
+    from isae.experiments.profiles import check_profile
 
     check_profile(args.profile)
     if args.threads is not None:
@@ -106,29 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     overrides = dict(args.overrides)
     out = args.output_root or repo_root() / "outputs" / args.profile
     command = "python -m isae.experiments.launch " + shlex.join(argv if argv is not None else sys.argv[1:])
-    world = distributed.init_world(args.timeout_hours)
+    world = init_world(args.timeout_hours)
     try:
-        if args.experiment == "p1_synthetic":
-            p = synthetic_profile(args.profile, **overrides)
-            distributed.run_synthetic_distributed(world, p, tuple(args.recipes), out, device=args.device,
-                                                  progress=not args.no_progress, profile=args.profile,
-                                                  command=command)
-        elif args.experiment == "p1_real":
-            p = real_profile(args.profile, **overrides)
-            caches = distributed.profile_caches(world, args.profile, out, device=args.device,
-                                                progress=not args.no_progress, **overrides)
-            distributed.run_real_distributed(world, p, caches, out, device=args.device, progress=not args.no_progress,
-                                             profile=args.profile, command=command)
-        elif args.experiment == "p2_toy":
-            distributed.run_toy_distributed(world, toy_profile(args.profile, **overrides), out, device=args.device,
-                                            progress=not args.no_progress, profile=args.profile, command=command)
-        elif args.experiment == "p2_weighted":
-            run_weighted(world, args, overrides, out, command)
+        if args.experiment == "caching":
+            profile_caches(world, args.profile, out, device=args.device, progress=not args.no_progress, **overrides)
         else:
-            distributed.profile_caches(world, args.profile, out, device=args.device, progress=not args.no_progress,
-                                       **overrides)
+            exp = EXPERIMENTS[args.experiment](world, args, overrides, out)
+            execute(exp, out, world=world, device=args.device, progress=not args.no_progress, results_from=None,
+                    command=command, profile=args.profile, launcher=command)
     finally:
-        distributed.close_world(world)
+        close_world(world)
     return 0
 
 

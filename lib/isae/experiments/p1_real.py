@@ -14,7 +14,17 @@ from isae.core.runs import RunKey
 from isae.data import activations
 from isae.data.cache import ActivationCache
 from isae.eval import downstream, probing
-from isae.experiments.p1_synthetic import TABLE_COLUMNS, ExperimentResult, summarise, train_and_evaluate, untrained_pair
+from isae.experiments.executor import Context, Experiment, Unit
+from isae.experiments.p1_synthetic import (
+    STEP_COST,
+    TABLE_COLUMNS,
+    ExperimentResult,
+    load_saes,
+    merge_units,
+    model_unit,
+    summarise,
+    untrained_pair,
+)
 from isae.experiments.profiles import RealProfile
 from isae.plots.p1 import matched_cosines
 from isae.train.recipe import recipe as get_recipe
@@ -67,8 +77,7 @@ def eval_inputs(caches: dict[str, ActivationCache], setting: str, p: RealProfile
 @dataclass
 class RealInputs:
     """What one real setting trains and is evaluated on, at the sizes of a ``RealProfile``: shared by
-    ``train_real_setting`` and the distributed driver (``isae.experiments.distributed``), so both train and
-    evaluate exactly the same things."""
+    ``P1Real``'s units and its ``load``, so that both see exactly the same things."""
 
     setting: str
     cache: ActivationCache
@@ -93,28 +102,56 @@ def real_inputs(setting: str, caches: dict[str, ActivationCache], p: RealProfile
     return RealInputs(setting, cache, stream, train_cfg, sae_cfgs, eval_inputs(caches, setting, p), rec.to_dict())
 
 
-def train_real_setting(setting: str, caches: dict[str, ActivationCache], p: RealProfile, out_dir: str | Path,
-                       device: str | None = None, progress: bool = True, models: tuple[str, ...] | None = None,
-                       checkpoint_part: str | None = None, **provenance_params) -> RealSetting:
-    """Train ``p.models`` × ``p.n_seeds`` SAEs with ``p.recipe`` for ``p.passes`` passes over the setting's training
-    cache, with a convergence curve of ``p.curve_points`` points, then evaluate them (and a random-init pair) on
-    ``p.n_eval`` held-out rows (``p1_synthetic.train_and_evaluate``). ``models``: only these of ``p.models`` (a
-    rank's part of the setting, checkpointed under ``checkpoint_part``)."""
-    ri = real_inputs(setting, caches, p, device)
-    sae_cfgs = {a: c for a, c in ri.sae_cfgs.items() if models is None or a in models}
-    result = train_and_evaluate(setting, ri.stream, ri.x_eval, sae_cfgs, ri.train_cfg, p.n_seeds, out_dir=out_dir,
-                                progress=progress, curve_points=p.curve_points, n_curve=p.n_curve,
-                                checkpoint_part=checkpoint_part, real_profile=p.to_dict(),
-                                cache=str(ri.cache.directory), recipe=ri.recipe, **provenance_params)
-    return RealSetting(setting, p.recipe, ri.stream, ri.train_cfg, sae_cfgs, result, len(ri.x_eval))
+class P1Real(Experiment):
+    """Notebook 03: P1's four models × seeds on each real setting (``SETTINGS``), ``p.passes`` passes over its
+    training cache with ``p.recipe``, a convergence curve of ``p.curve_points`` points and the evaluation on
+    ``p.n_eval`` held-out rows with a random-init pair. A unit is one model of one setting (every seed, so the
+    curve's seed pairs are evaluated during training). ``load`` gives a ``RealSetting`` per setting, with its saved
+    SAEs."""
 
+    name = "p1_real"
 
-def train_real_settings(caches: dict[str, ActivationCache], p: RealProfile, out_dir: str | Path,
-                        device: str | None = None, progress: bool = True,
-                        **provenance_params) -> dict[str, RealSetting]:
-    """``train_real_setting`` for every setting of ``SETTINGS``, by setting."""
-    return {setting: train_real_setting(setting, caches, p, out_dir, device=device, progress=progress,
-                                        **provenance_params) for setting in SETTINGS}
+    def __init__(self, p: RealProfile, caches: dict[str, ActivationCache], settings: tuple[str, ...] = tuple(SETTINGS)):
+        unknown = [s for s in settings if s not in SETTINGS]
+        if unknown or not settings:
+            raise ValueError(f"settings={settings!r}: use a non-empty tuple drawn from {tuple(SETTINGS)}.")
+        self.p, self.caches, self.settings = p, caches, tuple(settings)
+
+    def identity(self) -> dict:
+        return {"sizes": self.p.to_dict(), "settings": list(self.settings)}
+
+    def units(self) -> list[Unit]:
+        p = self.p
+        steps = {s: real_inputs(s, self.caches, p).stream.n_steps for s in self.settings}
+        return [Unit(f"{s}-{a}", (s, a), STEP_COST.get(a, 1.0) * steps[s] * p.n_seeds) for s in self.settings
+                for a in p.models]
+
+    def run_unit(self, unit: Unit, ctx: Context) -> dict:
+        setting, variant = unit.key
+        p = self.p
+        ri = real_inputs(setting, self.caches, p, str(ctx.device))
+        ctx.log(f"{ctx.label}training {variant} × {p.n_seeds} seeds on {setting}")
+        return model_unit(setting, ri.stream, ri.x_eval, variant, ri.sae_cfgs[variant], ri.train_cfg, p.n_seeds,
+                          ctx.out, progress=ctx.progress, curve_points=p.curve_points, n_curve=p.n_curve,
+                          real_profile=p.to_dict(), cache=str(ri.cache.directory), recipe=ri.recipe, **ctx.params)
+
+    def merge(self, results: list[dict], ctx: Context) -> dict:
+        by_setting: dict[str, list[dict]] = {}
+        for unit, tables in zip(self.units(), results):
+            by_setting.setdefault(unit.key[0], []).append(tables)
+        return {setting: merge_units(parts) for setting, parts in by_setting.items()}
+
+    def load(self, merged: dict, ctx: Context) -> dict[str, RealSetting]:
+        p, settings = self.p, {}
+        keys = [RunKey(a, s) for a in p.models for s in range(p.n_seeds)]
+        for setting, t in merged.items():
+            ri = real_inputs(setting, self.caches, p, str(ctx.device))
+            result = ExperimentResult(runs=t["runs"], pairs=t["pairs"], log=t["log"], curve=t["curve"],
+                                      saes=load_saes(ctx.out, setting, keys, ctx.device),
+                                      x_eval=ri.x_eval.to(ctx.device))
+            settings[setting] = RealSetting(setting, p.recipe, ri.stream, ri.train_cfg, ri.sae_cfgs, result,
+                                            len(ri.x_eval))
+        return settings
 
 
 def matched_cosines_with_floor(settings: dict[str, RealSetting]) -> pd.DataFrame:

@@ -2,19 +2,18 @@
 
 Starting from each complete recipe (``isae.train.recipe``: ``PAPER``, P1's text, and ``AUTHORS``, the authors'
 code), every element where the two differ is switched to the other recipe's value alone, and the models are
-trained and evaluated exactly as in Table 1 (``p1_synthetic.run_synthetic_setting``). A variant trains only the
-models the element changes anything for (e.g. the S initialisation only for iSAE-ME).
+trained and evaluated exactly as in Table 1 (``p1_synthetic.model_unit``). A variant trains only the models the
+element changes anything for (e.g. the S initialisation only for iSAE-ME).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from isae.experiments import p1_synthetic
+from isae.experiments.executor import Context, Experiment, Unit
 from isae.experiments.profiles import SyntheticProfile
 from isae.report import claims
 from isae.report.summary import mean_sd
@@ -61,28 +60,47 @@ def variants(elements: tuple[str, ...] | None = None) -> list[Variant]:
     return out
 
 
-def run_ablation(p: SyntheticProfile, models: tuple[str, ...] = ("abstopk", "isae_me"),
-                 elements: tuple[str, ...] | None = None, out_dir: str | Path | None = None,
-                 device: str | None = None, progress: bool = True, **provenance_params
-                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and evaluate every variant (``variants``) on every setting of ``p``; returns (runs, pairs), the
-    per-SAE and per-seed-pair tables of ``p1_synthetic.evaluate`` with the columns ``base`` and ``element``
-    ("—" for a base); trained SAEs only (the random-init floor is notebook 01's). Each variant checkpoints under
-    ``out_dir/ablation/<slug>/<models>/`` (e.g. ``ablation/paper+lr/abstopk-isae_me/``), so a re-run resumes;
-    one progress bar counts the variants."""
-    jobs = [(setting, data_seed, v, v.models(models, setting)) for setting in p.settings
-            for data_seed in p.data_seeds() for v in variants(elements)]
-    jobs = [job for job in jobs if job[3]]
-    runs, pairs = [], []
-    for setting, data_seed, v, archs in tqdm(jobs, desc="recipe variants", unit="variant", disable=not progress):
-        # one folder per variant and set of models: a run that trains other models never meets these checkpoints
-        sub = Path(out_dir) / "ablation" / v.slug / "-".join(archs) if out_dir is not None else None
-        res = p1_synthetic.run_synthetic_setting(setting, replace(p, models=archs, data_seed=data_seed), v.recipe,
-                                                 out_dir=sub, device=device, progress=False, baseline=False,
-                                                 **provenance_params)
-        runs.append(res.runs.assign(base=v.base, element=v.element or "—"))
-        pairs.append(res.pairs.assign(base=v.base, element=v.element or "—"))
-    return pd.concat(runs, ignore_index=True), pd.concat(pairs, ignore_index=True)
+class P1RecipeAblation(Experiment):
+    """Notebook 06: every variant (``variants``) on every setting and data seed of ``p``. A unit is one model of one
+    (variant, setting, data seed), trained and evaluated as in Table 1 (``p1_synthetic.model_unit``, no random-init
+    floor: it is notebook 01's), under ``ablation/<slug>/``. The result is (runs, pairs), the per-SAE and
+    per-seed-pair tables of ``p1_synthetic.evaluate`` with the columns ``base`` and ``element`` ("—" for a
+    base)."""
+
+    name = "p1_recipe"
+
+    def __init__(self, p: SyntheticProfile, models: tuple[str, ...] = ("abstopk", "isae_me"),
+                 elements: tuple[str, ...] | None = None):
+        self.p, self.models, self.elements = p, tuple(models), elements
+        self.variants = variants(elements)
+
+    def identity(self) -> dict:
+        return {"sizes": self.p.to_dict(), "models": list(self.models),
+                "elements": None if self.elements is None else list(self.elements)}
+
+    def units(self) -> list[Unit]:
+        p = self.p
+        return [Unit(f"{v.slug}-{p1_synthetic.run_name(s, d)}-{a}", (s, d, i, a),
+                     p1_synthetic.STEP_COST.get(a, 1.0) * p.n_steps * p.n_seeds)
+                for s in p.settings for d in p.data_seeds() for i, v in enumerate(self.variants)
+                for a in v.models(self.models, s)]
+
+    def run_unit(self, unit: Unit, ctx: Context) -> dict:
+        setting, d, i, arch = unit.key
+        v = self.variants[i]
+        si = p1_synthetic.setting_inputs(setting, replace(self.p, data_seed=d), v.recipe, device=str(ctx.device))
+        ctx.log(f"{ctx.label}{v.slug}: training {arch} × {self.p.n_seeds} seeds on {si.run_name}")
+        tables = p1_synthetic.model_unit(setting, si.stream, si.stream.held_out(self.p.n_eval)[0], arch,
+                                         si.sae_cfgs[arch], si.train_cfg, self.p.n_seeds,
+                                         ctx.out / "ablation" / v.slug, true_atoms=si.stream.dictionary,
+                                         progress=False, baseline=False, run_name=si.run_name,
+                                         data=si.data_cfg.to_dict(), recipe=si.recipe.to_dict(), **ctx.params)
+        for name in ("runs", "pairs"):
+            tables[name].insert(1, "data_seed", d)
+        return {name: tables[name].assign(base=v.base, element=v.element or "—") for name in ("runs", "pairs")}
+
+    def merge(self, results: list[dict], ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return tuple(pd.concat([r[name] for r in results], ignore_index=True) for name in ("runs", "pairs"))
 
 
 def summarise_ablation(runs: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:

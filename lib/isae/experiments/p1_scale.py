@@ -2,7 +2,7 @@
 
 P1's synthetic sizes are N = 768, M = K = 4096, k = 40 (k/N ≈ 0.052, M/N ≈ 5.33). ``p1_ratio_sizes`` scales N and
 keeps both ratios. Every point of the sweep is trained and evaluated exactly as notebook 01's Table 1
-(``p1_synthetic.run_synthetic_setting``), so its numbers stand beside the headline. Training steps are a separate
+(``p1_synthetic.model_unit``), so its numbers stand beside the headline. Training steps are a separate
 axis: each step count is its own run, because the authors' learning rate decays over the last 20% of the steps,
 so an early checkpoint of a long run is not a short run.
 """
@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from isae.experiments import p1_synthetic
+from isae.experiments.executor import Context, Experiment, Unit
 from isae.experiments.profiles import SyntheticProfile
 from isae.report import claims
 from isae.report.claims import AllOf, AnyOf, Claim, Compare
@@ -80,27 +79,55 @@ def sizes_table(points: list[ScalePoint]) -> pd.DataFrame:
     return pd.DataFrame(rows).assign(k_over_n=lambda t: t["k"] / t["d_in"], m_over_n=lambda t: t["n_atoms"] / t["d_in"])
 
 
-def run_scale_sweep(base: SyntheticProfile, points: list[ScalePoint], recipe: str = "authors",
-                    out_dir: str | Path | None = None, device: str | None = None, progress: bool = True,
-                    **provenance_params) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and evaluate ``base``'s models on each setting at every point under ``recipe`` (a name
-    ``isae.train.recipe.recipe`` accepts, e.g. "authors+lr"); returns (runs, pairs) of ``p1_synthetic.evaluate``
-    with the point's sizes, ``recipe`` and ``wall_s`` (training and evaluation of the point) as columns. Trained
-    SAEs only. Each point checkpoints under ``out_dir/scale/<recipe>/<slug>/``, so a re-run resumes."""
-    rec = get_recipe(recipe)
-    jobs = [(pt, setting, d) for pt in points for setting in base.settings for d in base.data_seeds()]
-    runs, pairs = [], []
-    for pt, setting, data_seed in tqdm(jobs, desc="scale points", unit="point", disable=not progress):
-        sub = Path(out_dir) / "scale" / recipe / pt.slug if out_dir is not None else None
+class P1Scale(Experiment):
+    """Notebook 07: ``base``'s models on each setting and data seed at every point under each of ``recipes`` (names
+    ``isae.train.recipe.recipe`` accepts, e.g. "authors+lr"). A unit is one model at one (recipe, point, setting,
+    data seed), trained and evaluated as in Table 1 (``p1_synthetic.model_unit``, no random-init floor) under
+    ``scale/<recipe>/<slug>/``. The result is (runs, pairs) with the point's sizes, ``recipe`` and ``wall_s`` (the
+    unit's training and evaluation) as columns."""
+
+    name = "p1_scale"
+
+    def __init__(self, base: SyntheticProfile, points: list[ScalePoint], recipes: tuple[str, ...] = ("authors",)):
+        for r in recipes:
+            get_recipe(r)  # an unknown recipe fails here, before any training
+        if not recipes or len(set(recipes)) != len(recipes):
+            raise ValueError(f"recipes={recipes!r}: pass a non-empty list of distinct recipe names.")
+        self.base, self.points, self.recipes = base, list(points), tuple(recipes)
+
+    def identity(self) -> dict:
+        return {"sizes": self.base.to_dict(), "points": [[pt.d_in, pt.n_steps] for pt in self.points],
+                "recipes": list(self.recipes)}
+
+    def units(self) -> list[Unit]:
+        b = self.base
+        return [Unit(f"{r}-{pt.slug}-{p1_synthetic.run_name(s, d)}-{a}", (r, i, s, d, a),
+                     p1_synthetic.STEP_COST.get(a, 1.0) * pt.n_steps * b.n_seeds * b.batch_size
+                     * p1_ratio_sizes(pt.d_in)["d_sae"] * pt.d_in)
+                for r in self.recipes for i, pt in enumerate(self.points) for s in b.settings for d in b.data_seeds()
+                for a in b.models]
+
+    def run_unit(self, unit: Unit, ctx: Context) -> dict:
+        recipe, i, setting, d, arch = unit.key
+        pt = self.points[i]
+        p = replace(pt.profile(self.base), data_seed=d)
+        si = p1_synthetic.setting_inputs(setting, p, get_recipe(recipe), device=str(ctx.device))
+        ctx.log(f"{ctx.label}{recipe}, N={pt.d_in}, {pt.n_steps} steps: training {arch} × {p.n_seeds} seeds on "
+                f"{si.run_name}")
         t0 = time.perf_counter()
-        res = p1_synthetic.run_synthetic_setting(setting, replace(pt.profile(base), data_seed=data_seed), rec,
-                                                 out_dir=sub, device=device, progress=False, baseline=False,
-                                                 **provenance_params)
+        tables = p1_synthetic.model_unit(setting, si.stream, si.stream.held_out(p.n_eval)[0], arch, si.sae_cfgs[arch],
+                                         si.train_cfg, p.n_seeds, ctx.out / "scale" / recipe / pt.slug,
+                                         true_atoms=si.stream.dictionary, progress=ctx.progress, baseline=False,
+                                         run_name=si.run_name, data=si.data_cfg.to_dict(), recipe=si.recipe.to_dict(),
+                                         **ctx.params)
         cols = {**p1_ratio_sizes(pt.d_in), "n_steps": pt.n_steps, "recipe": recipe,
                 "wall_s": time.perf_counter() - t0}
-        runs.append(res.runs.assign(**cols))
-        pairs.append(res.pairs.assign(**cols))
-    return pd.concat(runs, ignore_index=True), pd.concat(pairs, ignore_index=True)
+        for name in ("runs", "pairs"):
+            tables[name].insert(1, "data_seed", d)
+        return {name: tables[name].assign(**cols) for name in ("runs", "pairs")}
+
+    def merge(self, results: list[dict], ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return tuple(pd.concat([r[name] for r in results], ignore_index=True) for name in ("runs", "pairs"))
 
 
 def summarise_scale(runs: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:

@@ -15,11 +15,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from isae.core.io import save_sae
+from isae.core.io import load_sae, save_sae
 from isae.core.models import ARCHITECTURES, SAE, SAEConfig
 from isae.core.runs import RunKey
 from isae.data.synthetic import SyntheticConfig, SyntheticStream, make_dictionary
 from isae.eval import metrics
+from isae.experiments.executor import Context, Experiment, Unit
 from isae.experiments.profiles import SyntheticProfile
 from isae.report.summary import mean_sd
 from isae.train.recipe import RECIPES, Recipe
@@ -139,7 +140,7 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
     ``n_curve`` rows of x_eval at that many evenly spaced steps (``curve_steps``), into ``result.curve``.
 
     With ``out_dir``: checkpoints under ``out_dir/checkpoints/<run_name>`` (a re-run resumes; under its subfolder
-    ``checkpoint_part`` when these SAEs are a part of the setting, as a rank of a distributed run trains), SAEs
+    ``checkpoint_part`` when these SAEs are a part of the setting, as a unit of ``P1Synthetic`` trains), SAEs
     saved under ``out_dir/saes/<run_name>_<arch>_seed<N>`` in SAELens's layout; ``run_name`` defaults to
     ``setting``.
     """
@@ -180,8 +181,8 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
 
 @dataclass
 class SettingInputs:
-    """What one (setting, data seed) of a synthetic run is built from: shared by ``run_synthetic_setting`` and the
-    distributed driver (``isae.experiments.distributed``), so both train and evaluate exactly the same things."""
+    """What one (setting, data seed) of a synthetic run is built from: shared by the units of every synthetic
+    experiment (``P1Synthetic``, ``P1RecipeAblation``, ``P1Scale``) and their ``load``."""
 
     setting: str
     run_name: str
@@ -211,22 +212,6 @@ def run_name(setting: str, data_seed: int) -> str:
     return setting if data_seed == 0 else f"{setting}_data{data_seed}"
 
 
-def run_synthetic_setting(setting: str, p: SyntheticProfile, recipe: str | Recipe = "authors",
-                          out_dir: str | Path | None = None, device: str | None = None, progress: bool = True,
-                          baseline: bool = True, **provenance_params) -> ExperimentResult:
-    """P1's synthetic experiment for one setting ("iid" or "mixture") at the sizes of ``p``, trained with
-    ``recipe`` ("paper", "authors" or any ``Recipe``; see ``isae.train.recipe``)."""
-    si = setting_inputs(setting, p, recipe, device)
-    x_eval, _ = si.stream.held_out(p.n_eval)
-    result = train_and_evaluate(setting, si.stream, x_eval, si.sae_cfgs, si.train_cfg, p.n_seeds, out_dir=out_dir,
-                                true_atoms=si.stream.dictionary, progress=progress, baseline=baseline,
-                                run_name=si.run_name, data=si.data_cfg.to_dict(), recipe=si.recipe.to_dict(),
-                                **provenance_params)
-    for table in (result.runs, result.pairs, result.log):
-        table.insert(1, "data_seed", p.data_seed)
-    return result
-
-
 def synthetic_data_config(setting: str, p: SyntheticProfile, recipe: str | Recipe = "authors") -> SyntheticConfig:
     """The data of one synthetic setting ("iid" or "mixture") at the sizes of ``p`` under ``recipe``."""
     return SyntheticConfig(d_in=p.d_in, n_atoms=p.n_atoms, k=p.k, kind=setting, n_components=p.n_components,
@@ -240,25 +225,14 @@ def dictionary_coherence(p: SyntheticProfile, recipes: tuple[str, ...] = RECIPES
     return pd.DataFrame(rows).set_index(["recipe", "setting"])
 
 
-def run_synthetic(p: SyntheticProfile, recipe: str | Recipe = "authors", out_dir: str | Path | None = None,
-                  device: str | None = None, progress: bool = True, **provenance_params) -> dict[str, ExperimentResult]:
-    """``run_synthetic_setting`` for every setting and data seed of ``p`` (``p.data_seeds()``), by
-    "<setting>" (first data seed) or "<setting>_data<seed>". ``summarise`` then pools the seed pairs of every
-    data seed, as the authors' tables do."""
-    return {setting_key(s, d, p): run_synthetic_setting(
-                s, replace(p, data_seed=d), recipe, out_dir=out_dir, device=device, progress=progress,
-                **provenance_params)
-            for s in p.settings for d in p.data_seeds()}
-
-
 def setting_key(setting: str, data_seed: int, p: SyntheticProfile) -> str:
-    """``run_synthetic``'s key of one setting and data seed: "<setting>" for p's first data seed, else
+    """``P1Synthetic``'s key of one setting and data seed: "<setting>" for p's first data seed, else
     "<setting>_data<seed>"."""
     return setting if data_seed == p.data_seed else f"{setting}_data{data_seed}"
 
 
 def recipe_dir(out_dir: str | Path | None, recipes: tuple[str, ...], name: str) -> Path | None:
-    """Where ``run_recipes`` writes recipe ``name``: ``out_dir`` for the first (headline) recipe, else
+    """Where ``P1Synthetic`` writes recipe ``name``: ``out_dir`` for the first (headline) recipe, else
     ``out_dir/recipe-<name>``."""
     if out_dir is None:
         return None
@@ -307,20 +281,100 @@ def with_protocol(table: pd.DataFrame, protocol: str) -> pd.DataFrame:
     return out
 
 
-def run_recipes(p: SyntheticProfile, recipes: tuple[str, ...] = RECIPES, out_dir: str | Path | None = None,
-                device: str | None = None, progress: bool = True, **provenance_params
-                ) -> dict[str, dict[str, ExperimentResult]]:
-    """``run_synthetic`` under each recipe, by recipe. The first recipe writes to ``out_dir`` itself (its SAEs
-    are the ones ``outputs/<profile>/saes/`` holds), every other one to ``out_dir/recipe-<name>/``."""
-    check_recipes(recipes)
-    return {name: run_synthetic(p, name, out_dir=recipe_dir(out_dir, recipes, name), device=device, progress=progress,
-                                **provenance_params)
-            for name in recipes}
+#: Relative cost of one training step per architecture, from the README's step times at P1's sizes (TopK 93 ms,
+#: AbsTopK 92, iSAE 135, iSAE-ME 340); used only to balance the ranks of a run.
+STEP_COST = {"topk": 1.0, "abstopk": 1.0, "isae": 1.45, "isae_me": 3.65, "relu": 1.0, "jumprelu": 1.0}
+
+
+def model_unit(setting: str, stream: Stream, x_eval: torch.Tensor, variant: str, cfg: SAEConfig,
+               train_cfg: TrainConfig, n_seeds: int, out_dir: str | Path | None, **kw) -> dict[str, pd.DataFrame]:
+    """The unit of work of every P1 experiment: ``n_seeds`` SAEs of one model trained on one stream
+    (``train_and_evaluate``, checkpoints under ``checkpoints/<run>/<variant>``), evaluated with their random-init
+    pair. Returns its tables (runs, pairs, log, curve); ``merge_units`` puts a setting's units together."""
+    r = train_and_evaluate(setting, stream, x_eval, {variant: cfg}, train_cfg, n_seeds, out_dir=out_dir,
+                           checkpoint_part=variant, **kw)
+    return {"runs": r.runs, "pairs": r.pairs, "log": r.log, "curve": r.curve}
+
+
+def merge_units(parts: list[dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """One setting's tables from its models' units (``model_unit``, in model order): runs and pairs of the trained
+    models first, then their random-init pairs; logs and curves model after model."""
+    def cat(name: str, rows=None) -> pd.DataFrame:
+        frames = [p[name] if rows is None else p[name][p[name]["trained"].astype(bool) == rows] for p in parts]
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    return {"runs": pd.concat([cat("runs", True), cat("runs", False)], ignore_index=True),
+            "pairs": pd.concat([cat("pairs", True), cat("pairs", False)], ignore_index=True),
+            "log": cat("log"), "curve": cat("curve")}
+
+
+def load_saes(out_dir: str | Path, run_name: str, keys: list[RunKey], device) -> dict[RunKey, SAE]:
+    """The saved SAEs ``keys`` of one setting (``sae_dir``), each with its seed."""
+    saes = {}
+    for key in keys:
+        sae = load_sae(sae_dir(out_dir, run_name, key), device=device)
+        sae.seed = key.seed
+        saes[key] = sae
+    return saes
+
+
+class P1Synthetic(Experiment):
+    """Notebook 01: P1's four models × seeds on every synthetic setting and data seed, under each recipe (the
+    headline's first). A unit is one model of one (recipe, setting, data seed): its seeds trained on one stream and
+    evaluated with their random-init pair. ``load`` gives, by recipe and setting key, each setting's
+    ``ExperimentResult`` with its saved SAEs and held-out inputs."""
+
+    name = "p1_synthetic"
+
+    def __init__(self, p: SyntheticProfile, recipes: tuple[str, ...] = RECIPES):
+        check_recipes(tuple(recipes))
+        self.p, self.recipes = p, tuple(recipes)
+
+    def identity(self) -> dict:
+        return {"sizes": self.p.to_dict(), "recipes": list(self.recipes)}
+
+    def units(self) -> list[Unit]:
+        p = self.p
+        return [Unit(f"{r}-{run_name(s, d)}-{a}", (r, s, d, a), STEP_COST.get(a, 1.0) * p.n_steps * p.n_seeds)
+                for r in self.recipes for s in p.settings for d in p.data_seeds() for a in p.models]
+
+    def _inputs(self, recipe: str, setting: str, data_seed: int, device) -> SettingInputs:
+        return setting_inputs(setting, replace(self.p, data_seed=data_seed), recipe, device=str(device))
+
+    def run_unit(self, unit: Unit, ctx: Context) -> dict:
+        recipe, setting, d, variant = unit.key
+        si = self._inputs(recipe, setting, d, ctx.device)
+        ctx.log(f"{ctx.label}training {variant} × {self.p.n_seeds} seeds on {recipe}/{si.run_name}")
+        tables = model_unit(setting, si.stream, si.stream.held_out(self.p.n_eval)[0], variant, si.sae_cfgs[variant],
+                            si.train_cfg, self.p.n_seeds, recipe_dir(ctx.out, self.recipes, recipe),
+                            true_atoms=si.stream.dictionary, progress=ctx.progress, run_name=si.run_name,
+                            data=si.data_cfg.to_dict(), recipe=si.recipe.to_dict(), **ctx.params)
+        for name in ("runs", "pairs", "log"):
+            tables[name].insert(1, "data_seed", d)
+        return tables
+
+    def merge(self, results: list[dict], ctx: Context) -> dict:
+        by_setting: dict[tuple, list[dict]] = {}
+        for unit, tables in zip(self.units(), results):
+            by_setting.setdefault(unit.key[:3], []).append(tables)
+        return {key: merge_units(parts) for key, parts in by_setting.items()}
+
+    def load(self, merged: dict, ctx: Context) -> dict[str, dict[str, ExperimentResult]]:
+        p, out = self.p, {}
+        keys = [RunKey(a, s) for a in p.models for s in range(p.n_seeds)]
+        for (recipe, setting, d), t in merged.items():
+            si = self._inputs(recipe, setting, d, ctx.device)
+            saes = load_saes(recipe_dir(ctx.out, self.recipes, recipe), si.run_name, keys, ctx.device)
+            x_eval = si.stream.held_out(p.n_eval)[0].to(ctx.device)
+            out.setdefault(recipe, {})[setting_key(setting, d, p)] = ExperimentResult(
+                runs=t["runs"], pairs=t["pairs"], log=t["log"], saes=saes, x_eval=x_eval)
+        return out
 
 
 def combine(results: dict[str, ExperimentResult] | dict[str, dict[str, ExperimentResult]]
             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(runs, pairs, log) of several settings, one table each; of several recipes (``run_recipes``' output) with
+    """(runs, pairs, log) of several settings, one table each; of several recipes (``P1Synthetic``'s result) with
     a ``recipe`` column."""
     first = next(iter(results.values()))
     if isinstance(first, dict):

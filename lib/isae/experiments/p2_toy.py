@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from isae.core.runs import resolve_device
 from isae.eval.metrics import match_atoms
+from isae.experiments.executor import Context, Experiment, Unit
 from isae.experiments.profiles import ToyProfile
 from isae.report.summary import mean_sd
 from isae.toy.data import ToyConfig, ToyStream, wsae_weights
@@ -320,3 +321,49 @@ def weighted_conditions(p: ToyProfile, activation: str = "topk") -> list[ToyCond
     """The WSAE experiment: α × S at n_m = n."""
     return [ToyCondition(sparsity=s, activation=activation, n_latents=p.n_latents, alpha=a)
             for s, a in itertools.product(p.weight_sparsities, p.weight_alphas)]
+
+
+class P2Toy(Experiment):
+    """Notebook 04: the three toy experiments (``TOY_EXPERIMENTS``). A unit is one bank (every condition and seed
+    that trains in one tensor), named by its experiment and key; ``load`` gives a ``ToyResult`` per experiment,
+    its banks on the device."""
+
+    name = "p2_toy"
+
+    def __init__(self, p: ToyProfile):
+        self.p = p
+
+    def identity(self) -> dict:
+        return {"sizes": self.p.to_dict()}
+
+    def units(self) -> list[Unit]:
+        units = []
+        for name in TOY_EXPERIMENTS:
+            for key, conds in toy_banks(experiment_conditions(name, self.p)[0]).items():
+                units.append(Unit(f"{name}-" + "-".join(str(k) for k in key), (name, key),
+                                  float(len(conds) * self.p.n_seeds * key[1])))
+        return units
+
+    def run_unit(self, unit: Unit, ctx: Context) -> dict:
+        name, key = unit.key
+        conditions, w_p = experiment_conditions(name, self.p)
+        r = run_toy_experiment(conditions, self.p, w_p=w_p, device=ctx.device, progress=ctx.progress, only=[key])
+        ctx.log(f"{ctx.label}{name}: bank {key} ({len(r.runs)} models)")
+        return {"runs": r.runs, "log": r.log, "bank": r.banks[key].cpu()}
+
+    def merge(self, results: list[dict], ctx: Context) -> dict:
+        merged: dict[str, dict] = {}
+        for unit, r in zip(self.units(), results):
+            name, key = unit.key
+            m = merged.setdefault(name, {"runs": [], "log": [], "banks": {}})
+            m["runs"].append(r["runs"])
+            m["log"].append(r["log"])
+            m["banks"][key] = r["bank"]
+        return {name: {"runs": pd.concat(m["runs"], ignore_index=True), "log": pd.concat(m["log"], ignore_index=True),
+                       "banks": m["banks"]} for name, m in merged.items()}
+
+    def load(self, merged: dict, ctx: Context) -> dict[str, ToyResult]:
+        return {name: ToyResult(runs=m["runs"], log=m["log"],
+                                banks={key: bank.to(ctx.device) for key, bank in m["banks"].items()},
+                                stream=toy_stream(self.p, experiment_conditions(name, self.p)[1], ctx.device))
+                for name, m in merged.items()}

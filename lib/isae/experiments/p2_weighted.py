@@ -23,7 +23,7 @@ is **our choice**, marked so here and in the notebook:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from isae.core.losses import unit_mean_square
 from isae.core.models import SAE, SAEConfig
 from isae.core.runs import RunKey
 from isae.eval import interpretability as interp
+from isae.experiments.executor import Context, Experiment, Unit
 from isae.experiments.profiles import WEIGHT_ALPHAS, WeightedProfile
 from isae.report.p2 import WSAE_HIGHER_IS_BETTER
 from isae.report.summary import mean_sd
@@ -485,3 +486,29 @@ def frontier_comparison(runs: pd.DataFrame, measure: str) -> pd.DataFrame:
     out["n_matched"] = g["excess"].count()
     out.insert(0, "measure", measure)
     return out.reset_index()
+
+
+class P2Weighted(Experiment):
+    """Notebook 05: the weighted and uniform SAEs of every setting (LM layers, vision) with their measures. A unit
+    is one setting (all α and seeds on one stream); its SAEs are not kept (``saes`` is empty), as the notebook
+    reads only the tables. ``load`` gives a ``SettingResult`` per setting."""
+
+    name = "p2_weighted"
+
+    def __init__(self, sources: dict[str, Source], weights: dict, wp: WeightedProfile, p, tail: str):
+        self.sources, self.weights, self.wp, self.p, self.tail = sources, weights, wp, p, tail
+
+    def identity(self) -> dict:
+        return {"sizes": self.wp.to_dict(), "real_sizes": self.p.to_dict(), "consistency_tail": self.tail}
+
+    def units(self) -> list[Unit]:
+        return [Unit(setting, setting, float(stop * setting_size(setting, self.wp)[0] * train.d_in))
+                for setting, (train, stop, _) in self.sources.items()]
+
+    def run_unit(self, unit: Unit, ctx: Context) -> SettingResult:
+        r = run_settings(self.sources, self.weights, self.wp, device=str(ctx.device), progress=ctx.progress,
+                         only=(unit.key,), log=lambda line: ctx.log(ctx.label + line))[unit.key]
+        return replace(r, saes={})
+
+    def merge(self, results: list[SettingResult], ctx: Context) -> dict[str, SettingResult]:
+        return {unit.key: r for unit, r in zip(self.units(), results)}
