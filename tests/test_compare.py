@@ -71,13 +71,12 @@ def test_report_has_every_pair_and_the_random_init_floor_and_writes_its_files(fo
         assert len(cos) == D_SAE and cos.mean() == pytest.approx(r.dcs)
 
 
-def test_pair_metrics_here_equal_the_projects_pair_metrics(x_unit):
+def test_pair_metrics_with_the_matched_cosines_are_the_same_metrics(x_unit):
     a, b = _perturbed("abstopk", 0), _perturbed("abstopk", 1)
-    codes = {}
-    ref = pair_metrics(a, b, x_unit, oracle=True, codes=codes)
-    ours, abs_cos = compare._pair(a, b, codes, oracle=True)
-    assert ours == pytest.approx(ref)
-    assert abs_cos.mean() == pytest.approx(ref["dcs"])
+    ref = pair_metrics(a, b, x_unit, oracle=True)
+    ours, abs_cos = pair_metrics(a, b, x_unit, oracle=True, codes={}, with_matched_cos=True)
+    assert ours == ref
+    assert len(abs_cos) == D_SAE and abs_cos.mean() == pytest.approx(ref["dcs"])
 
 
 def test_the_chunked_oracle_equals_the_projects_oracle(x_unit):

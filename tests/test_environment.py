@@ -80,3 +80,25 @@ def test_makefile_targets():
 
 def test_license_is_mit():
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+def _declared() -> dict[str, str]:
+    """pyproject's runtime dependencies: distribution name → version range."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {re.split(r"[<>=!~ ]", d, maxsplit=1)[0].lower(): d for d in deps}
+
+
+def test_every_package_the_library_imports_is_a_declared_dependency_and_its_pin_is_in_range():
+    from packaging.requirements import Requirement
+
+    declared = _declared()
+    missing = sorted(n for n in _library_imports() if n not in TRANSITIVE and n not in SEPARATE_ENV
+                     and DISTRIBUTIONS.get(n, n).lower() not in declared)
+    assert not missing, f"lib/isae imports {missing}: declare them in pyproject.toml's dependencies"
+    pins = dict(r.split("==") for r in _requirements())
+    for dist, spec in declared.items():
+        assert dist in {p.lower() for p in pins}, f"{dist} is declared in pyproject.toml but not pinned"
+        version = next(v for p, v in pins.items() if p.lower() == dist)
+        assert Requirement(spec).specifier.contains(version), f"the pin {dist}=={version} is outside {spec}"

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from isae import pipeline
 from isae.core.models import ARCHITECTURES
 from isae.core.runs import RunKey
 from isae.eval import metrics
@@ -24,8 +25,8 @@ def tiny_result(tmp_path_factory):
 
 def test_summary_has_the_paper_columns_and_counts_every_seed_pair(tiny_result):
     p, result = tiny_result
-    table = experiments.summarise(result.runs, result.pairs)
-    for metric in experiments.TABLE_METRICS:
+    table = pipeline.summarise(result.runs, result.pairs)
+    for metric in pipeline.TABLE_METRICS:
         assert {metric, f"{metric}_sd"} <= set(table.columns)
     trained = table[table["trained"]]
     assert list(trained["model"]) == [ARCHITECTURES[a] for a in p.models]
@@ -51,7 +52,7 @@ def test_run_and_pair_tables_carry_the_run_key(tiny_result):
                                    for v, a, b in zip(pairs["variant"], pairs["seed_a"], pairs["seed_b"])]
     trained = runs[runs["trained"]]
     assert sorted(trained["seed"].unique()) == list(range(p.n_seeds))
-    assert (runs.loc[~runs["trained"], "seed"] >= experiments.UNTRAINED_SEED_OFFSET).all()
+    assert (runs.loc[~runs["trained"], "seed"] >= min(pipeline.RANDOM_INIT_SEEDS)).all()
     assert (pairs["seed_a"] < pairs["seed_b"]).all()
     assert set(result.log["variant"]) == set(p.models) and result.log["trained"].all()
 
@@ -59,7 +60,7 @@ def test_run_and_pair_tables_carry_the_run_key(tiny_result):
 def test_seed_pairs_pair_only_runs_of_one_variant_and_training_state():
     keys = [RunKey("topk", 0), RunKey("topk", 1), RunKey("abstopk", 0), RunKey("topk", 1000, trained=False),
             RunKey("topk", 1001, trained=False), RunKey("abstopk", 1)]
-    assert experiments.seed_pairs(keys) == [(RunKey("topk", 0), RunKey("topk", 1)),
+    assert pipeline.seed_pairs(keys) == [(RunKey("topk", 0), RunKey("topk", 1)),
                                             (RunKey("abstopk", 0), RunKey("abstopk", 1)),
                                             (RunKey("topk", 1000, False), RunKey("topk", 1001, False))]
 
@@ -70,7 +71,7 @@ def test_untrained_pair_is_keyed_as_untrained(tiny_result):
     from isae.data.synthetic import SyntheticStream
 
     stream = SyntheticStream(experiments.synthetic_data_config("iid", p), p.batch_size, seed=p.data_seed)
-    saes = experiments.untrained_pair(SAEConfig(d_in=p.d_in, d_sae=p.d_sae, k=p.k, architecture="isae"), stream,
+    saes = pipeline.untrained_pair(SAEConfig(d_in=p.d_in, d_sae=p.d_sae, k=p.k, architecture="isae"), stream,
                                       64, "cpu")
     assert list(saes) == [RunKey("isae", 1000, trained=False), RunKey("isae", 1001, trained=False)]
     assert [sae.seed for sae in saes.values()] == [1000, 1001]
@@ -88,7 +89,7 @@ def test_coherence_separates_orthogonal_from_repeated_atoms(tiny_result):
 
 def test_summary_means_equal_the_per_pair_means(tiny_result):
     _, result = tiny_result
-    table = experiments.summarise(result.runs, result.pairs).set_index(["setting", "model"])
+    table = pipeline.summarise(result.runs, result.pairs).set_index(["setting", "model"])
     by_hand = result.pairs.groupby(["setting", "model"])["dcs"].agg(["mean", "std"])
     pd.testing.assert_series_equal(table.loc[by_hand.index, "dcs"], by_hand["mean"], check_names=False)
     pd.testing.assert_series_equal(table.loc[by_hand.index, "dcs_sd"], by_hand["std"], check_names=False)
@@ -96,7 +97,7 @@ def test_summary_means_equal_the_per_pair_means(tiny_result):
 
 def test_side_by_side_shows_our_value_and_the_papers(tiny_result):
     _, result = tiny_result
-    table = experiments.summarise(result.runs, result.pairs)
+    table = pipeline.summarise(result.runs, result.pairs)
     shown = reporting.side_by_side(table, reporting.paper_table(1))
     assert shown.loc[("iid", "TopK"), ("dcs", "paper")] == "0.606"
     assert shown.loc[("iid", "TopK"), ("dcs", "ours")].startswith(f"{table.loc[0, 'dcs']:.3f}")
@@ -104,7 +105,7 @@ def test_side_by_side_shows_our_value_and_the_papers(tiny_result):
 
 def test_claims_are_checked_for_every_setting(tiny_result):
     _, result = tiny_result
-    table = experiments.summarise(result.runs, result.pairs)
+    table = pipeline.summarise(result.runs, result.pairs)
     claims = reporting.check_synthetic_claims(table, "default")
     assert set(claims["setting"]) == {"iid"}
     assert claims["claim"].str.contains("i.i.d.").any() and not claims["claim"].str.contains("mixture").any()
@@ -141,16 +142,16 @@ def test_paper_table_matches_the_published_numbers():
 
 def test_authors_protocol_puts_the_authors_readings_in_the_paper_columns(tiny_result):
     _, result = tiny_result
-    table = experiments.summarise(result.runs, result.pairs)
-    assert experiments.with_protocol(table, "paper") is table
-    authors = experiments.with_protocol(table, "authors")
-    for column, reading in experiments.AUTHORS_READINGS.items():
+    table = pipeline.summarise(result.runs, result.pairs)
+    assert pipeline.with_protocol(table, "paper") is table
+    authors = pipeline.with_protocol(table, "authors")
+    for column, reading in pipeline.AUTHORS_READINGS.items():
         assert authors[column].equals(table[reading]) and authors[f"{column}_sd"].equals(table[f"{reading}_sd"])
         assert not table[column].equals(table[reading])  # the readings do differ
     for same in ("sae_iou", "dcs", "r_s", "oracle_iou"):
         assert authors[same].equals(table[same])
     with pytest.raises(ValueError, match="protocol='x'"):
-        experiments.with_protocol(table, "x")
+        pipeline.with_protocol(table, "x")
 
 
 def _run(exp, out):
@@ -164,9 +165,9 @@ def test_recipes_are_trained_side_by_side_and_tabulated_per_recipe(tmp_path):
     p = synthetic_profile("smoke", n_steps=4, n_seeds=2, settings=("iid",), models=("abstopk", "isae_me"), n_eval=64,
                           log_every=2, checkpoint_every=2)
     results = _run(experiments.P1Synthetic(p, ("authors", "paper")), tmp_path)
-    runs, pairs, log = experiments.combine(results)
+    runs, pairs, log = pipeline.combine(results)
     assert set(runs["recipe"]) == set(pairs["recipe"]) == set(log["recipe"]) == {"authors", "paper"}
-    table = experiments.summarise(runs, pairs)
+    table = pipeline.summarise(runs, pairs)
     assert list(table.columns[:2]) == ["recipe", "setting"]
     assert (table.groupby("recipe").size() == 4).all()  # 2 trained models + 2 random-init baselines per recipe
     # the headline recipe writes to out_dir itself, the other one beside it
@@ -192,7 +193,7 @@ def test_several_data_seeds_train_on_their_own_dictionaries_and_pool_in_the_summ
     assert not torch.equal(results["iid"].x_eval, results["iid_data1"].x_eval)
     assert (tmp_path / "checkpoints" / "iid_data1").is_dir()
     assert (tmp_path / "saes" / "iid_data1_abstopk_seed0").is_dir()
-    runs, pairs, _ = experiments.combine(results)
+    runs, pairs, _ = pipeline.combine(results)
     assert sorted(set(pairs["data_seed"])) == [0, 1] and set(runs["setting"]) == {"iid"}
-    trained = experiments.summarise(runs, pairs).query("trained")
+    trained = pipeline.summarise(runs, pairs).query("trained")
     assert list(trained["n_seeds"]) == [4] and list(trained["n_pairs"]) == [2]  # one pair per data seed, pooled

@@ -91,3 +91,21 @@ def test_device_without_cuda_is_refused_before_any_compute(tmp_path, monkeypatch
         notebook_setup("01_synthetic_identifiability", "smoke", P.synthetic_profile("smoke"), device="cuda",
                        output_root=tmp_path / "out")
     assert not (tmp_path / "out").exists()  # refused before the output folders are made
+
+
+@pytest.mark.parametrize("name", ["synthetic_profile", "real_profile", "toy_profile", "weighted_profile",
+                                  "p3_profile"])
+def test_a_new_profile_field_without_a_check_is_refused(name):
+    from dataclasses import dataclass
+
+    from isae.experiments import profiles
+
+    base = getattr(profiles, name)("smoke")
+
+    @dataclass(frozen=True)
+    class Extended(type(base)):
+        new_knob: int = 3
+
+    with pytest.raises(TypeError, match=r"\['new_knob'\] are not checked"):
+        Extended(**base.to_dict())
+    assert "_checked" not in vars(base)  # the record of checked fields does not stay on the profile

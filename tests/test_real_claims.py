@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from isae.core.models import SAEConfig
+from isae import pipeline
+from isae.core.models import ARCHITECTURES, SAEConfig
 from isae.data.activations import heldout_activations
 from isae.data.cache import ActivationCache, build_cache
-from isae.experiments import p1_synthetic as experiments
 from isae.report import p1 as reporting
 from isae.report.claims import VERDICTS
 from isae.train.trainer import TrainConfig
@@ -156,19 +156,19 @@ def test_table2_driver_on_a_cache_has_the_paper_columns_and_one_row_per_model(tm
     assert torch.allclose(x_eval.norm(dim=1), torch.ones(len(x_eval)))
     cfg = TrainConfig(n_steps=stream.steps_per_pass, batch_size=64, log_every=2, checkpoint_every=4, device="cpu",
                       geometric_median_samples=min(8192, stream.steps_per_pass * 64))
-    sae_cfgs = {a: SAEConfig(d_in=train.d_in, d_sae=32, k=3, architecture=a) for a in experiments.ARCHITECTURES
+    sae_cfgs = {a: SAEConfig(d_in=train.d_in, d_sae=32, k=3, architecture=a) for a in ARCHITECTURES
                 if a in ("topk", "abstopk", "isae", "isae_me")}
-    result = experiments.train_and_evaluate("toy", stream, x_eval, sae_cfgs, cfg, 3, out_dir=tmp_path / "out",
+    result = pipeline.train_and_evaluate("toy", stream, x_eval, sae_cfgs, cfg, 3, out_dir=tmp_path / "out",
                                             progress=False)
-    table = experiments.summarise(result.runs, result.pairs)
-    required = ["setting", "model"] + [c for m in experiments.TABLE_METRICS for c in (m, f"{m}_sd")] + ["n_seeds",
+    table = pipeline.summarise(result.runs, result.pairs)
+    required = ["setting", "model"] + [c for m in pipeline.TABLE_METRICS for c in (m, f"{m}_sd")] + ["n_seeds",
                                                                                                        "n_pairs"]
     assert list(table.columns[: len(required)]) == required
     assert set(zip(table["variant"], table["trained"])) == {(a, t) for a in sae_cfgs for t in (True, False)}
     trained = table[table["trained"]]
     assert list(trained["model"]) == list(reporting.P1_MODEL_LABELS)
     assert (trained["n_seeds"] == 3).all() and (trained["n_pairs"] == math.comb(3, 2)).all()
-    assert np.isfinite(trained[list(experiments.TABLE_METRICS)].to_numpy()).all()
+    assert np.isfinite(trained[list(pipeline.TABLE_METRICS)].to_numpy()).all()
     assert stream.steps_per_pass == 512 // 64 and result.log["step"].max() == stream.steps_per_pass
     assert sorted(d.name for d in (tmp_path / "out" / "saes").iterdir()) == sorted(
         f"toy_{a}_seed{s}" for a in sae_cfgs for s in range(3))
@@ -225,7 +225,7 @@ def test_real_driver_trains_a_setting_and_builds_the_floor_and_the_first_seeds(t
     # the matched |cos| of the trained pairs average to the runs' DCS
     dcs = setting.result.pairs.set_index("model")["dcs"]
     assert by_model["abs_cos"].mean()["TopK"] == pytest.approx(dcs["TopK"], abs=1e-5)
-    table = experiments.summarise(setting.result.runs, setting.result.pairs)
+    table = pipeline.summarise(setting.result.runs, setting.result.pairs)
     floor_table = p1_real.dcs_above_floor(table)
     topk_floor = table.loc[~table["trained"] & (table["variant"] == "topk"), "dcs"].item()
     assert floor_table.loc["smollm2", "floor"] == topk_floor

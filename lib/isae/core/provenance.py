@@ -12,6 +12,7 @@ import platform
 import subprocess
 import tempfile
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -137,14 +138,15 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     return out
 
 
-_DISTRIBUTED: dict[str, Any] | None = None
+_DISTRIBUTED: ContextVar[dict[str, Any] | None] = ContextVar("isae_distributed_run", default=None)
+"""The run this process is a rank of (as ``isae.data.cache``'s shard partition, a context variable)."""
 
 
 def set_distributed(record: dict[str, Any] | None) -> None:
-    """Record a distributed run (rank, world size, every rank's host and device) in every provenance record this
-    process writes from now on, under ``"distributed"``; None stops (``isae.experiments.distributed`` sets it)."""
-    global _DISTRIBUTED
-    _DISTRIBUTED = None if record is None else dict(record)
+    """Record a run of several processes (rank, world size, every rank's host and device) in every provenance
+    record this process writes from now on, under ``"distributed"``; None stops (``isae.experiments.executor``
+    sets it)."""
+    _DISTRIBUTED.set(None if record is None else dict(record))
 
 
 def device_name(device: str | torch.device) -> str:
@@ -163,7 +165,7 @@ def provenance(**params: Any) -> dict[str, Any]:
     ``"device"`` is the device that ran the work: ``params["device"]`` ("cpu", "cuda", "cuda:1", a torch.device)
     when given; otherwise "cpu (N cores)" where torch sees no GPU, and "not recorded" (naming the GPU) where it does,
     since the work may have run on the CPU all the same."""
-    extra = {} if _DISTRIBUTED is None else {"distributed": _DISTRIBUTED}
+    extra = {} if _DISTRIBUTED.get() is None else {"distributed": _DISTRIBUTED.get()}
     if params.get("device") is not None:
         device = device_name(params["device"])
     elif torch.cuda.is_available():

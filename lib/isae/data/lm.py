@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from isae.core.provenance import atomic_write_json, provenance
+from isae.core.runs import resolve_device
 from isae.data.assets import ASSETS, AssetCorrupt, asset_path, assets_root, fetch_command, sha256_file
 
 DEFAULT_LM = "smollm2"
@@ -34,10 +35,6 @@ PYTHIA_160M = "EleutherAI/pythia-160m"
 PYTHIA_HOOKS = {"authors": "blocks.8.hook_resid_post", "paper": "blocks.11.hook_resid_post"}
 SMOLLM2_HF = "smollm2-hf"  # folder under the assets root holding the dequantised copy
 _STAMP = "isae_conversion.json"
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ------------------------------------------------------------------------ GGUF -> safetensors
@@ -162,7 +159,7 @@ def load_hf_model(name_or_path: str | Path = DEFAULT_LM, dtype: torch.dtype = to
     tok = AutoTokenizer.from_pretrained(src)
     hf = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation="eager")
     hf.eval()
-    return hf.to(device or default_device()), tok
+    return hf.to(resolve_device(device)), tok
 
 
 def load_language_model(name_or_path: str | Path = DEFAULT_LM, device: str | torch.device | None = None,
@@ -175,7 +172,7 @@ def load_language_model(name_or_path: str | Path = DEFAULT_LM, device: str | tor
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    device = device or default_device()
+    device = str(resolve_device(device))
     hf, tok = load_hf_model(name_or_path, dtype=dtype, device=device)
     name = str(name_or_path)
     bridge = TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tok, device=device, dtype=dtype)

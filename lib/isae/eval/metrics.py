@@ -197,12 +197,14 @@ def code_consistency(z_a: torch.Tensor, z_b: torch.Tensor, matching: Matching) -
 
 @torch.no_grad()
 def pair_metrics(a: SAE, b: SAE, x: torch.Tensor, oracle: bool = True,
-                 codes: dict[int, tuple[torch.Tensor, torch.Tensor | None]] | None = None) -> dict[str, float]:
+                 codes: dict[int, tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+                 with_matched_cos: bool = False) -> dict[str, float] | tuple[dict[str, float], np.ndarray]:
     """DCS, PW-MCC, SAE code IoU/ℓ2 and (with ``oracle``) OMP-oracle IoU/ℓ2 between two SAEs on inputs x; each ℓ2
     in both readings (``code_l2``: P1's text, ``*_l2_authors``: ``code_l2_resampled``, the authors' code).
 
     ``codes`` optionally caches (SAE codes, oracle codes) per ``id(sae)`` so that each SAE is encoded once
-    when it appears in several pairs.
+    when it appears in several pairs. ``with_matched_cos``: also return the |cos| of every matched atom pair (the
+    one Hungarian matching the metrics use; their mean is the DCS).
     """
     codes = {} if codes is None else codes
     for sae in (a, b):
@@ -216,7 +218,7 @@ def pair_metrics(a: SAE, b: SAE, x: torch.Tensor, oracle: bool = True,
     if oracle:
         out["oracle_iou"], out["oracle_l2"], out["oracle_l2_authors"] = code_consistency(
             codes[id(a)][1], codes[id(b)][1], matching)
-    return out
+    return (out, np.abs(matching.cos)) if with_matched_cos else out
 
 
 def ground_truth_recovery(sae: SAE, true_atoms: torch.Tensor) -> dict[str, float]:

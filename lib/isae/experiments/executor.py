@@ -49,6 +49,7 @@ from isae.core.provenance import (
     provenance,
     set_distributed,
 )
+from isae.core.runs import resolve_device
 
 WORK_DIR = "runs"
 """Under an output root: ``runs/<experiment>/`` holds the units' results, the merged result and ``complete.json``."""
@@ -89,13 +90,8 @@ class World:
     def device(self, device: str | torch.device | None = None) -> torch.device:
         """This rank's device: ``device`` None or "cuda" → cuda:<local rank modulo the visible GPUs> when torch
         sees CUDA (several ranks may share one GPU), else the CPU; an explicit index is kept."""
-        if device is None and not torch.cuda.is_available():
-            return torch.device("cpu")
-        dev = torch.device(device or "cuda")
+        dev = resolve_device(device)
         if dev.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"device={str(device)!r} but torch sees no CUDA device here; pass device='cpu' "
-                                 "(launcher: --device cpu).")
             if dev.index is None:
                 dev = torch.device("cuda", self.local_rank % torch.cuda.device_count())
             torch.cuda.set_device(dev)

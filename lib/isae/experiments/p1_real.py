@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from isae import pipeline
 from isae.core.models import SAE, SAEConfig
 from isae.core.provenance import write_with_provenance
 from isae.core.runs import RunKey
@@ -15,7 +16,8 @@ from isae.data import activations
 from isae.data.cache import ActivationCache
 from isae.eval import downstream, probing
 from isae.experiments.executor import Context, Experiment, Unit
-from isae.experiments.p1_synthetic import (
+from isae.experiments.profiles import RealProfile
+from isae.pipeline import (
     STEP_COST,
     TABLE_COLUMNS,
     ExperimentResult,
@@ -25,8 +27,6 @@ from isae.experiments.p1_synthetic import (
     summarise,
     untrained_pair,
 )
-from isae.experiments.profiles import RealProfile
-from isae.plots.p1 import matched_cosines
 from isae.train.recipe import recipe as get_recipe
 from isae.train.trainer import TrainConfig
 
@@ -159,8 +159,9 @@ def matched_cosines_with_floor(settings: dict[str, RealSetting]) -> pd.DataFrame
     "random init (untrained)")."""
     frames = []
     for name, s in settings.items():
-        frames += [matched_cosines(s.result.saes, setting=name),
-                   matched_cosines(s.untrained_baseline(), setting=name).assign(model="random init (untrained)")]
+        frames += [pipeline.matched_cosines(s.result.saes, setting=name),
+                   pipeline.matched_cosines(s.untrained_baseline(), setting=name).assign(
+                       model="random init (untrained)")]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -227,7 +228,7 @@ def paper_table2_as_ours(paper2: pd.DataFrame) -> pd.DataFrame:
 
 def write_table2(tables: str | Path, runs: pd.DataFrame, pairs: pd.DataFrame, **params) -> pd.DataFrame:
     """Table 2's files under ``tables`` (the paper's columns, every metric, the per-run and per-pair rows), each
-    with provenance; returns the summary table (``p1_synthetic.summarise``)."""
+    with provenance; returns the summary table (``pipeline.summarise``)."""
     table = summarise(runs, pairs)
     for df, name in ((table[list(TABLE_COLUMNS)], "table2_real.csv"), (table, "table2_real_all_metrics.csv"),
                      (runs, "table2_real_runs.csv"), (pairs, "table2_real_pairs.csv")):

@@ -2,7 +2,7 @@
 
 Starting from each complete recipe (``isae.train.recipe``: ``PAPER``, P1's text, and ``AUTHORS``, the authors'
 code), every element where the two differ is switched to the other recipe's value alone, and the models are
-trained and evaluated exactly as in Table 1 (``p1_synthetic.model_unit``). A variant trains only the models the
+trained and evaluated exactly as in Table 1 (``pipeline.model_unit``). A variant trains only the models the
 element changes anything for (e.g. the S initialisation only for iSAE-ME).
 """
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 
+from isae import pipeline
 from isae.experiments import p1_synthetic
 from isae.experiments.executor import Context, Experiment, Unit
 from isae.experiments.profiles import SyntheticProfile
@@ -62,9 +63,9 @@ def variants(elements: tuple[str, ...] | None = None) -> list[Variant]:
 
 class P1RecipeAblation(Experiment):
     """Notebook 06: every variant (``variants``) on every setting and data seed of ``p``. A unit is one model of one
-    (variant, setting, data seed), trained and evaluated as in Table 1 (``p1_synthetic.model_unit``, no random-init
+    (variant, setting, data seed), trained and evaluated as in Table 1 (``pipeline.model_unit``, no random-init
     floor: it is notebook 01's), under ``ablation/<slug>/``. The result is (runs, pairs), the per-SAE and
-    per-seed-pair tables of ``p1_synthetic.evaluate`` with the columns ``base`` and ``element`` ("—" for a
+    per-seed-pair tables of ``pipeline.evaluate`` with the columns ``base`` and ``element`` ("—" for a
     base)."""
 
     name = "p1_recipe"
@@ -81,7 +82,7 @@ class P1RecipeAblation(Experiment):
     def units(self) -> list[Unit]:
         p = self.p
         return [Unit(f"{v.slug}-{p1_synthetic.run_name(s, d)}-{a}", (s, d, i, a),
-                     p1_synthetic.STEP_COST.get(a, 1.0) * p.n_steps * p.n_seeds)
+                     pipeline.STEP_COST.get(a, 1.0) * p.n_steps * p.n_seeds)
                 for s in p.settings for d in p.data_seeds() for i, v in enumerate(self.variants)
                 for a in v.models(self.models, s)]
 
@@ -90,7 +91,7 @@ class P1RecipeAblation(Experiment):
         v = self.variants[i]
         si = p1_synthetic.setting_inputs(setting, replace(self.p, data_seed=d), v.recipe, device=str(ctx.device))
         ctx.log(f"{ctx.label}{v.slug}: training {arch} × {self.p.n_seeds} seeds on {si.run_name}")
-        tables = p1_synthetic.model_unit(setting, si.stream, si.stream.held_out(self.p.n_eval)[0], arch,
+        tables = pipeline.model_unit(setting, si.stream, si.stream.held_out(self.p.n_eval)[0], arch,
                                          si.sae_cfgs[arch], si.train_cfg, self.p.n_seeds,
                                          ctx.out / "ablation" / v.slug, true_atoms=si.stream.dictionary,
                                          progress=False, baseline=False, run_name=si.run_name,
@@ -107,11 +108,11 @@ def summarise_ablation(runs: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     """One row per (setting, model, base, element): mean and sd of ``ABLATION_METRICS`` (in the authors' readings
     where they differ, as the headline table) and each mean's change from its base recipe (``d_<metric>``)."""
     keys = ["setting", "model", "base", "element"]
-    run_metrics = [m for m in p1_synthetic.RUN_METRICS if m in runs]
-    pair_metrics = [m for m in p1_synthetic.PAIR_METRICS if m in pairs]
+    run_metrics = [m for m in pipeline.RUN_METRICS if m in runs]
+    pair_metrics = [m for m in pipeline.PAIR_METRICS if m in pairs]
     table = mean_sd(runs, keys, run_metrics, count="n_seeds").merge(
         mean_sd(pairs, keys, pair_metrics, count="n_pairs"), on=keys, how="outer")
-    table = p1_synthetic.with_protocol(table, "authors")
+    table = pipeline.with_protocol(table, "authors")
     base_rows = table[table["element"] == "—"].set_index(["setting", "model", "base"])
     for m in ABLATION_METRICS:
         base = table.set_index(["setting", "model", "base"]).index.map(base_rows[m].to_dict().get)
@@ -127,7 +128,7 @@ def effects(table: pd.DataFrame, metric: str = "sae_iou") -> pd.DataFrame:
     change from the base recipe exceeds twice its standard error over seeds (seed pairs for pair metrics), with
     at least 3 seeds behind each. Largest change first: setting, model, base, element, the change, its standard
     error and the direction."""
-    level = "pair" if metric in p1_synthetic.PAIR_METRICS else "run"
+    level = "pair" if metric in pipeline.PAIR_METRICS else "run"
     bases = table[table["element"] == "—"].set_index(["setting", "model", "base"])
 
     def q(r, label: str) -> claims.Quantity:

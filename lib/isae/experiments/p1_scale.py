@@ -2,7 +2,7 @@
 
 P1's synthetic sizes are N = 768, M = K = 4096, k = 40 (k/N ≈ 0.052, M/N ≈ 5.33). ``p1_ratio_sizes`` scales N and
 keeps both ratios. Every point of the sweep is trained and evaluated exactly as notebook 01's Table 1
-(``p1_synthetic.model_unit``), so its numbers stand beside the headline. Training steps are a separate
+(``pipeline.model_unit``), so its numbers stand beside the headline. Training steps are a separate
 axis: each step count is its own run, because the authors' learning rate decays over the last 20% of the steps,
 so an early checkpoint of a long run is not a short run.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 
+from isae import pipeline
 from isae.experiments import p1_synthetic
 from isae.experiments.executor import Context, Experiment, Unit
 from isae.experiments.profiles import SyntheticProfile
@@ -26,10 +27,17 @@ from isae.train.recipe import recipe as get_recipe
 P1_D_IN, P1_N_ATOMS, P1_K = 768, 4096, 40
 """P1's synthetic sizes N, M = K and k (Table 1)."""
 SCALE_METRICS = ("sae_iou", "oracle_iou", "dcs", "mse", "gt_recovered")
-#: P1's Table 1 headline for iSAE-ME on i.i.d. data, and the goal this project set itself at ``default``.
-HEADLINE = {"sae_iou": 0.997, "dcs": 0.999}
+#: The goal this project set itself at ``default`` (P1's own headline: ``headline()``).
 GOAL = {"sae_iou": 0.95, "dcs": 0.97}
 LABEL = {"sae_iou": "SAE IoU", "dcs": "DCS", "oracle_iou": "oracle IoU"}
+
+
+def headline(model: str = "iSAE-ME", setting: str = "iid") -> dict[str, float]:
+    """P1's Table 1 numbers for ``model`` on ``setting`` (``data/paper/p1_tables.csv``) for the metrics of
+    ``GOAL``."""
+    t = paper_table(1)
+    row = t[(t["setting"] == setting) & (t["model"] == model)].iloc[0]
+    return {m: float(row[m]) for m in GOAL}
 
 
 def p1_ratio_sizes(d_in: int) -> dict[str, int]:
@@ -82,7 +90,7 @@ def sizes_table(points: list[ScalePoint]) -> pd.DataFrame:
 class P1Scale(Experiment):
     """Notebook 07: ``base``'s models on each setting and data seed at every point under each of ``recipes`` (names
     ``isae.train.recipe.recipe`` accepts, e.g. "authors+lr"). A unit is one model at one (recipe, point, setting,
-    data seed), trained and evaluated as in Table 1 (``p1_synthetic.model_unit``, no random-init floor) under
+    data seed), trained and evaluated as in Table 1 (``pipeline.model_unit``, no random-init floor) under
     ``scale/<recipe>/<slug>/``. The result is (runs, pairs) with the point's sizes, ``recipe`` and ``wall_s`` (the
     unit's training and evaluation) as columns."""
 
@@ -102,7 +110,7 @@ class P1Scale(Experiment):
     def units(self) -> list[Unit]:
         b = self.base
         return [Unit(f"{r}-{pt.slug}-{p1_synthetic.run_name(s, d)}-{a}", (r, i, s, d, a),
-                     p1_synthetic.STEP_COST.get(a, 1.0) * pt.n_steps * b.n_seeds * b.batch_size
+                     pipeline.STEP_COST.get(a, 1.0) * pt.n_steps * b.n_seeds * b.batch_size
                      * p1_ratio_sizes(pt.d_in)["d_sae"] * pt.d_in)
                 for r in self.recipes for i, pt in enumerate(self.points) for s in b.settings for d in b.data_seeds()
                 for a in b.models]
@@ -115,7 +123,7 @@ class P1Scale(Experiment):
         ctx.log(f"{ctx.label}{recipe}, N={pt.d_in}, {pt.n_steps} steps: training {arch} × {p.n_seeds} seeds on "
                 f"{si.run_name}")
         t0 = time.perf_counter()
-        tables = p1_synthetic.model_unit(setting, si.stream, si.stream.held_out(p.n_eval)[0], arch, si.sae_cfgs[arch],
+        tables = pipeline.model_unit(setting, si.stream, si.stream.held_out(p.n_eval)[0], arch, si.sae_cfgs[arch],
                                          si.train_cfg, p.n_seeds, ctx.out / "scale" / recipe / pt.slug,
                                          true_atoms=si.stream.dictionary, progress=ctx.progress, baseline=False,
                                          run_name=si.run_name, data=si.data_cfg.to_dict(), recipe=si.recipe.to_dict(),
@@ -134,11 +142,11 @@ def summarise_scale(runs: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     """One row per (recipe, setting, model, point): mean and sd of ``SCALE_METRICS`` in the authors' readings (as
     the headline table), the counts and the point's wall time; rows by setting, model, N, steps."""
     keys = ["recipe", "setting", "model", "d_in", "n_atoms", "k", "n_steps"]
-    run_metrics = [m for m in p1_synthetic.RUN_METRICS if m in runs]
-    pair_metrics = [m for m in p1_synthetic.PAIR_METRICS if m in pairs]
+    run_metrics = [m for m in pipeline.RUN_METRICS if m in runs]
+    pair_metrics = [m for m in pipeline.PAIR_METRICS if m in pairs]
     table = mean_sd(runs, keys, run_metrics, count="n_seeds").merge(
         mean_sd(pairs, keys, pair_metrics, count="n_pairs"), on=keys, how="outer")
-    table = p1_synthetic.with_protocol(table, "authors")
+    table = pipeline.with_protocol(table, "authors")
     wall = runs.groupby(keys)["wall_s"].first().rename("wall_s").reset_index()
     table = table.merge(wall, on=keys, how="left").sort_values(["recipe", "setting", "model", "d_in", "n_steps"])
     cols = keys + [c for m in SCALE_METRICS if m in table for c in (m, f"{m}_sd")] + ["n_seeds", "n_pairs", "wall_s"]

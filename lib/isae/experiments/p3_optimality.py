@@ -22,6 +22,7 @@ from isae.experiments.p1_real import SETTINGS as REAL_SETTINGS
 from isae.experiments.profiles import P3Profile
 from isae.report import claims
 from isae.report.claims import AllOf, Claim, Compare
+from isae.report.summary import mean_sd
 from isae.train.trainer import TrainConfig, train_many
 
 CONTRASTS = ("topk", "abstopk")
@@ -214,10 +215,9 @@ def solver_check(p: P3Profile, progress: bool = False) -> tuple[pd.DataFrame, di
 
 
 def summarise(table: pd.DataFrame, keys: list[str], exclude: tuple[str, ...] = ("seed",)) -> pd.DataFrame:
-    """Mean and sd over seeds of every numeric column of ``table`` per ``keys``."""
+    """Mean and sd over seeds of every numeric column of ``table`` per ``keys`` (``report.summary.mean_sd``)."""
     value_cols = [c for c in table.select_dtypes("number").columns if c not in (*keys, *exclude)]
-    g = table.groupby(keys, sort=False)[value_cols]
-    return g.mean().join(g.std().add_suffix("_sd")).reset_index()
+    return mean_sd(table, keys, value_cols, count="n_seeds")
 
 
 def _per_seed(rows: pd.DataFrame, column: str, label: str) -> claims.Quantity:

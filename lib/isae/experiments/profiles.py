@@ -9,15 +9,16 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from numbers import Integral, Real
 
 from isae.core.models import ARCHITECTURES, K_SPARSE
+from isae.pipeline import P1_MODELS
 from isae.toy.data import W_P_KINDS
 from isae.toy.model import ACTIVATIONS as TOY_ACTIVATIONS
 
 PROFILES = ("smoke", "default", "paper")
-P1_MODELS = ("topk", "abstopk", "isae", "isae_me")
+
 SETTINGS = ("iid", "mixture")
 """The synthetic data settings of P1's Table 1."""
 DEFAULT_LM_LAYERS = 30
@@ -42,7 +43,30 @@ def _fail(what: str, name: str, value, rule: str):
     raise ValueError(f"{what} parameter {name}={value!r}: {rule}.")
 
 
+def _mark(obj, *names: str) -> None:
+    """Record that a profile's ``__post_init__`` checked these fields (``_every_field_checked`` reads it)."""
+    obj.__dict__.setdefault("_checked", set()).update(names)
+
+
+def _rule(obj, what: str, name: str, ok: bool, rule: str) -> None:
+    """Field ``name`` of ``obj`` must satisfy ``ok``; else a ValueError naming the field and ``rule``."""
+    _mark(obj, name)
+    if not ok:
+        _fail(what, name, getattr(obj, name), rule)
+
+
+def _every_field_checked(obj) -> None:
+    """The last line of every profile's ``__post_init__``: a field no check looked at is refused (a TypeError
+    naming it), so a new field cannot go unchecked."""
+    checked = obj.__dict__.pop("_checked", set())
+    missing = [f.name for f in fields(obj) if f.name not in checked]
+    if missing:
+        raise TypeError(f"{type(obj).__name__} field(s) {missing} are not checked by its __post_init__; give each a "
+                        "rule (isae.experiments.profiles: _ints, _in_range, _subset, _rule, ...).")
+
+
 def _ints(obj, what: str, names: tuple[str, ...], minimum: int = 1) -> None:
+    _mark(obj, *names)
     for name in names:
         v = getattr(obj, name)
         if isinstance(v, bool) or not isinstance(v, Integral) or v < minimum:
@@ -50,6 +74,7 @@ def _ints(obj, what: str, names: tuple[str, ...], minimum: int = 1) -> None:
 
 
 def _in_range(obj, what: str, name: str, lo: float, hi: float, closed_hi: bool = False, closed_lo: bool = True):
+    _mark(obj, name)
     values = getattr(obj, name)
     for v in values if isinstance(values, tuple) else (values,):
         ok = isinstance(v, Real) and not isinstance(v, bool) and (lo <= v if closed_lo else lo < v) \
@@ -60,6 +85,7 @@ def _in_range(obj, what: str, name: str, lo: float, hi: float, closed_hi: bool =
 
 
 def _subset(obj, what: str, name: str, allowed: tuple) -> None:
+    _mark(obj, name)
     values = getattr(obj, name)
     if not isinstance(values, tuple) or not values:
         _fail(what, name, values, f"must be a non-empty list drawn from {allowed}")
@@ -69,6 +95,7 @@ def _subset(obj, what: str, name: str, allowed: tuple) -> None:
 
 
 def _lr(obj, what: str) -> None:
+    _mark(obj, "lr")
     if obj.lr is not None and (isinstance(obj.lr, bool) or not isinstance(obj.lr, Real) or not obj.lr > 0):
         _fail(what, "lr", obj.lr, "must be a positive number (or None for the default)")
 
@@ -159,6 +186,7 @@ class SyntheticProfile:
             _fail(w, "k", self.k, f"must be at most n_atoms={self.n_atoms} (k active atoms per input)")
         _in_range(self, w, "spread", 0.0, float("inf"), closed_lo=False)
         _lr(self, w)
+        _every_field_checked(self)
 
     def data_seeds(self) -> tuple[int, ...]:
         return tuple(range(self.data_seed, self.data_seed + self.n_data_seeds))
@@ -251,26 +279,27 @@ class RealProfile:
         from isae.train.recipe import recipe
 
         w = "real-data"
-        if self.lm_precision not in PRECISIONS:
-            _fail(w, "lm_precision", self.lm_precision, f"use one of {PRECISIONS}")
+        _rule(self, w, "lm_precision", self.lm_precision in PRECISIONS, f"use one of {PRECISIONS}")
+        _mark(self, "recipe")
         try:
             recipe(self.recipe)
         except (KeyError, ValueError) as e:
             _fail(w, "recipe", self.recipe, str(e))
         _ints(self, w, ("passes", "n_curve"))
         _ints(self, w, ("curve_points",), minimum=2)
+        _mark(self, "lm_hook")
         lm_hook_layer(self.lm_hook)
-        if self.vision_layer not in VISION_LAYERS:
-            _fail(w, "vision_layer", self.vision_layer, f"unknown EfficientNet-Lite0 layer; use one of {VISION_LAYERS}")
+        _rule(self, w, "vision_layer", self.vision_layer in VISION_LAYERS,
+              f"unknown EfficientNet-Lite0 layer; use one of {VISION_LAYERS}")
         _ints(self, w, ("lm_train_tokens", "lm_eval_tokens", "context_length", "ce_windows", "vision_train_images",
                         "vision_eval_images", "d_sae", "k", "batch_size", "n_eval", "log_every", "checkpoint_every"))
         _ints(self, w, ("image_size",), minimum=32)
         _seeds(self, w)
         _subset(self, w, "models", tuple(ARCHITECTURES))
         _k(self, w, "k", "d_sae", self.models)
-        if self.dtype not in DTYPES:
-            _fail(w, "dtype", self.dtype, f"use one of {DTYPES}")
+        _rule(self, w, "dtype", self.dtype in DTYPES, f"use one of {DTYPES}")
         _lr(self, w)
+        _every_field_checked(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -343,8 +372,8 @@ class ToyProfile:
         _in_range(self, w, "hidden_sizes", 0.0, float("inf"), closed_lo=False)
         _in_range(self, w, "weight_alphas", -float("inf"), float("inf"))
         _in_range(self, w, "extra_relu_l1", 0.0, float("inf"))
-        if self.weight_w_p not in W_P_KINDS:
-            _fail(w, "weight_w_p", self.weight_w_p, f"use one of {W_P_KINDS}")
+        _rule(self, w, "weight_w_p", self.weight_w_p in W_P_KINDS, f"use one of {W_P_KINDS}")
+        _every_field_checked(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -402,6 +431,7 @@ class WeightedProfile:
 
     def __post_init__(self):
         w = "weighted-SAE"
+        _mark(self, "lm_layers")
         if not isinstance(self.lm_layers, tuple) or not self.lm_layers:
             _fail(w, "lm_layers", self.lm_layers, f"must be a non-empty list of layers in 0..{DEFAULT_LM_LAYERS - 1}")
         bad = [L for L in self.lm_layers if isinstance(L, bool) or not isinstance(L, Integral)
@@ -419,6 +449,7 @@ class WeightedProfile:
             _fail(w, "alphas", self.alphas, "must include 0 (the uniform SAE every gain is measured against)")
         _in_range(self, w, "control_k_fractions", 0.0, 1.0, closed_lo=False)
         _lr(self, w)
+        _every_field_checked(self)
 
     def control_ks(self, k: int) -> tuple[int, ...]:
         """The k of the uniform controls of a setting whose SAEs use ``k`` (distinct, 1 ≤ k_c < k)."""
@@ -513,6 +544,7 @@ class P3Profile:
         if self.n_fit > self.n_eval:
             _fail(w, "n_fit", self.n_fit, f"must be at most n_eval={self.n_eval}")
         _lr(self, w)
+        _every_field_checked(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

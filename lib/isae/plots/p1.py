@@ -6,11 +6,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from isae.experiments.p1_synthetic import TABLE_METRICS, pair_columns, run_label, seed_pairs
+from isae.pipeline import TABLE_METRICS
 from isae.plots.common import save_figure
 
 # save_figure is re-exported: notebook 05 calls it from this module.
-__all__ = ["LABELS", "activation_sanity", "matched_cos_distributions", "matched_cosines", "metric_bars",
+__all__ = ["LABELS", "activation_sanity", "matched_cos_distributions", "metric_bars",
            "recipe_ablation", "rip_constants", "save_figure", "scale_sweep", "tradeoff_scatter",
            "training_curves"]
 
@@ -95,30 +95,6 @@ def convergence_curves(curve: pd.DataFrame, floor: pd.DataFrame | None = None,
 
 
 # --- P1 on real activations: matched-cosine distributions and the reconstruction/stability trade-off ----------
-
-def matched_cosines(saes: dict, setting: str = "") -> pd.DataFrame:
-    """|cos| of every matched atom pair between the two lowest seeds of each variant in ``saes``.
-
-    ``saes`` maps ``RunKey`` to SAEs (``ExperimentResult.saes`` or ``p1_synthetic.untrained_pair``); atoms are
-    matched by ``metrics.match_atoms`` (Hungarian on |cos|, as DCS). Returns one row per matched pair: setting,
-    model (display name), pair, the pair's key columns and abs_cos. The mean of abs_cos per model is its DCS.
-    """
-    import numpy as np
-
-    from isae.eval.metrics import match_atoms
-
-    first_pairs: dict[tuple[str, bool], tuple] = {}
-    for a, b in seed_pairs(sorted(saes, key=lambda key: key.seed)):
-        first_pairs.setdefault((a.variant, a.trained), (a, b))
-    frames = []
-    for a, b in first_pairs.values():
-        m = match_atoms(saes[a].W_dec, saes[b].W_dec)
-        frames.append(pd.DataFrame({"setting": setting, "model": saes[a].cfg.display_name,
-                                    "pair": f"{run_label(a)} vs {run_label(b)}", **pair_columns(a, b),
-                                    "abs_cos": np.abs(m.cos)}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["setting", "model", "pair", "variant", "seed_a", "seed_b", "trained", "abs_cos"])
-
 
 def matched_cos_distributions(frame: pd.DataFrame, bins: int = 40) -> plt.Figure:
     """Histogram (density, step lines) of matched |cos| per model, one panel per setting.

@@ -41,8 +41,9 @@ from tqdm.auto import tqdm
 from isae.core.io import load_sae
 from isae.core.models import SAE
 from isae.core.provenance import atomic_write_json, atomic_write_text, provenance, write_with_provenance
-from isae.eval.metrics import code_consistency, cosines, dcs, match_atoms, omp, pw_mcc, sae_codes, single_metrics
+from isae.eval.metrics import omp, pair_metrics, sae_codes, single_metrics
 from isae.eval.theory import arip_diagnostic
+from isae.pipeline import random_init_pair
 from isae.plots.common import save_figure
 from isae.report.summary import mean_sd
 from isae.train.trainer import geometric_median
@@ -50,7 +51,6 @@ from isae.train.trainer import geometric_median
 NORMALIZE = ("auto", "unit", "center-unit", "expected-norm", "none")
 PAIR_METRICS = ("dcs", "pw_mcc", "sae_iou", "sae_l2", "sae_l2_authors", "oracle_iou", "oracle_l2", "oracle_l2_authors")
 SAE_METRICS = ("mse", "mse_fvu", "l0", "dead_frac", "r_s", "delta_q50", "delta_q90", "delta_frac_below_1")
-FLOOR_SEEDS = (1000, 1001)  # as the project's random-init baseline (p1_synthetic.UNTRAINED_SEED_OFFSET)
 #: Above this many latents, matching and the oracle are long: progress bars per step (our choice).
 LONG_K = 16_384
 
@@ -258,19 +258,6 @@ def _oracle_codes(sae: SAE, x: torch.Tensor, progress: bool, label: str, chunk: 
 
 
 @torch.no_grad()
-def _pair(a: SAE, b: SAE, codes: dict, oracle: bool) -> tuple[dict, np.ndarray]:
-    """``isae.eval.metrics.pair_metrics`` from the same building blocks, returning the matching's |cos| too (one
-    Hungarian matching per pair instead of two); a test checks the two agree."""
-    cos = cosines(a.W_dec, b.W_dec)
-    matching = match_atoms(a.W_dec, b.W_dec, cos)
-    out = {"dcs": dcs(matching), "pw_mcc": pw_mcc(a.W_dec, b.W_dec, cos)}
-    out["sae_iou"], out["sae_l2"], out["sae_l2_authors"] = code_consistency(codes[id(a)][0], codes[id(b)][0], matching)
-    if oracle:
-        out["oracle_iou"], out["oracle_l2"], out["oracle_l2_authors"] = code_consistency(
-            codes[id(a)][1], codes[id(b)][1], matching)
-    return out, np.abs(matching.cos)
-
-
 def _with_dense_k(sae: SAE, x: torch.Tensor) -> SAE:
     """Dense SAEs: k := their mean L0 on x, rounded (at least 1), for the oracle and the aRIP support."""
     if not sae.cfg.spec.k_sparse:
@@ -279,16 +266,11 @@ def _with_dense_k(sae: SAE, x: torch.Tensor) -> SAE:
     return sae
 
 
-def _floor(first: SAE, x: torch.Tensor) -> list[SAE]:
-    """Two random-init SAEs of ``first``'s configuration, b_dec at the geometric median of x."""
-    median = geometric_median(x[:8192])
-    floor = []
-    for seed in FLOOR_SEEDS:
-        sae = SAE(first.cfg, seed=seed).eval()
-        with torch.no_grad():
-            sae.b_dec.copy_(median)
-        floor.append(sae)
-    return floor
+def _floor(first: SAE, x: torch.Tensor) -> dict[str, SAE]:
+    """The random-init pair of ``first``'s configuration (``pipeline.random_init_pair``), b_dec at the geometric
+    median of x, by name."""
+    pair = random_init_pair(first.cfg, geometric_median(x[:8192]), x.device)
+    return {f"random-init seed {key.seed}": sae.eval() for key, sae in pair.items()}
 
 
 def compare_saes(sae_dirs, activations, oracle: bool = False, out: str | Path | None = None, n_inputs: int = 4096,
@@ -303,7 +285,7 @@ def compare_saes(sae_dirs, activations, oracle: bool = False, out: str | Path | 
     checked = check_inputs(sae_dirs, activations, n_inputs, normalize, activations_key, seed)
     x = preprocess(checked.x, checked.normalize)
     trained = dict(zip(checked.names, checked.saes))
-    floor = dict(zip([f"random-init seed {s}" for s in FLOOR_SEEDS], _floor(checked.saes[0], x)))
+    floor = _floor(checked.saes[0], x)
     everyone = {**trained, **floor}
     long = checked.saes[0].cfg.d_sae >= LONG_K
 
@@ -321,7 +303,7 @@ def compare_saes(sae_dirs, activations, oracle: bool = False, out: str | Path | 
     todo = [(t, a, b) for t, pairs in groups for a, b in pairs]
     for is_trained, a, b in tqdm(todo, desc="matching atoms" + (" (K ≥ 16k: minutes per pair)" if long else ""),
                                  disable=not progress):
-        metrics, abs_cos = _pair(everyone[a], everyone[b], codes, oracle)
+        metrics, abs_cos = pair_metrics(everyone[a], everyone[b], x, oracle, codes, with_matched_cos=True)
         pair_rows.append({"a": a, "b": b, "trained": is_trained, **metrics})
         cos_frames.append(pd.DataFrame({"pair": f"{a} vs {b}", "trained": is_trained, "abs_cos": abs_cos}))
     saes_df, pairs_df = pd.DataFrame(sae_rows), pd.DataFrame(pair_rows)

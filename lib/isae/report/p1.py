@@ -6,8 +6,7 @@ import pandas as pd
 
 from isae.core.models import ARCHITECTURES
 from isae.core.provenance import repo_root
-from isae.experiments.p1_synthetic import PAIR_METRICS, TABLE_METRICS
-from isae.experiments.profiles import P1_MODELS
+from isae.pipeline import P1_MODELS, PAIR_METRICS, TABLE_METRICS
 from isae.report import claims
 from isae.report.claims import AllOf, Claim, Compare, Quantity
 

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from isae.core.models import K_SPARSE, SAE
 from isae.core.provenance import EVALUATION_CODE, TRAINING_CODE, atomic_torch_save, code_difference, code_fingerprint
-from isae.core.runs import RunKey
+from isae.core.runs import RunKey, resolve_device
 from isae.core.seeding import derive_seed
 
 
@@ -130,7 +130,7 @@ class TrainConfig:
         return max(self.batch_size, min(10_000_000, self.n_steps * self.batch_size // 10))
 
     def resolved_device(self) -> torch.device:
-        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return resolve_device(self.device)
 
 
 @torch.no_grad()
@@ -147,11 +147,9 @@ def geometric_median(x: torch.Tensor, n_iter: int = 200, tol: float = 1e-7) -> t
 
 
 @torch.no_grad()
-def initialise_decoder_bias(saes: Iterable[SAE], stream: Stream, n_samples: int) -> None:
-    """Set every SAE's b_dec to the geometric median of the stream's first ``n_samples`` inputs.
-
-    A finite stream (one with ``steps_per_pass``) shorter than that contributes all of its batches.
-    """
+def stream_median(stream: Stream, n_samples: int) -> torch.Tensor:
+    """The geometric median of the stream's first ``n_samples`` inputs (a finite stream, one with
+    ``steps_per_pass``, shorter than that contributes all of its batches)."""
     batches, n = [], 0
     step = 0
     last = stream.steps_per_pass
@@ -159,7 +157,13 @@ def initialise_decoder_bias(saes: Iterable[SAE], stream: Stream, n_samples: int)
         batches.append(stream.batch(step))
         n += batches[-1].shape[0]
         step += 1
-    median = geometric_median(torch.cat(batches)[:n_samples])
+    return geometric_median(torch.cat(batches)[:n_samples])
+
+
+@torch.no_grad()
+def initialise_decoder_bias(saes: Iterable[SAE], stream: Stream, n_samples: int) -> None:
+    """Set every SAE's b_dec to ``stream_median(stream, n_samples)``."""
+    median = stream_median(stream, n_samples)
     for sae in saes:
         sae.b_dec.copy_(median.to(sae.b_dec.device))
 
