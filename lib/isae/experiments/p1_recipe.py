@@ -89,15 +89,11 @@ class P1RecipeAblation(Experiment):
     def run_unit(self, unit: Unit, ctx: Context) -> dict:
         setting, d, i, arch = unit.key
         v = self.variants[i]
-        si = p1_synthetic.setting_inputs(setting, replace(self.p, data_seed=d), v.recipe, device=str(ctx.device))
+        p = replace(self.p, data_seed=d)
+        si = p1_synthetic.setting_inputs(setting, p, v.recipe, device=str(ctx.device))
         ctx.log(f"{ctx.label}{v.slug}: training {arch} × {self.p.n_seeds} seeds on {si.run_name}")
-        tables = pipeline.model_unit(setting, si.stream, si.stream.held_out(self.p.n_eval)[0], arch,
-                                         si.sae_cfgs[arch], si.train_cfg, self.p.n_seeds,
-                                         ctx.out / "ablation" / v.slug, true_atoms=si.stream.dictionary,
-                                         progress=False, baseline=False, run_name=si.run_name,
-                                         data=si.data_cfg.to_dict(), recipe=si.recipe.to_dict(), **ctx.params)
-        for name in ("runs", "pairs"):
-            tables[name].insert(1, "data_seed", d)
+        tables = p1_synthetic.synthetic_unit(si, p, arch, ctx.out / "ablation" / v.slug, ctx, progress=False,
+                                             baseline=False)
         return {name: tables[name].assign(base=v.base, element=v.element or "—") for name in ("runs", "pairs")}
 
     def merge(self, results: list[dict], ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -20,7 +20,7 @@ from isae.experiments.executor import Context, Experiment, Unit
 from isae.experiments.profiles import SyntheticProfile
 from isae.report import claims
 from isae.report.claims import AllOf, AnyOf, Claim, Compare
-from isae.report.p1 import getters, paper_table
+from isae.report.p1 import METRIC_LABELS, getters, paper_table
 from isae.report.summary import mean_sd
 from isae.train.recipe import recipe as get_recipe
 
@@ -29,7 +29,6 @@ P1_D_IN, P1_N_ATOMS, P1_K = 768, 4096, 40
 SCALE_METRICS = ("sae_iou", "oracle_iou", "dcs", "mse", "gt_recovered")
 #: The goal this project set itself at ``default`` (P1's own headline: ``headline()``).
 GOAL = {"sae_iou": 0.95, "dcs": 0.97}
-LABEL = {"sae_iou": "SAE IoU", "dcs": "DCS", "oracle_iou": "oracle IoU"}
 
 
 def headline(model: str = "iSAE-ME", setting: str = "iid") -> dict[str, float]:
@@ -123,15 +122,10 @@ class P1Scale(Experiment):
         ctx.log(f"{ctx.label}{recipe}, N={pt.d_in}, {pt.n_steps} steps: training {arch} × {p.n_seeds} seeds on "
                 f"{si.run_name}")
         t0 = time.perf_counter()
-        tables = pipeline.model_unit(setting, si.stream, si.stream.held_out(p.n_eval)[0], arch, si.sae_cfgs[arch],
-                                         si.train_cfg, p.n_seeds, ctx.out / "scale" / recipe / pt.slug,
-                                         true_atoms=si.stream.dictionary, progress=ctx.progress, baseline=False,
-                                         run_name=si.run_name, data=si.data_cfg.to_dict(), recipe=si.recipe.to_dict(),
-                                         **ctx.params)
+        tables = p1_synthetic.synthetic_unit(si, p, arch, ctx.out / "scale" / recipe / pt.slug, ctx,
+                                             progress=ctx.progress, baseline=False)
         cols = {**p1_ratio_sizes(pt.d_in), "n_steps": pt.n_steps, "recipe": recipe,
                 "wall_s": time.perf_counter() - t0}
-        for name in ("runs", "pairs"):
-            tables[name].insert(1, "data_seed", d)
         return {name: tables[name].assign(**cols) for name in ("runs", "pairs")}
 
     def merge(self, results: list[dict], ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -188,7 +182,7 @@ def headline_claims(table: pd.DataFrame, profile: str, model: str = "iSAE-ME",
     holds where some point's SAE IoU and DCS exceed the goal beyond their uncertainty (seed-pair metrics); a
     point whose longest run still rose with steps (``still_rising``) is not tested unless its verdict would
     survive the same rise again."""
-    target = " and ".join(f"{LABEL[m]} ≥ {v}" for m, v in goal.items())
+    target = " and ".join(f"{METRIC_LABELS[m]} ≥ {v}" for m, v in goal.items())
     paper = paper_table(1)
     out, movement = [], {}
     for setting in dict.fromkeys(table["setting"]):
@@ -205,8 +199,8 @@ def headline_claims(table: pd.DataFrame, profile: str, model: str = "iSAE-ME",
             name = f"{model} N={int(r['d_in'])}"
             where = f"N={int(r['d_in'])}, {int(r['n_steps'])} steps"
             points.append(AllOf(*(
-                Compare(claims.from_seeds(f"{where}: {LABEL[m]}", float(r[m]), float(r[f"{m}_sd"]), int(r["n_seeds"]),
-                                          "pair", (setting, name, m) if last else None), ">",
+                Compare(claims.from_seeds(f"{where}: {METRIC_LABELS[m]}", float(r[m]), float(r[f"{m}_sd"]),
+                                          int(r["n_seeds"]), "pair", (setting, name, m) if last else None), ">",
                         claims.exact(f"{v}", v)) for m, v in goal.items())))
         get = getters(paper, setting, paper=True)[0]
         paper_test = AllOf(*(Compare(get(model, m), ">", claims.exact(f"{v}", v)) for m, v in goal.items()))

@@ -48,6 +48,19 @@ def setting_inputs(setting: str, p: SyntheticProfile, recipe: str | Recipe = "au
     return SettingInputs(setting, run_name(setting, p.data_seed), rec, data_cfg, train_cfg, stream, sae_cfgs)
 
 
+def synthetic_unit(si: SettingInputs, p: SyntheticProfile, variant: str, out_dir: Path, ctx: Context,
+                   **kw) -> dict[str, pd.DataFrame]:
+    """One model's unit of a synthetic experiment at the sizes of ``p`` (its data seed): ``pipeline.model_unit`` on
+    ``si``'s stream and held-out inputs, measured against the ground truth, with the data and recipe in the saved
+    SAEs' provenance; the tables gain the ``data_seed`` column."""
+    tables = model_unit(si.setting, si.stream, si.stream.held_out(p.n_eval)[0], variant, si.sae_cfgs[variant],
+                        si.train_cfg, p.n_seeds, out_dir, true_atoms=si.stream.dictionary, run_name=si.run_name,
+                        data=si.data_cfg.to_dict(), recipe=si.recipe.to_dict(), **kw, **ctx.params)
+    for name in ("runs", "pairs", "log"):
+        tables[name].insert(1, "data_seed", p.data_seed)
+    return tables
+
+
 def run_name(setting: str, data_seed: int) -> str:
     """The folder name of one setting's checkpoints and saved SAEs: the first data seed keeps the plain setting name
     (so one-data-seed folders stay where they were), others are "<setting>_data<seed>"."""
@@ -114,13 +127,8 @@ class P1Synthetic(Experiment):
         recipe, setting, d, variant = unit.key
         si = self._inputs(recipe, setting, d, ctx.device)
         ctx.log(f"{ctx.label}training {variant} × {self.p.n_seeds} seeds on {recipe}/{si.run_name}")
-        tables = model_unit(setting, si.stream, si.stream.held_out(self.p.n_eval)[0], variant, si.sae_cfgs[variant],
-                            si.train_cfg, self.p.n_seeds, recipe_dir(ctx.out, self.recipes, recipe),
-                            true_atoms=si.stream.dictionary, progress=ctx.progress, run_name=si.run_name,
-                            data=si.data_cfg.to_dict(), recipe=si.recipe.to_dict(), **ctx.params)
-        for name in ("runs", "pairs", "log"):
-            tables[name].insert(1, "data_seed", d)
-        return tables
+        return synthetic_unit(si, replace(self.p, data_seed=d), variant, recipe_dir(ctx.out, self.recipes, recipe),
+                              ctx, progress=ctx.progress)
 
     def merge(self, results: list[dict], ctx: Context) -> dict:
         by_setting: dict[tuple, list[dict]] = {}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -220,7 +220,6 @@ class Claim:
     unconverged: str = ""
     """Why the run behind the claim had not converged (e.g. a solver's step cap), if so: the claim is then not
     tested."""
-    extra: dict = field(default_factory=dict)
 
 
 def decide(claim: Claim, profile: str, movement: Mapping[tuple, float] | None = None) -> Outcome:
@@ -238,7 +237,7 @@ def decide(claim: Claim, profile: str, movement: Mapping[tuple, float] | None = 
 
 def claims_table(claims: Iterable[Claim], profile: str, movement: Mapping[tuple, float] | None = None
                  ) -> pd.DataFrame:
-    """One row per claim with the columns ``CLAIM_COLUMNS`` (then any claim's ``extra`` columns)."""
+    """One row per claim with the columns ``CLAIM_COLUMNS``."""
     rows = []
     for c in claims:
         out = decide(c, profile, movement)
@@ -248,12 +247,12 @@ def claims_table(claims: Iterable[Claim], profile: str, movement: Mapping[tuple,
                      "reason": out.reason, "ours": ours, "difference": out.difference,
                      "difference_se": out.difference_se, "n": out.n, "paper_value": c.paper_value,
                      "paper_verdict": paper, "still_moving": "; ".join(out.moving), "rule": RULE,
-                     "profile": profile, **c.extra})
+                     "profile": profile})
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=list(CLAIM_COLUMNS))
     df["n"] = df["n"].astype("Int64")
-    return df[list(CLAIM_COLUMNS) + [c for c in df.columns if c not in CLAIM_COLUMNS]]
+    return df[list(CLAIM_COLUMNS)]
 
 
 def counts(table: pd.DataFrame) -> dict[str, int]:
