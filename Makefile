@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 OUT := outputs/$(PROFILE)
 
-.PHONY: help setup assets reproduce unit lint test lab bench bench-saelens-setup bench-saelens clean
+.PHONY: help setup assets reproduce reference-scale unit lint test lab bench bench-saelens-setup bench-saelens clean
 
 help:  ## List the targets
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -42,6 +42,19 @@ reproduce: setup  ## Execute every notebook with papermill at PROFILE (progress 
 	done; s=$$(( $$(date +%s) - total )); echo "== all notebooks (profile $(PROFILE)): $$((s / 60)) min $$((s % 60)) s"
 	$(PY) -m isae.report.overview --profile $(PROFILE)
 	@echo "tables: $(OUT)/tables  figures: $(OUT)/figures  executed notebooks: $(OUT)/notebooks  overview: $(OUT)/report.html"
+
+# The long reference runs behind the published results (hours on 2 CPU cores, one training process at a time).
+# Each is resumable: the same command picks up from the finished units and the training checkpoints.
+REFERENCE_OUT := outputs/reference
+SCALE_REFERENCE := --set 'points=[[192, 30000], [384, 30000]]' --set 'models=[topk, abstopk, isae_me]'
+
+reference-scale: setup  ## The scale sweep's reference run: N = 192 and 384 at 30K steps, TopK, AbsTopK, iSAE-ME (about 2 h; resumable), then notebook 07 on it
+	@mkdir -p $(REFERENCE_OUT)/notebooks
+	$(PY) -m isae.experiments.launch p1_scale --profile default --output-root $(REFERENCE_OUT) $(SCALE_REFERENCE) \
+	  2>&1 | tee -a $(REFERENCE_OUT)/p1_scale.log
+	$(PY) -m papermill --no-progress-bar --cwd notebooks -k python3 -p profile default \
+	  -p output_root ../$(REFERENCE_OUT) -y "{points: [[192, 30000], [384, 30000]], models: [topk, abstopk, isae_me]}" \
+	  notebooks/07_p1_scale_sweep.ipynb $(REFERENCE_OUT)/notebooks/07_p1_scale_sweep.ipynb
 
 unit: $(STAMP)  ## Run the unit tests only (no assets needed: the tests that need one skip, naming it)
 	$(PY) -m pytest -q tests

@@ -136,7 +136,7 @@ def test_a_shared_latent_major_layout_gives_the_same_gradients_as_separate_ones(
 def test_add_sparse_decode_equals_base_plus_sparse_decode():
     # Column tiles that do not divide the width, and a tile wider than it.
     idx, W, _, vals, upstream = _problem(seed=13, K=50, N=37)
-    for tile in (16, 128):
+    for tile in (16, 128, None):
         out = torch.empty_like(upstream)
         add_sparse_decode(upstream, vals, idx, W, out=out, tile=tile)
         torch.testing.assert_close(out, upstream + sparse_decode(vals, idx, W), **TOL)

@@ -159,19 +159,29 @@ def sparse_decode(vals: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
 
 #: Columns per tile in ``add_sparse_decode`` on the CPU (our choice: fastest of 32–1024 at K = 4096, k = 40).
 DECODE_TILE = 128
+#: ``add_sparse_decode`` reads the whole width at once while ``weight`` takes at most this many bytes (our choice,
+#: measured on a 2-core EPYC with a 32 MiB L3: an S that fits in the last-level cache gains nothing from tiles and
+#: pays for their copies, e.g. K = 2048, 512 inputs, k = 20: 1.6 ms whole against 6.1 ms in tiles of 128; at
+#: K = 3072 and K = 4096 the tiles win, 6.4 against 10 ms and 11 against 24 ms).
+DECODE_WHOLE_MAX_BYTES = 24 << 20
 
 
 @torch.no_grad()
 def add_sparse_decode(base: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
-                      out: torch.Tensor, tile: int = DECODE_TILE) -> torch.Tensor:
+                      out: torch.Tensor, tile: int | None = None) -> torch.Tensor:
     """out = base + Σ_j vals[b, j] · weight[idx[b, j]] (not differentiable), for a wide ``weight`` [K, M].
 
     iSAE-ME's lateral input S z reads k rows of S (K × K, 64 MiB at K = 4096) per input, so it is bound by
-    memory traffic. On the CPU it runs one column tile of S at a time (embedding_bag copies the strided view
-    into a contiguous K × 128 tile, 2 MiB), which stays in cache while every input reads it, and the sum with
-    ``base`` is written straight into ``out``. This is faster than the whole width at once, copies included.
+    memory traffic. On the CPU, when S does not fit in the last-level cache (``DECODE_WHOLE_MAX_BYTES``), it runs
+    one column tile of S at a time (embedding_bag copies the strided view into a contiguous K × 128 tile,
+    2 MiB), which stays in cache while every input reads it, and the sum with ``base`` is written straight into
+    ``out``. This is faster than the whole width at once, copies included. ``tile``: columns per tile (None:
+    chosen as above).
     """
-    if weight.is_cuda:
+    if tile is None:
+        whole = weight.numel() * weight.element_size() <= DECODE_WHOLE_MAX_BYTES
+        tile = weight.shape[1] if whole else DECODE_TILE
+    if weight.is_cuda or tile >= weight.shape[1]:
         return torch.add(base, _decode(vals, idx, weight).to(base.dtype), out=out)
     for start in range(0, weight.shape[1], tile):
         cols = slice(start, start + tile)

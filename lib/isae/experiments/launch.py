@@ -36,9 +36,10 @@ def _override(text: str) -> tuple[str, object]:
 
 def _p1_synthetic(world, args, overrides: dict, out: Path):
     from isae.experiments.p1_synthetic import P1Synthetic
-    from isae.experiments.profiles import synthetic_profile
+    from isae.experiments.profiles import HEADLINE_RECIPES, synthetic_profile
 
-    return P1Synthetic(synthetic_profile(args.profile, **overrides), tuple(args.recipes))
+    recipes = HEADLINE_RECIPES[args.profile] if args.recipes is None else tuple(args.recipes)
+    return P1Synthetic(synthetic_profile(args.profile, **overrides), recipes)
 
 
 def _p1_real(world, args, overrides: dict, out: Path):
@@ -91,14 +92,14 @@ def _p1_recipe(world, args, overrides: dict, out: Path):
 
 
 def _p1_scale(world, args, overrides: dict, out: Path):
-    """Notebook 07 at its parameters' defaults (i.i.d. data, iSAE-ME, the profile's points and recipes);
+    """Notebook 07 at its parameters' defaults (i.i.d. data, AbsTopK and iSAE-ME, the profile's points and recipes);
     ``--set points=[[N, steps], ...]``, ``--set recipes=[...]``, ``--set models=[...]`` as its parameters."""
     from isae.experiments.p1_scale import P1Scale, scale_points
     from isae.experiments.profiles import SCALE_POINTS, SCALE_RECIPES, synthetic_profile
 
     points = scale_points(overrides.pop("points", SCALE_POINTS[args.profile]))
     recipes = tuple(overrides.pop("recipes", SCALE_RECIPES[args.profile]))
-    base = synthetic_profile(args.profile, **{"settings": ["iid"], "models": ["isae_me"], **overrides})
+    base = synthetic_profile(args.profile, **{"settings": ["iid"], "models": ["abstopk", "isae_me"], **overrides})
     return P1Scale(base, points, recipes)
 
 
@@ -108,17 +109,16 @@ EXPERIMENTS: dict[str, Callable] = {"p1_synthetic": _p1_synthetic, "p1_real": _p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from isae.train.recipe import RECIPES
-
     p = argparse.ArgumentParser(prog="python -m isae.experiments.launch", description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", choices=[*EXPERIMENTS, "caching"])
     p.add_argument("--profile", default="default", help="smoke | default | paper (the notebooks' profile)")
     p.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="NAME=VALUE",
                    help="override a profile field, as a notebook parameter would (YAML value: --set n_steps=40000, "
                         "--set 'models=[topk, isae_me]'); repeatable")
-    p.add_argument("--recipes", nargs="+", default=["authors", "paper"], choices=list(RECIPES),
-                   help="p1_synthetic: training recipes, the headline's first (notebook 01's default); p1_real takes "
-                        "the real-data profile's recipe (--set recipe=...)")
+    p.add_argument("--recipes", nargs="+", default=None,
+                   help="p1_synthetic: training recipes, the headline's first (default: notebook 01's, "
+                        "profiles.HEADLINE_RECIPES; e.g. authors+lr authors paper); p1_real takes the real-data "
+                        "profile's recipe (--set recipe=...)")
     p.add_argument("--output-root", type=Path, default=None, help="default: <repo>/outputs/<profile>")
     p.add_argument("--device", default=None,
                    help="None: cuda:<local rank> when torch sees CUDA, else cpu; 'cpu' forces the CPU")
@@ -133,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads {args.threads}: must be ≥ 1.")
-    if args.experiment != "p1_synthetic" and args.recipes != ["authors", "paper"]:
+    if args.experiment != "p1_synthetic" and args.recipes is not None:
         p.error("--recipes applies to p1_synthetic only.")
     return args
 

@@ -95,9 +95,12 @@ def recipe_dir(out_dir: str | Path | None, recipes: tuple[str, ...], name: str) 
 
 
 def check_recipes(recipes: tuple[str, ...]) -> None:
-    """Refuse an empty, repeated or unknown list of recipe names."""
-    if not recipes or len(set(recipes)) != len(recipes) or any(r not in RECIPES for r in recipes):
-        raise ValueError(f"recipes={recipes!r}: pass distinct names from {RECIPES}, the headline's first.")
+    """Refuse an empty or repeated list of recipe names, or one ``isae.train.recipe.recipe`` does not know."""
+    if not recipes or len(set(recipes)) != len(recipes):
+        raise ValueError(f"recipes={recipes!r}: pass distinct recipe names (e.g. {RECIPES} or 'authors+lr'), the "
+                         "headline's first.")
+    for r in recipes:
+        get_recipe(r)  # names the unknown recipe or element
 
 
 class P1Synthetic(Experiment):
@@ -109,6 +112,7 @@ class P1Synthetic(Experiment):
     name = "p1_synthetic"
 
     def __init__(self, p: SyntheticProfile, recipes: tuple[str, ...] = RECIPES):
+        """``recipes``: notebook 01 passes ``profiles.HEADLINE_RECIPES[profile]``."""
         check_recipes(tuple(recipes))
         self.p, self.recipes = p, tuple(recipes)
 

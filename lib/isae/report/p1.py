@@ -42,7 +42,7 @@ def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, metrics: tuple[str, ..
 
 
 METRIC_LABELS = {"mse": "MSE", "r_s": "R_S", "sae_iou": "SAE IoU", "sae_l2": "SAE ℓ2", "oracle_iou": "oracle IoU",
-                 "oracle_l2": "oracle ℓ2", "dcs": "DCS"}
+                 "oracle_l2": "oracle ℓ2", "dcs": "DCS", "encoder_gap": "encoder gap"}
 PAIR_LEVEL = set(PAIR_METRICS)
 """Metrics measured per seed pair (their standard error follows ``claims.RULE``'s pair rule)."""
 
