@@ -13,6 +13,7 @@ from conftest import make_sae
 from isae.core.io import save_sae
 from isae.core.provenance import (
     ALL_CODE,
+    EVALUATION_CODE,
     RESULTS_CODE,
     TRAINING_CODE,
     atomic_write_json,
@@ -73,6 +74,7 @@ def test_a_fingerprint_changes_with_a_file_and_names_it(tmp_path):
     assert code_difference(before, after) == "pkg/sub/b.py changed, pkg/d.py added"
     assert code_difference(after, before) == "pkg/sub/b.py changed, pkg/d.py removed"
     assert code_difference(None, after) == "from code before fingerprints"
+    assert list(hash_sources(tmp_path, ("other/c.py", "pkg/sub"))) == ["other/c.py", "pkg/sub/b.py"]  # a file, a folder
     many = {f"f{i}.py": "1" for i in range(8)}
     assert code_difference(many, {k: "2" for k in many}).endswith("f4.py changed and 3 more")
 
@@ -82,6 +84,7 @@ def test_the_scopes_cover_what_they_say():
     assert {"core/losses.py", "core/models.py", "train/trainer.py", "data/stream.py"} <= training
     assert not any(f.startswith(("eval/", "experiments/", "report/", "plots/")) for f in training)
     assert training < results and "eval/metrics.py" in results and "experiments/executor.py" in results
+    assert "pipeline.py" in set(code_fingerprint(EVALUATION_CODE)) - training  # the curve probe and seed pairs
     assert not any(f.startswith(("report/", "plots/")) for f in results)
     assert results < every and "report/p1.py" in every and "__init__.py" in every
 

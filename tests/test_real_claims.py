@@ -13,8 +13,9 @@ from isae import pipeline
 from isae.core.models import ARCHITECTURES, SAEConfig
 from isae.data.activations import heldout_activations
 from isae.data.cache import ActivationCache, build_cache
+from isae.report import claims as engine
 from isae.report import p1 as reporting
-from isae.report.claims import VERDICTS
+from isae.report.claims import VERDICTS, Claim, Compare
 from isae.train.trainer import TrainConfig
 
 # A hand-made table in which every claim holds (shaped like P1's Pythia row: AbsTopK most stable, iSAE lowest R_S
@@ -270,12 +271,22 @@ def test_real_driver_curve_ends_at_the_final_metrics_and_passes_multiply_the_ste
         assert end_pair[metric] == pytest.approx(final[metric], abs=1e-6)
 
 
-def _curve(changes: dict[str, float], spread: float) -> pd.DataFrame:
-    """A two-seed-pair curve of one setting: every model's pair metrics move by ``changes[model]`` over the last
-    20%, pairs ±spread apart at the end; run metrics flat."""
+#: Crafted DCS curves at the default profile's six curve steps (0, 20, …, 100% of a run with the authors' decay over
+#: the last 20%): the rule compares 40% with 80%.
+CURVES = {
+    "flat": [0.1, 0.6, 0.70, 0.70, 0.70, 0.70],
+    "rising": [0.1, 0.3, 0.40, 0.50, 0.60, 0.70],
+    "decay jump": [0.1, 0.6, 0.70, 0.70, 0.70, 0.80],  # moves only while the learning rate decays
+    "noisy": [0.1, 0.6, 0.70, 0.69, 0.71, 0.705],  # wiggles by less than the seed spread
+}
+
+
+def _curve(curves: dict[str, list[float]], spread: float, steps=(0, 20, 40, 60, 80, 100)) -> pd.DataFrame:
+    """A two-seed-pair curve of one setting: each model's pair metrics follow ``curves[model]``, the two pairs
+    ±spread/√2 apart (sd = spread); run metrics flat."""
     rows = []
-    for model, change in changes.items():
-        for step, base in ((0, 0.1), (80, 0.5), (100, 0.5 + change)):
+    for model, values in curves.items():
+        for step, base in zip(steps, values):
             for sign in (-1, 1):
                 pair = {m: base + sign * spread / math.sqrt(2) for m in ("dcs", "sae_iou", "oracle_iou")}
                 rows.append({"setting": "s", "model": model, "step": step, "level": "pair", **pair})
@@ -284,9 +295,33 @@ def _curve(changes: dict[str, float], spread: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_convergence_flags_a_metric_moving_by_more_than_its_seed_spread():
-    conv = reporting.convergence(_curve({"TopK": 0.05, "AbsTopK": 0.001}, spread=0.01))
+def test_convergence_flags_a_curve_still_rising_before_the_decay_and_nothing_else():
+    conv = reporting.convergence(_curve(CURVES, spread=0.02), decay_frac=0.2)
     dcs = conv[conv["metric"] == "dcs"].set_index("model")
-    assert dcs.loc["TopK", "moving"] and not dcs.loc["AbsTopK", "moving"]
-    assert dcs.loc["TopK", "change"] == pytest.approx(0.05) and dcs.loc["TopK", "seed_spread"] == pytest.approx(0.01)
-    assert (dcs["from_step"] == 80).all() and not conv[conv["metric"] == "mse"]["moving"].any()
+    assert dict(dcs["moving"]) == {"flat": False, "rising": True, "decay jump": False, "noisy": False}
+    assert (dcs["from_step"] == 40).all() and (dcs["to_step"] == 80).all() and (dcs["end_step"] == 100).all()
+    assert dcs.loc["rising", "change"] == pytest.approx(0.2)
+    assert dcs.loc["rising", "seed_spread"] == pytest.approx(0.02)
+    assert dcs.loc["decay jump", "decay_change"] == pytest.approx(0.1)
+    assert dcs.loc["decay jump", "change"] == pytest.approx(0.0)
+    assert not conv[conv["metric"] == "mse"]["moving"].any()
+
+
+def test_convergence_window_follows_the_learning_rate_schedule():
+    steps = [0, 20, 40, 60, 80, 100]
+    assert reporting.convergence_window(steps, 0.2) == (40, 80)  # the authors' decay: the last doubling before it
+    assert reporting.convergence_window(steps, 0.0) == (40, 100)  # a constant rate: the last doubling of the run
+    with pytest.raises(ValueError, match="curve_points"):
+        reporting.convergence_window([0, 50, 100], 0.2)  # no two points before the decay
+
+
+def test_a_moving_metric_leaves_a_far_verdict_standing_and_a_near_one_not_tested():
+    # TopK's DCS still rises by 0.2 per doubling: far below its distance from the random-init floor, not from 0.6
+    conv = reporting.convergence(_curve({"TopK": CURVES["rising"]}, spread=0.02), decay_frac=0.2)
+    movement = reporting.still_moving(conv)
+    assert movement == {("s", "TopK", m): pytest.approx(0.2) for m in ("dcs", "sae_iou", "oracle_iou")}
+    dcs = engine.from_seeds("TopK DCS", 0.7, 0.02, 3, "pair", ("s", "TopK", "dcs"))
+    tests = {"far": Compare(dcs, ">", engine.from_seeds("floor", 0.1, 0.01, 3, "pair")),
+             "near": Compare(dcs, ">", engine.from_seeds("other", 0.6, 0.01, 3, "pair"))}
+    table = engine.claims_table([Claim("P1", name, "s", test) for name, test in tests.items()], "default", movement)
+    assert dict(zip(table["claim"], table["verdict"])) == {"far": "holds", "near": "not tested"}

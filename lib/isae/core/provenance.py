@@ -25,10 +25,11 @@ TRAINING_CODE = ("core", "data", "toy", "train")
 models and the training loop. The top-level modules (``__init__``, the ``compare`` command, ``saelens``) and
 ``eval``, ``experiments``, ``report``, ``plots`` play no part in training (the experiments' choices reach it only as
 configs, which a checkpoint records on their own)."""
-EVALUATION_CODE = TRAINING_CODE + ("eval",)
-"""What a training checkpoint with probe rows (e.g. notebook 03's convergence curve) depends on: the training code
-and the metrics that computed the rows (our choice: not ``experiments``, so that a reference run of hours survives
-an edit of a notebook driver that leaves the metrics alone)."""
+EVALUATION_CODE = TRAINING_CODE + ("eval", "pipeline.py")
+"""What a training checkpoint with probe rows (e.g. notebook 03's convergence curve) depends on: the training code,
+the metrics and the generic pipeline that evaluates them (``isae.pipeline``: the curve probe, the seed pairs). Our
+choice: not ``experiments``, so that a reference run of hours survives an edit of a notebook driver that leaves the
+metrics alone."""
 RESULTS_CODE = EVALUATION_CODE + ("experiments",)
 """What a stored evaluated result (a completed distributed run) depends on: the training code, the metrics and the
 experiment drivers that assembled it. ``report`` and ``plots`` are left out on purpose: the tables and figures are
@@ -39,9 +40,10 @@ ALL_CODE = (".",)
 
 def hash_sources(root: str | Path, scope: tuple[str, ...]) -> dict[str, str]:
     """{path relative to ``root``: the first 12 hex digits of the sha256 of its content} for every ``.py`` file under
-    the folders ``scope`` of ``root`` (``"."``: all of it), sorted by path."""
+    the folders or files ``scope`` of ``root`` (``"."``: all of it), sorted by path."""
     root = Path(root)
-    files = sorted({f for sub in scope for f in (root / sub).rglob("*.py")})
+    files = sorted({f for sub in scope
+                    for f in ([root / sub] if (root / sub).is_file() else (root / sub).rglob("*.py"))})
     return {f.relative_to(root).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()[:12] for f in files}
 
 

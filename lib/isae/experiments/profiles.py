@@ -319,7 +319,7 @@ REAL: dict[str, RealProfile] = {
     "smoke": RealProfile(lm_hook="blocks.2.hook_resid_post", lm_train_tokens=4_000, lm_eval_tokens=1_000,
                          context_length=64, ce_windows=2, vision_layer="blocks.15", vision_train_images=192,
                          vision_eval_images=64, image_size=112, d_sae=256, k=8, batch_size=128, n_seeds=2,
-                         n_eval=512, log_every=10, checkpoint_every=20, curve_points=3, n_curve=256),
+                         n_eval=512, log_every=10, checkpoint_every=20, curve_points=5, n_curve=256),
     # default, our choice: K = 256, k = 8 (P1: 4096 / 40) and 8 passes over 200k tokens, the most cheap steps a
     # 2-core CPU takes within the notebook's 30 minutes (larger K got less far in that budget: README); the
     # authors' recipe with the paper's K-scaled lr, as the scale sweep (profiles.SCALE_RECIPES).
