@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 OUT := outputs/$(PROFILE)
 
-.PHONY: help setup assets reproduce reference-scale unit lint test lab bench bench-saelens-setup bench-saelens clean
+.PHONY: help setup assets reproduce reference-scale publish unit lint test lab bench bench-saelens-setup bench-saelens clean
 
 help:  ## List the targets
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -27,14 +27,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Progress in the terminal: papermill logs each cell's output (--log-output), the training runs' tqdm bars included
-# (plain text in the kernel: ipywidgets is not installed); TQDM_MININTERVAL keeps them to about one line per 10 s.
+# Progress in the terminal: papermill logs each cell's output (--log-output), the training runs' progress bars
+# included, as text on stdout (ISAE_PROGRESS=text, isae.progress; in JupyterLab they are widgets);
+# TQDM_MININTERVAL keeps them to about one line per 10 s.
 reproduce: setup  ## Execute every notebook with papermill at PROFILE (progress and wall times in the terminal), then outputs/<profile>/report.html
 	@mkdir -p $(OUT)/notebooks
 	@$(PY) -c 'from isae.experiments.profiles import check_profile; check_profile("$(PROFILE)")'
 	@total=$$(date +%s); for nb in $(NOTEBOOKS); do \
 	  name=$$(basename $$nb .ipynb); echo "== $$name (profile $(PROFILE)): started $$(date '+%H:%M:%S')"; start=$$(date +%s); \
-	  TQDM_MININTERVAL=10 $(PY) -m papermill --log-output --no-progress-bar --cwd notebooks -k python3 \
+	  ISAE_PROGRESS=text TQDM_MININTERVAL=10 $(PY) -m papermill --log-output --no-progress-bar --cwd notebooks -k python3 \
 	    -p profile $(PROFILE) $$nb $(OUT)/notebooks/$$name.ipynb || { echo "== $$name FAILED; executed notebook: $(OUT)/notebooks/$$name.ipynb"; \
 	         $(PY) -m isae.report.overview --profile $(PROFILE); exit 1; }; \
 	  $(VENV)/bin/jupyter nbconvert --log-level WARN --to html $(OUT)/notebooks/$$name.ipynb || exit 1; \
@@ -52,9 +53,12 @@ reference-scale: setup  ## The scale sweep's reference run: N = 192 and 384 at 3
 	@mkdir -p $(REFERENCE_OUT)/notebooks
 	$(PY) -m isae.experiments.launch p1_scale --profile default --output-root $(REFERENCE_OUT) $(SCALE_REFERENCE) \
 	  2>&1 | tee -a $(REFERENCE_OUT)/p1_scale.log
-	$(PY) -m papermill --no-progress-bar --cwd notebooks -k python3 -p profile default \
+	ISAE_PROGRESS=text $(PY) -m papermill --no-progress-bar --cwd notebooks -k python3 -p profile default \
 	  -p output_root ../$(REFERENCE_OUT) -y "{points: [[192, 30000], [384, 30000]], models: [topk, abstopk, isae_me]}" \
 	  notebooks/07_p1_scale_sweep.ipynb $(REFERENCE_OUT)/notebooks/07_p1_scale_sweep.ipynb
+
+publish: $(STAMP)  ## Copy the executed notebooks, tables and figures of outputs/default and outputs/reference into results/ and regenerate README's verdicts (refuses uncommitted changes)
+	$(PY) -m isae.report.publish
 
 unit: $(STAMP)  ## Run the unit tests only (no assets needed: the tests that need one skip, naming it)
 	$(PY) -m pytest -q tests

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from isae.core.io import load_sae, save_sae
 from isae.core.models import ARCHITECTURES, SAE, SAEConfig
 from isae.core.runs import RunKey
 from isae.eval import metrics
+from isae.progress import progress_bar
 from isae.report.summary import mean_sd
 from isae.train.trainer import Probe, Stream, TrainConfig, stream_median, train_many
 
@@ -90,7 +90,7 @@ def evaluate(saes: dict[RunKey, SAE], x: torch.Tensor, true_atoms: torch.Tensor 
             row |= metrics.ground_truth_recovery(sae, true_atoms)
         runs.append(row)
     pairs, codes = [], {}
-    for a, b in tqdm(seed_pairs(saes), desc="comparing seed pairs", disable=not progress):
+    for a, b in progress_bar(seed_pairs(saes), desc="comparing seed pairs", disable=not progress):
         row = metrics.pair_metrics(saes[a], saes[b], x, codes=codes)
         pairs.append({"pair": f"{run_label(a)} vs {run_label(b)}", "model": model_label(a, saes[a]),
                       **pair_columns(a, b), **row})

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from isae.core.provenance import _atomic_write, atomic_write_json
 from isae.core.seeding import derive_seed
+from isae.progress import progress_bar
 
 FORMAT_VERSION = 1
 
@@ -156,7 +156,7 @@ def _build_partitioned(dirs: dict[Path, dict], make_shards, part: ShardPartition
     a barrier."""
     total = max(m["spec"]["n_shards"] for m in dirs.values())
     mine = part.shard_range(total)
-    for i in tqdm(mine, desc=f"caching {name} (rank {part.rank}/{part.world_size})", unit="shard",
+    for i in progress_bar(mine, desc=f"caching {name} (rank {part.rank}/{part.world_size})", unit="shard",
                   disable=not progress):
         need = [d for d, m in dirs.items()
                 if len(m["shards"]) <= i < m["spec"]["n_shards"] and not _part_file(d, i).exists()]
@@ -202,7 +202,7 @@ def build_caches(targets: dict[str | Path, tuple[dict, int]],
         if not all(m["complete"] for m in dirs.values()):
             _build_partitioned(dirs, make_shards, part, progress, name)
         return list(dirs)
-    for i in tqdm(range(done, total), initial=done, total=total, desc=f"caching {name}", unit="shard",
+    for i in progress_bar(range(done, total), initial=done, total=total, desc=f"caching {name}", unit="shard",
                   disable=not progress):
         need = [d for d, m in dirs.items() if len(m["shards"]) == i and i < m["spec"]["n_shards"]]
         if not need:

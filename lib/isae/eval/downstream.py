@@ -18,9 +18,9 @@ from collections.abc import Callable
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from isae.core.models import SAE
+from isae.progress import progress_bar
 
 Reconstructor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -65,7 +65,7 @@ def splice_metrics(bridge, tokens: torch.Tensor, mask: torch.Tensor, hook: str,
     sums = {name: {"ce": 0.0, "kl": 0.0} for name in reconstructors}
     clean_sum = zero_sum = 0.0
     count = 0
-    for s in tqdm(range(0, len(tokens), batch_size), desc="splicing SAEs", disable=not progress):
+    for s in progress_bar(range(0, len(tokens), batch_size), desc="splicing SAEs", disable=not progress):
         tok = tokens[s : s + batch_size].to(device)
         m = mask[s : s + batch_size].to(device)
         scored = (m[:, :-1] & m[:, 1:]).float()

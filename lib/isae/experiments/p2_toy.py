@@ -38,12 +38,12 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from isae.core.runs import resolve_device
 from isae.eval.metrics import match_atoms
 from isae.experiments.executor import Context, Experiment, Unit
 from isae.experiments.profiles import ToyProfile
+from isae.progress import progress_bar
 from isae.report.summary import mean_sd
 from isae.toy.data import ToyConfig, ToyStream, wsae_weights
 from isae.toy.model import ACTIVATION_NAMES, ToySAE, ToySAEConfig, activate
@@ -199,7 +199,7 @@ def run_toy_experiment(conditions: Sequence[ToyCondition], p: ToyProfile, w_p: s
     levels = sorted({c.sparsity for c in conditions})
     x_eval, xp_eval = stream.held_out(p.n_eval, sparsity=levels)
     runs, logs, banks = [], [], {}
-    for key, conds in tqdm(groups.items(), desc=f"training {len(conditions)} conditions × {p.n_seeds} seeds",
+    for key, conds in progress_bar(groups.items(), desc=f"training {len(conditions)} conditions × {p.n_seeds} seeds",
                            unit="bank", disable=not progress):
         activation, n_latents, bias, l1 = key
         members = [(c, s) for c in conds for s in range(p.n_seeds)]

@@ -304,10 +304,10 @@ def evaluate_setting(setting: str, saes: dict[WSAEKey, SAE], data: TextEval | Vi
                      progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs, latents): one row per SAE (reconstruction + interpretability averages over live latents) and
     the per-latent measures of every SAE."""
-    from tqdm.auto import tqdm
+    from isae.progress import progress_bar
 
     runs, latents = [], []
-    for key, sae in tqdm(saes.items(), desc=f"evaluating {setting}", disable=not progress):
+    for key, sae in progress_bar(saes.items(), desc=f"evaluating {setting}", disable=not progress):
         per_latent = interpretability_of(sae.encode, data, n_top)
         runs.append({"setting": setting, "variant": key.variant, "alpha": key.alpha, "k": sae.cfg.k,
                      "control": key.control, "seed": key.seed, **reconstruction(sae, data.x),

@@ -27,12 +27,12 @@ from typing import Protocol
 import pandas as pd
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from isae.core.models import K_SPARSE, SAE
 from isae.core.provenance import EVALUATION_CODE, TRAINING_CODE, atomic_torch_save, code_difference, code_fingerprint
 from isae.core.runs import RunKey, resolve_device
 from isae.core.seeding import derive_seed
+from isae.progress import progress_bar
 
 
 class Stream(Protocol):
@@ -200,7 +200,7 @@ class _Steps:
     def __init__(self, stream: Stream, start: int, n_steps: int, device: torch.device | None, progress: bool,
                  desc: str):
         self.stream, self.device = stream, device
-        self.bar = tqdm(range(start, n_steps), initial=start, total=n_steps, disable=not progress, desc=desc,
+        self.bar = progress_bar(range(start, n_steps), initial=start, total=n_steps, disable=not progress, desc=desc,
                         unit="step")
 
     def __iter__(self):
