@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 OUT := outputs/$(PROFILE)
 
-.PHONY: help setup assets reproduce reference-scale publish unit lint test lab bench bench-saelens-setup bench-saelens clean
+.PHONY: help setup assets reproduce reference-scale publish unit lint test lab bench bench-saelens clean
 
 help:  ## List the targets
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -76,36 +76,20 @@ lab: setup  ## Open the notebooks in JupyterLab
 bench: setup  ## Time a training step of every model against the naive dense reference
 	$(PY) benchmarks/bench_training.py
 
-# SAELens's TopK step, timed next to ours (benchmarks/bench_saelens.py). SAELens needs transformer-lens < 4, so
-# it gets its own environment; neither `setup` nor CI builds it (about 6.3 GB, the CUDA torch wheel included).
-SAELENS_VENV := .venv-saelens
-SAELENS_STAMP := $(SAELENS_VENV)/.installed
-
-bench-saelens-setup: $(SAELENS_STAMP)  ## Create .venv-saelens (SAELens + its pins, benchmarks/saelens/requirements.txt) for bench-saelens (idempotent)
-
-$(SAELENS_STAMP): benchmarks/saelens/requirements.txt
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, $(PYTHON) is {sys.version.split()[0]}"'
-	test -x $(SAELENS_VENV)/bin/python || $(PYTHON) -m venv $(SAELENS_VENV)
-	$(SAELENS_VENV)/bin/python -m pip install --quiet pip==26.3 setuptools==84.2.1 wheel==0.48.0
-	$(SAELENS_VENV)/bin/python -m pip install --quiet -r benchmarks/saelens/requirements.txt
-	touch $(SAELENS_STAMP)
-
-bench-saelens: setup bench-saelens-setup  ## Time our TopK training step against SAELens's on the CPU (ratio ours/theirs)
+# SAELens (sae-lens, pinned in requirements.txt) lives in .venv with the project.
+bench-saelens: setup  ## Time our TopK and AbsTopK training steps against SAELens's on the CPU (ratio ours/theirs)
 	$(PY) benchmarks/bench_saelens.py
 
 # The SAELens round trip (scripts/saelens_roundtrip.py): every SAE folder under outputs/smoke/saes/ (notebooks 01
 # and 03 at PROFILE=smoke) loads in SAELens (`import isae.saelens` registers iSAE-ME) with our encode and decode,
-# and folders SAELens writes with its own save code load here with SAELens's. The project goes into .venv-saelens
-# without its dependencies (isae.saelens needs only torch, safetensors and sae_lens).
+# and folders SAELens writes with its own save code load here with SAELens's.
 SAELENS_RT := outputs/saelens_roundtrip
 .PHONY: saelens-roundtrip
-saelens-roundtrip: $(STAMP) bench-saelens-setup  ## Check that every saved SAE family loads in SAELens with our encode/decode, and back
+saelens-roundtrip: $(STAMP)  ## Check that every saved SAE family loads in SAELens with our encode/decode, and back
 	@ls outputs/smoke/saes/*/cfg.json >/dev/null 2>&1 || { echo "error: no SAEs under outputs/smoke/saes/; run notebooks 01 and 03 at PROFILE=smoke first (make reproduce PROFILE=smoke)"; exit 1; }
-	$(SAELENS_VENV)/bin/python -c 'import isae.saelens' 2>/dev/null || $(SAELENS_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	rm -rf $(SAELENS_RT)
 	$(PY) scripts/saelens_roundtrip.py ours-export --work $(SAELENS_RT)
-	$(SAELENS_VENV)/bin/python scripts/saelens_roundtrip.py saelens --work $(SAELENS_RT)
+	$(PY) scripts/saelens_roundtrip.py saelens --work $(SAELENS_RT)
 	$(PY) scripts/saelens_roundtrip.py ours-check --work $(SAELENS_RT)
 
 clean:  ## Remove every output (tables, figures, checkpoints, saved SAEs); keeps .venv

@@ -7,8 +7,8 @@ Adam). Each round times, one after the other:
 * ours: ``bench_training.time_training(arch, "fast", ...)`` — the very function ``bench_training.py``
   times (``SAE.forward`` with the dead mask → backward → ``remove_radial_grad`` → Adam → ``normalize_atoms``),
   in this process;
-* theirs: ``benchmarks/saelens/time_saelens_step.py`` in the separate environment ``.venv-saelens``
-  (``make bench-saelens-setup``; SAELens needs transformer-lens < 4) as a subprocess: SAELens's
+* theirs: ``benchmarks/saelens/time_saelens_step.py`` as a subprocess (by default with this interpreter:
+  SAELens is pinned in the project's environment; ``--saelens-python`` picks another): SAELens's
   ``TopKTrainingSAE`` (once per ``--saelens-variants`` entry) or ``AbsTopKTrainingSAE`` (dense activations
   only: SAELens's AbsTopK ignores ``use_sparse_activations``) driven by ``SAETrainer.step``.
 
@@ -23,7 +23,6 @@ side, and the ratio ours / theirs. This script creates nothing outside ``--out``
 
 Usage (from the repository root)::
 
-    make bench-saelens-setup                                   # once: builds .venv-saelens
     .venv/bin/python benchmarks/bench_saelens.py --threads 1
     .venv/bin/python benchmarks/bench_saelens.py --steps 1 --warmup 1 --rounds 1 --dead-fracs 0   # smoke run
     .venv/bin/python benchmarks/bench_saelens.py --architectures abstopk --threads 1               # AbsTopK only
@@ -58,7 +57,7 @@ from isae.train.trainer import TrainConfig
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SAELENS_SCRIPT = HERE / "saelens" / "time_saelens_step.py"
-SAELENS_PYTHON = ROOT / ".venv-saelens" / "bin" / "python"
+SAELENS_PYTHON = Path(sys.executable)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads on both sides (None: torch's choice here, and the same count for SAELens)")
     p.add_argument("--saelens-python", type=Path, default=SAELENS_PYTHON,
-                   help="python of the SAELens environment")
+                   help="python with sae-lens installed (default: this one)")
     p.add_argument("--out", type=Path, default=None, help="optional CSV of every measurement (written atomically)")
     args = p.parse_args(argv)
     check_size_args(p, args, positive=("rounds",))
@@ -88,8 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_saelens_env(python: Path) -> None:
     if not python.exists():
-        raise SystemExit(f"error: {python} not found. The SAELens side runs in its own environment "
-                         "(SAELens needs transformer-lens < 4); create it with `make bench-saelens-setup`.")
+        raise SystemExit(f"error: --saelens-python {python} not found; leave it out to use this interpreter "
+                         "(SAELens is in the project's environment: make setup).")
 
 
 def same_inputs(theirs: list[float], ours: list[float]) -> bool:
@@ -106,7 +105,7 @@ def saelens_variants(args: argparse.Namespace, arch: str) -> list[str]:
 
 def run_saelens(args: argparse.Namespace, dead_frac: float, variant: str, lr: float, threads: int,
                 arch: str = "topk") -> dict:
-    """One SAELens measurement in the .venv-saelens subprocess; returns its JSON result."""
+    """One SAELens measurement in a subprocess (``--saelens-python``); returns its JSON result."""
     with tempfile.TemporaryDirectory(prefix="bench_saelens_") as tmp:
         out = Path(tmp) / "result.json"
         cmd = [str(args.saelens_python), str(SAELENS_SCRIPT),

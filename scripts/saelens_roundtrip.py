@@ -1,21 +1,22 @@
 """SAELens round trip: every saved SAE family loads in SAELens with our encode / decode, and back.
 
-Three phases, run by ``make saelens-roundtrip`` (two environments: SAELens needs transformer-lens < 4)::
+Three phases, run by ``make saelens-roundtrip`` as separate processes (so SAELens's side loads nothing of ours but
+``isae.saelens``)::
 
-    .venv/bin/python scripts/saelens_roundtrip.py ours-export   --saes outputs/smoke/saes --work /tmp/rt
-    .venv-saelens/bin/python scripts/saelens_roundtrip.py saelens --saes outputs/smoke/saes --work /tmp/rt
-    .venv/bin/python scripts/saelens_roundtrip.py ours-check    --work /tmp/rt
+    .venv/bin/python scripts/saelens_roundtrip.py ours-export --saes outputs/smoke/saes --work /tmp/rt
+    .venv/bin/python scripts/saelens_roundtrip.py saelens     --saes outputs/smoke/saes --work /tmp/rt
+    .venv/bin/python scripts/saelens_roundtrip.py ours-check  --work /tmp/rt
 
-1. ``ours-export`` (project env): per saved folder, ``n`` seeded unit-norm inputs and our codes z = SAE.encode(x)
+1. ``ours-export``: per saved folder, ``n`` seeded unit-norm inputs and our codes z = SAE.encode(x)
    and reconstructions SAE.decode(z), written to ``work/ours/<folder>.safetensors``; and one folder per
    architecture rewritten in the layout used before the SAELens export (``work/legacy/``).
-2. ``saelens`` (SAELens env, ``import isae.saelens`` registers iSAE-ME): each folder through
+2. ``saelens`` (``import isae.saelens`` registers iSAE-ME): each folder through
    ``sae_lens.SAE.load_from_disk``; its encode(x) and decode(encode(x)) must equal ours; the legacy folders
    through ``isae.saelens.load`` likewise. Then SAELens writes
    folders of its own with its own save code (TopK, AbsTopK, standard, JumpReLU inference SAEs with perturbed
    weights, and TopK / JumpReLU training SAEs via ``save_inference_model``) with their codes on the same kind of
    inputs, into ``work/theirs/``.
-3. ``ours-check`` (project env): each SAELens folder through ``isae.core.io.load_sae``; our encode / decode must
+3. ``ours-check``: each SAELens folder through ``isae.core.io.load_sae``; our encode / decode must
    equal SAELens's.
 
 "Equal": codes and reconstructions within ``--atol`` (float32 products in another order round differently) and

@@ -1,9 +1,9 @@
 """Train SAEs with SAELens itself (its ``SAETrainer``) on an activation cache of this project, several seeds, and
 save them with SAELens's own export (``save_inference_model``): SAELens-written SAEs for ``python -m isae.compare``.
 
-Runs in the SAELens environment (``make bench-saelens-setup``); reads the cache's ``.npy`` shards with numpy only::
+Reads the cache's ``.npy`` shards with numpy only::
 
-    .venv-saelens/bin/python scripts/saelens_train_pair.py --cache outputs/smoke/activations/lm_train \\
+    .venv/bin/python scripts/saelens_train_pair.py --cache outputs/smoke/activations/lm_train \\
         --out outputs/saelens_pair --architecture topk --seeds 0 1
     .venv/bin/python -m isae.compare outputs/saelens_pair/topk_seed0 outputs/saelens_pair/topk_seed1 \\
         --activations outputs/smoke/activations/lm_heldout --oracle --out outputs/compare/saelens_topk

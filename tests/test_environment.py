@@ -10,12 +10,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # Import name -> distribution name, where they differ.
-DISTRIBUTIONS = {"transformer_lens": "transformer-lens", "yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn"}
+DISTRIBUTIONS = {"transformer_lens": "transformer-lens", "sae_lens": "sae-lens", "yaml": "pyyaml", "PIL": "pillow",
+                 "sklearn": "scikit-learn"}
 # Imported by lib/isae but installed as a dependency of a pinned package (pinned transitively by its pin).
 TRANSITIVE = {"PIL": "torchvision"}
-# Imported only by a plug-in for another environment (``isae.saelens``: SAELens needs transformer-lens < 4), and
-# pinned in that environment's requirements file instead.
-SEPARATE_ENV = {"sae_lens": ("sae-lens", ROOT / "benchmarks" / "saelens" / "requirements.txt")}
+# Imported only by an optional plug-in (``isae.saelens``), declared in pyproject's extra of that name.
+OPTIONAL = {"sae_lens": "saelens"}
 
 
 def _requirements() -> list[str]:
@@ -53,12 +53,9 @@ def test_every_requirement_is_pinned_exactly():
 def test_every_package_the_library_imports_is_pinned():
     imports = _library_imports()
     assert {"torch", "numpy", "pandas"} <= imports  # the scan sees the library
-    unpinned = sorted(n for n in imports if n not in TRANSITIVE and n not in SEPARATE_ENV
+    unpinned = sorted(n for n in imports if n not in TRANSITIVE
                       and DISTRIBUTIONS.get(n, n).lower() not in _pinned())
     assert not unpinned, f"lib/isae imports {unpinned}: pin them in requirements.txt and environment.yml"
-    for name, (dist, requirements) in SEPARATE_ENV.items():
-        pins = {line.split("==")[0].lower() for line in requirements.read_text().splitlines() if "==" in line}
-        assert dist in pins, f"{name} is imported by lib/isae; pin {dist} in {requirements.relative_to(ROOT)}"
 
 
 def test_ci_lints_and_runs_the_readme_test_command():
@@ -71,8 +68,8 @@ def test_ci_lints_and_runs_the_readme_test_command():
 def test_makefile_targets():
     makefile = (ROOT / "Makefile").read_text()
     targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, flags=re.M))
-    assert {"help", "setup", "assets", "reproduce", "unit", "lint", "test", "lab", "bench", "bench-saelens-setup",
-            "bench-saelens", "clean"} <= targets
+    assert {"help", "setup", "assets", "reproduce", "unit", "lint", "test", "lab", "bench", "bench-saelens",
+            "clean"} <= targets
     assert re.search(r"^unit: \$\(STAMP\)", makefile, flags=re.M), "make unit must not fetch the assets"
     assert re.search(r"^test: unit assets", makefile, flags=re.M), "unit tests run before the assets are fetched"
     assert "isae.report.overview" in makefile and "--log-output" in makefile
@@ -91,12 +88,17 @@ def _declared() -> dict[str, str]:
 
 
 def test_every_package_the_library_imports_is_a_declared_dependency_and_its_pin_is_in_range():
+    import tomllib
+
     from packaging.requirements import Requirement
 
     declared = _declared()
-    missing = sorted(n for n in _library_imports() if n not in TRANSITIVE and n not in SEPARATE_ENV
+    missing = sorted(n for n in _library_imports() if n not in TRANSITIVE and n not in OPTIONAL
                      and DISTRIBUTIONS.get(n, n).lower() not in declared)
     assert not missing, f"lib/isae imports {missing}: declare them in pyproject.toml's dependencies"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for name, extra in OPTIONAL.items():
+        assert any(d.startswith(DISTRIBUTIONS[name]) for d in extras[extra]), f"declare {name} in the {extra} extra"
     pins = dict(r.split("==") for r in _requirements())
     for dist, spec in declared.items():
         assert dist in {p.lower() for p in pins}, f"{dist} is declared in pyproject.toml but not pinned"

@@ -1,10 +1,10 @@
 """SAELens layout, both directions: our folders as SAELens reads them, and SAELens's folders as we read them.
 
-SAELens is not installed in this environment (it needs transformer-lens < 4), so each SAELens inference forward
-is written out below from sae-lens 6.54.12's source (``sae_lens/saes/{topk,abstopk,standard,jumprelu}_sae.py``,
-``SAE.process_sae_in``), and SAELens-written folders are built by hand in the exact format its ``save_model`` /
-``save_inference_model`` write (cfg.json keys and tensor names captured from sae-lens 6.54.12). The real library is
-exercised by ``make saelens-roundtrip`` (``scripts/saelens_roundtrip.py``).
+Two independent checks: each SAELens inference forward written out below from sae-lens 6.54.12's source
+(``sae_lens/saes/{topk,abstopk,standard,jumprelu}_sae.py``, ``SAE.process_sae_in``), with SAELens-written folders
+built by hand in the exact format its ``save_model`` / ``save_inference_model`` write; and the real library (pinned
+in the project's environment) loading our folders. ``make saelens-roundtrip`` (``scripts/saelens_roundtrip.py``)
+also has SAELens write folders with its own save code.
 """
 
 from __future__ import annotations
@@ -104,6 +104,22 @@ def test_saved_folder_is_what_saelens_loads_and_computes_our_codes(architecture,
         assert torch.equal(z_ours != 0, z_theirs != 0)
         torch.testing.assert_close(z_theirs, z_ours, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(saelens_decode(cfg, t, z_theirs), sae.decode(z_ours), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture", P1 + ("relu", "jumprelu"))
+def test_the_real_saelens_loads_our_folder_and_computes_our_codes(architecture, tmp_path: Path, x_unit):
+    sae_lens = pytest.importorskip("sae_lens")
+    import isae.saelens  # noqa: F401  (registers iSAE-ME's multistep encoder with SAELens)
+
+    assert sae_lens.__version__ == SAELENS_VERSION
+    sae = _trained_looking(architecture, encoder_bias=architecture == "topk")
+    save_sae(sae, tmp_path)
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path))
+    with torch.no_grad():
+        z_ours, z_theirs = sae.encode(x_unit), theirs.encode(x_unit)
+        assert torch.equal(z_ours != 0, z_theirs != 0)
+        torch.testing.assert_close(z_theirs, z_ours, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(theirs.decode(z_theirs), sae.decode(z_ours), rtol=1e-5, atol=1e-6)
 
 
 def test_isae_keeps_its_training_fields_in_isae_config_only(tmp_path: Path):

