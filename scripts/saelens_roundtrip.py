@@ -59,7 +59,7 @@ def folders(root: Path) -> list[Path]:
     found = sorted(p.parent for p in root.glob("*/cfg.json"))
     if not found:
         raise SystemExit(f"error: no SAE folders (*/cfg.json) under {root}; run notebooks 01 and 03 at the smoke "
-                         "profile first (see README), or pass --saes.")
+                         "profile first (see docs/own-saes.md), or pass --saes.")
     return found
 
 

@@ -244,8 +244,8 @@ def with_protocol(table: pd.DataFrame, protocol: str) -> pd.DataFrame:
     return out
 
 
-#: Relative cost of one training step per architecture, from the README's step times at P1's sizes (TopK 93 ms,
-#: AbsTopK 92, iSAE 135, iSAE-ME 340); used only to balance the ranks of a run.
+#: Relative cost of one training step per architecture, from the step times at P1's sizes in benchmarks/README.md
+#: (TopK 93 ms, AbsTopK 92, iSAE 135, iSAE-ME 340); used only to balance the ranks of a run.
 STEP_COST = {"topk": 1.0, "abstopk": 1.0, "isae": 1.45, "isae_me": 3.65, "relu": 1.0, "jumprelu": 1.0}
 
 

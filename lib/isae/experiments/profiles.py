@@ -224,7 +224,7 @@ HEADLINE_RECIPES: dict[str, tuple[str, ...]] = {"smoke": ("authors", "paper"),
 
 #: The scale sweep's points [N, training steps] per profile (notebook 07; M = K and k follow N at P1's ratios,
 #: ``isae.experiments.p1_scale``). ``default``: about 18 minutes on 2 CPU cores (measured in the
-#: README); ``paper``: N up to P1's 768 at the authors' 30K steps.
+#: docs/running.md); ``paper``: N up to P1's 768 at the authors' 30K steps.
 SCALE_POINTS: dict[str, tuple[tuple[int, int], ...]] = {
     "smoke": ((16, 30), (24, 30), (24, 60)),
     "default": ((32, 3000), (32, 10_000), (64, 3000), (64, 10_000), (128, 3000)),
@@ -321,7 +321,7 @@ REAL: dict[str, RealProfile] = {
                          vision_eval_images=64, image_size=112, d_sae=256, k=8, batch_size=128, n_seeds=2,
                          n_eval=512, log_every=10, checkpoint_every=20, curve_points=5, n_curve=256),
     # default, our choice: K = 256, k = 8 (P1: 4096 / 40) and 8 passes over 200k tokens, the most cheap steps a
-    # 2-core CPU takes within the notebook's 30 minutes (larger K got less far in that budget: README); the
+    # 2-core CPU takes within the notebook's 30 minutes (larger K got less far in that budget); the
     # authors' recipe with the paper's K-scaled lr, as the scale sweep (profiles.SCALE_RECIPES).
     "default": RealProfile(lm_hook="blocks.20.hook_resid_post", lm_train_tokens=200_000, lm_eval_tokens=8_000,
                            context_length=128, ce_windows=24, vision_layer="blocks.15", vision_train_images=12_288,
