@@ -8,11 +8,11 @@
 
 Each experiment (``EXPERIMENTS``) is the notebook's own description (``isae.experiments.executor.Experiment``):
 ``p1_synthetic`` notebook 01, ``p1_real`` notebook 03 and ``p2_weighted`` notebook 05 (their caches built or
-opened first, shared among the ranks), ``p2_toy`` notebook 04, ``p1_recipe`` notebook 06 and ``p1_scale``
-notebook 07. ``execute`` runs its units; afterwards the notebook at the same profile and parameters reads the
-completed run (its ``results_from`` parameter). ``caching`` builds notebook 02's activation caches, each cache's
-shards shared among the ranks (run it before a job array). Without torchrun or a job array it is one process:
-the same code with world size 1.
+opened first, shared among the ranks), ``p2_toy`` notebook 04, ``p1_recipe`` notebook 06, ``p1_scale`` notebook 07
+and ``p1_synthbench`` notebook 10. ``execute`` runs its units; afterwards the notebook at the same profile and
+parameters reads the completed run (its ``results_from`` parameter). ``caching`` builds notebook 02's activation
+caches, each cache's shards shared among the ranks (run it before a job array). Without torchrun or a job array
+it is one process: the same code with world size 1.
 """
 
 from __future__ import annotations
@@ -103,9 +103,18 @@ def _p1_scale(world, args, overrides: dict, out: Path):
     return P1Scale(base, points, recipes)
 
 
+def _p1_synthbench(world, args, overrides: dict, out: Path):
+    """Notebook 10 at the profile's sizes (``--set models=[...]``, ``--set n_seeds=...`` as its parameters)."""
+    from isae.experiments.p1_synthbench import P1SynthBench
+    from isae.experiments.profiles import synthbench_profile
+
+    return P1SynthBench(synthbench_profile(args.profile, **overrides))
+
+
 #: Each experiment's name → how the launcher builds it (world, parsed arguments, --set overrides, output root).
 EXPERIMENTS: dict[str, Callable] = {"p1_synthetic": _p1_synthetic, "p1_real": _p1_real, "p2_toy": _p2_toy,
-                                    "p2_weighted": _p2_weighted, "p1_recipe": _p1_recipe, "p1_scale": _p1_scale}
+                                    "p2_weighted": _p2_weighted, "p1_recipe": _p1_recipe, "p1_scale": _p1_scale,
+                                    "p1_synthbench": _p1_synthbench}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -239,6 +239,90 @@ SCALE_RECIPES: dict[str, tuple[str, ...]] = {"smoke": ("authors",), "default": (
 
 
 @dataclass(frozen=True)
+class SynthBenchProfile:
+    """Sizes of notebook 10: P1's models on SynthSAEBench (``isae.data.synthbench``)."""
+
+    num_features: int
+    """Ground-truth features (the benchmark: 16,384); the hierarchy's roots scale with them."""
+    hidden_dim: int
+    """Input dimension (the benchmark: 768)."""
+    orthogonalization_steps: int
+    """Adam steps that spread the feature directions apart (the benchmark: 100)."""
+    n_train_rows: int
+    """Training rows drawn once; training reads them over ``passes`` (SAELens's sampler is slow)."""
+    passes: int
+    """Passes over the training rows, each in a fresh seeded order."""
+    batch_size: int
+    n_seeds: int
+    """SAE seeds per model; every pair of seeds is compared."""
+    n_eval: int
+    """Held-out rows (with their feature activations) for every metric."""
+    d_sae: int | None = None
+    """SAE latents (None: as many as true features, P1's regime; the benchmark's own SAEs have 4,096)."""
+    k: int | None = None
+    """Active latents (None, our choice: the data's mean L0 on the held-out rows, rounded)."""
+    models: tuple[str, ...] = ("topk", "abstopk", "isae", "isae_me")
+    recipe: str = "authors+lr"
+    """Training recipe (our choice: the scale sweep's, the authors' with the paper's K-scaled learning rate)."""
+    input_scaling: str = "global"
+    """"global" (our choice: one constant scale to mean norm 1, keeping the benchmark's bias) or "unit_rows" (P1)."""
+    data_seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 500
+
+    def __post_init__(self):
+        from isae.data.synthbench import INPUT_SCALINGS
+        from isae.train.recipe import recipe
+
+        w = "synthbench"
+        _ints(self, w, ("num_features", "hidden_dim"), minimum=8)
+        _ints(self, w, ("orthogonalization_steps", "data_seed"), minimum=0)
+        _ints(self, w, ("n_train_rows", "passes", "batch_size", "n_eval", "log_every", "checkpoint_every"))
+        _rule(self, w, "batch_size", self.batch_size <= self.n_train_rows, "must not exceed n_train_rows")
+        _seeds(self, w)
+        for name in ("d_sae", "k"):
+            _rule(self, w, name, getattr(self, name) is None or (isinstance(getattr(self, name), Integral)
+                                                               and getattr(self, name) >= 1),
+                  "must be a positive integer or None")
+        if self.d_sae is not None and self.k is not None:
+            _k(self, w, "k", "d_sae", self.models)
+        _subset(self, w, "models", tuple(ARCHITECTURES))
+        _mark(self, "recipe")
+        try:
+            recipe(self.recipe)
+        except (KeyError, ValueError) as e:
+            _fail(w, "recipe", self.recipe, str(e))
+        _rule(self, w, "input_scaling", self.input_scaling in INPUT_SCALINGS, f"use one of {INPUT_SCALINGS}")
+        _every_field_checked(self)
+
+    @property
+    def n_steps(self) -> int:
+        """Training steps: every pass over the training rows."""
+        return self.passes * (self.n_train_rows // self.batch_size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SYNTHBENCH: dict[str, SynthBenchProfile] = {
+    "smoke": SynthBenchProfile(num_features=256, hidden_dim=32, orthogonalization_steps=0, n_train_rows=8192,
+                               passes=2, batch_size=128, n_seeds=2, n_eval=1024, log_every=16, checkpoint_every=64),
+    # default, our choice: the scaled benchmark (1,024 features in 128 dimensions, 8 roots), 12 passes over 128k rows
+    "default": SynthBenchProfile(num_features=1024, hidden_dim=128, orthogonalization_steps=100,
+                                 n_train_rows=131_072, passes=12, batch_size=512, n_seeds=3, n_eval=4096),
+    # the benchmark's 16k preset itself (its orthogonalisation takes about an hour on one CPU thread; cached)
+    "paper": SynthBenchProfile(num_features=16_384, hidden_dim=768, orthogonalization_steps=100,
+                               n_train_rows=1_048_576, passes=8, batch_size=2048, n_seeds=3, n_eval=8192,
+                               log_every=500, checkpoint_every=2000),
+}
+
+
+def synthbench_profile(profile: str, **overrides) -> SynthBenchProfile:
+    """The SynthSAEBench sizes of ``profile``, with any field overridden (None values ignored)."""
+    return sizes_at(SYNTHBENCH, profile, "synthbench", **overrides)
+
+
+@dataclass(frozen=True)
 class RealProfile:
     """Sizes of the real-activation experiments (activation caching, P1 Tables 2–3, P2's weighted SAE)."""
 

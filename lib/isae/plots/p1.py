@@ -271,6 +271,40 @@ def encoder_gap(table: pd.DataFrame, setting: str = "iid", paper: dict[str, floa
     return fig
 
 
+def synthbench_recovery(by_rate: pd.DataFrame, by_depth: pd.DataFrame, summary: pd.DataFrame) -> plt.Figure:
+    """Notebook 10: which true features each model recovers (``p1_synthbench.recovery_by``), by firing rate and by
+    depth in the hierarchy (solid: recovered by a seed on average; dashed: by every seed), and each model's SAELens
+    MCC against its FVU (mean ± sd over seeds; the random-init floor hollow)."""
+    models = list(dict.fromkeys(by_rate["model"]))
+    colours = palette(models)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, table, title in ((axes[0], by_rate, "by firing rate (held-out rows)"),
+                             (axes[1], by_depth, "by depth in the hierarchy (−1: outside)")):
+        groups = [str(g) for g in dict.fromkeys(table["group"])]
+        for model in models:
+            rows = table[table["model"] == model]
+            x = [groups.index(str(g)) for g in rows["group"]]
+            ax.plot(x, rows["recovered"], marker="o", ms=3.5, color=colours[model], label=model)
+            ax.plot(x, rows["every_seed"], ls="--", lw=0.9, color=colours[model])
+        ax.set_xticks(range(len(groups)), groups, fontsize=7, rotation=30 if table is by_rate else 0)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylabel("share of true features recovered")
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=7, frameon=False)
+    ax = axes[2]
+    for _, r in summary.iterrows():
+        base = r["model"].replace(" (untrained)", "")
+        ax.errorbar(r["mse_fvu"], r["mcc"], xerr=r.get("mse_fvu_sd"), yerr=r.get("mcc_sd"), marker="o", ms=5,
+                    color=colours.get(base, "grey"), mfc="none" if not r["trained"] else colours.get(base, "grey"),
+                    capsize=2, ls="none")
+    ax.set_xscale("log")
+    ax.set_xlabel("FVU (held-out rows)")
+    ax.set_ylabel("SAELens MCC")
+    ax.set_title("recovery against reconstruction (hollow: random init)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def rip_constants(deltas: pd.DataFrame) -> plt.Figure:
     """δ_S on the data's supports (``p1_theory.delta_table``): one panel per (setting, kind of support), one row per
     dictionary; the dot is the median, the thick bar q50–q90, the thin bar up to q99; aRIP needs δ_S < 1 (line)."""

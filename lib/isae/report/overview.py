@@ -51,6 +51,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("P1's theory: Theorem 3.2, aRIP, Theorem 3.6", "08_p1_theory_and_arip", "p1_theory_claims.csv",
             ("p1_theory_",)),
     Section("P3: the optimality structure of sparse dictionaries", "09_p3_optimality", "p3_claims.csv", ("p3_",)),
+    Section("A peer's benchmark: P1's models on SynthSAEBench", "10_synthbench", "synthbench_claims.csv",
+            ("synthbench",)),
 )
 
 CSS = """
