@@ -1,4 +1,5 @@
 # Jupyter-first companion to SAE identifiability research. `make help` lists the targets.
+SHELL := /bin/bash
 PROFILE ?= default
 PYTHON ?= python3.11
 VENV := .venv
@@ -51,8 +52,8 @@ SCALE_REFERENCE := --set 'points=[[192, 30000], [384, 30000]]' --set 'models=[to
 
 reference-scale: setup  ## The scale sweep's reference run: N = 192 and 384 at 30K steps, TopK, AbsTopK, iSAE-ME (about 2 h; resumable), then notebook 07 on it
 	@mkdir -p $(REFERENCE_OUT)/notebooks
-	$(PY) -m isae.experiments.launch p1_scale --profile default --output-root $(REFERENCE_OUT) $(SCALE_REFERENCE) \
-	  2>&1 | tee -a $(REFERENCE_OUT)/p1_scale.log
+	set -o pipefail; $(PY) -m isae.experiments.launch p1_scale --profile default --output-root $(REFERENCE_OUT) \
+	  $(SCALE_REFERENCE) 2>&1 | tee -a $(REFERENCE_OUT)/p1_scale.log
 	ISAE_PROGRESS=text $(PY) -m papermill --no-progress-bar --cwd notebooks -k python3 -p profile default \
 	  -p output_root ../$(REFERENCE_OUT) -y "{points: [[192, 30000], [384, 30000]], models: [topk, abstopk, isae_me]}" \
 	  notebooks/07_p1_scale_sweep.ipynb $(REFERENCE_OUT)/notebooks/07_p1_scale_sweep.ipynb
@@ -63,8 +64,8 @@ REAL_REFERENCE_PASSES := 24
 
 reference-real: setup  ## Notebook 03 at default with REAL_REFERENCE_PASSES passes into outputs/reference (an hour or two; resumable)
 	@mkdir -p $(REFERENCE_OUT)/notebooks
-	ISAE_PROGRESS=text TQDM_MININTERVAL=30 $(PY) -m papermill --log-output --no-progress-bar --cwd notebooks -k python3 \
-	  -p profile default -p passes $(REAL_REFERENCE_PASSES) -p output_root ../$(REFERENCE_OUT) \
+	set -o pipefail; ISAE_PROGRESS=text TQDM_MININTERVAL=30 $(PY) -m papermill --log-output --no-progress-bar \
+	  --cwd notebooks -k python3 -p profile default -p passes $(REAL_REFERENCE_PASSES) -p output_root ../$(REFERENCE_OUT) \
 	  notebooks/03_p1_real_activations.ipynb $(REFERENCE_OUT)/notebooks/03_p1_real_activations.ipynb \
 	  2>&1 | tee -a $(REFERENCE_OUT)/p1_real.log
 
