@@ -188,8 +188,15 @@ def provenance(**params: Any) -> dict[str, Any]:
     }
 
 
+def provenance_path(path: str | Path) -> Path:
+    """Where the provenance record of an output written by ``write_with_provenance`` lies: ``<name>.provenance.json``
+    beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".provenance.json")
+
+
 def write_with_provenance(path: str | Path, write: Callable[[Path], None], **params: Any) -> Path:
-    """Write an output atomically and a ``<name>.provenance.json`` beside it."""
+    """Write an output atomically and its provenance record beside it (``provenance_path``)."""
     path = _atomic_write(path, write)
-    atomic_write_json(path.with_name(path.name + ".provenance.json"), provenance(**params))
+    atomic_write_json(provenance_path(path), provenance(**params))
     return path

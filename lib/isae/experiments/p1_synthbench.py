@@ -190,7 +190,8 @@ def summarise_bench(runs: pd.DataFrame, pairs: pd.DataFrame, bench: pd.DataFrame
     for is_trained, g in bench.groupby(trained, sort=False):
         stats = g.groupby("model", sort=False)[list(BENCH_METRICS)].agg(["mean", "std"])
         stats.columns = [m if s == "mean" else f"{m}_sd" for m, s in stats.columns]
-        parts.append(stats.reset_index().assign(trained=bool(is_trained), n_seeds=g.groupby("model").size().values))
+        counts = g.groupby("model", sort=False).size()  # in the order of ``stats``' rows
+        parts.append(stats.reset_index().assign(trained=bool(is_trained), n_seeds=counts.values))
     ours = pd.concat(parts, ignore_index=True)
     return ours.merge(table, on=["model", "trained"], how="left")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from isae.core.provenance import atomic_write_text, git_commit, repo_root
+from isae.core.provenance import atomic_write_text, git_commit, provenance_path, repo_root
 from isae.report.claims import RULE, VERDICTS, counts
 from isae.report.overview import SECTIONS, Section
 
@@ -74,7 +74,7 @@ def uncommitted_changes(root: Path) -> list[str]:
 
 
 def _provenance(path: Path) -> dict | None:
-    sidecar = path.with_name(path.name + ".provenance.json")
+    sidecar = provenance_path(path)
     return json.loads(sidecar.read_text()) if sidecar.is_file() else None
 
 
@@ -210,7 +210,7 @@ def publish(root: Path | None = None, outputs: dict[str, Path] | None = None, de
             continue
         for sub, names in (("tables", it.tables), ("figures", it.figures)):
             for name in names:
-                for path in (it.source / sub / name, it.source / sub / f"{name}.provenance.json"):
+                for path in (it.source / sub / name, provenance_path(it.source / sub / name)):
                     if path.is_file():
                         (dest / sub).mkdir(parents=True, exist_ok=True)
                         shutil.copy2(path, dest / sub / path.name)
