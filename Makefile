@@ -34,6 +34,7 @@ $(STAMP): requirements.txt pyproject.toml
 reproduce: setup  ## Execute every notebook with papermill at PROFILE (progress and wall times in the terminal), then outputs/<profile>/report.html
 	@mkdir -p $(OUT)/notebooks
 	@$(PY) -c 'from isae.experiments.profiles import check_profile; check_profile("$(PROFILE)")'
+	@echo "notebook,seconds,cpu_cores,commit" > $(OUT)/notebooks/wall_times.csv
 	@total=$$(date +%s); for nb in $(NOTEBOOKS); do \
 	  name=$$(basename $$nb .ipynb); echo "== $$name (profile $(PROFILE)): started $$(date '+%H:%M:%S')"; start=$$(date +%s); \
 	  ISAE_PROGRESS=text TQDM_MININTERVAL=10 $(PY) -m papermill --log-output --no-progress-bar --cwd notebooks -k python3 \
@@ -41,6 +42,7 @@ reproduce: setup  ## Execute every notebook with papermill at PROFILE (progress 
 	         $(PY) -m isae.report.overview --profile $(PROFILE); exit 1; }; \
 	  $(VENV)/bin/jupyter nbconvert --log-level WARN --to html $(OUT)/notebooks/$$name.ipynb || exit 1; \
 	  s=$$(( $$(date +%s) - start )); echo "== $$name: $$((s / 60)) min $$((s % 60)) s"; \
+	  echo "$$name,$$s,$$(nproc),$$(git describe --always --dirty 2>/dev/null)" >> $(OUT)/notebooks/wall_times.csv; \
 	done; s=$$(( $$(date +%s) - total )); echo "== all notebooks (profile $(PROFILE)): $$((s / 60)) min $$((s % 60)) s"
 	$(PY) -m isae.report.overview --profile $(PROFILE)
 	@echo "tables: $(OUT)/tables  figures: $(OUT)/figures  executed notebooks: $(OUT)/notebooks  overview: $(OUT)/report.html"

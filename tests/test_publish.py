@@ -85,3 +85,16 @@ def test_publish_needs_the_readme_markers_and_an_executed_notebook(repo, tmp_pat
         publish.publish(repo, {"default": tmp_path / "none", "reference": tmp_path / "none"})
     with pytest.raises(publish.PublishError, match="markers"):
         publish.replace_summary("# no markers\n", "x")
+
+
+def test_publish_writes_the_wall_times_of_make_reproduce(repo):
+    times = repo / "outputs" / "default" / "notebooks" / publish.WALL_TIMES
+    times.write_text("notebook,seconds,cpu_cores,commit\n01_synthetic_identifiability,605,2,abc123\n"
+                     "02_activation_caching,61,2,abc123\n")
+    dest = publish.publish(repo)
+    page = (dest / "README.md").read_text()
+    assert "| 01_synthetic_identifiability | 10 min 05 s |" in page
+    assert "| **all 2 notebooks** | **11 min 06 s** |" in page
+    assert "2 CPU cores" in page and (dest / publish.WALL_TIMES).is_file()
+    times.unlink()
+    assert "Wall times" not in (publish.publish(repo) / "README.md").read_text()

@@ -22,6 +22,31 @@ def test_variants_are_the_two_bases_and_each_element_switched_both_ways():
         p1_recipe.variants(("lr", "colour"))
 
 
+def test_variants_from_one_base_switch_only_from_it():
+    variants = p1_recipe.variants(("lr", "me_init"), bases=("paper",))
+    assert [(v.base, v.element) for v in variants] == [("paper", None), ("paper", "lr"), ("paper", "me_init")]
+    assert variants[1].recipe == PAPER.switch("lr", AUTHORS)
+    for bad in ((), ("text",), ("paper", "paper")):
+        with pytest.raises(ValueError, match="bases="):
+            p1_recipe.variants(bases=bad)
+
+
+def test_the_ablation_grid_per_profile_and_its_overrides():
+    from isae.experiments.profiles import ABLATION_GRIDS, ablation_grid
+
+    assert ablation_grid("paper") == ABLATION_GRIDS["paper"] and ablation_grid("paper").elements is None
+    small = ablation_grid("default")
+    assert len(p1_recipe.variants(small.elements, small.bases)) == 1 + len(small.elements) < len(p1_recipe.variants())
+    assert ablation_grid("default", elements="all").elements is None
+    assert ablation_grid("default", elements=["lr"], bases=["paper", "authors"]).bases == ("paper", "authors")
+    with pytest.raises(ValueError, match="elements"):
+        ablation_grid("default", elements=["colour"])
+    with pytest.raises(ValueError, match="bases"):
+        ablation_grid("default", bases=["text"])
+    with pytest.raises(ValueError, match="unknown recipe-ablation parameter"):
+        ablation_grid("default", element=["lr"])
+
+
 def test_a_variant_trains_only_the_models_its_element_changes():
     v = {(x.base, x.element): x for x in p1_recipe.variants()}
     assert v[("paper", "me_init")].models(("abstopk", "isae_me"), "iid") == ("isae_me",)

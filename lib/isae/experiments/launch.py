@@ -81,14 +81,15 @@ def _p2_weighted(world, args, overrides: dict, out: Path):
 
 
 def _p1_recipe(world, args, overrides: dict, out: Path):
-    """Notebook 06 at its parameters' defaults; ``--set models=[...]``, ``--set elements=[...]`` as its parameters."""
+    """Notebook 06 at its parameters' defaults (the profile's ``ABLATION_GRIDS``); ``--set models=[...]``,
+    ``--set bases=[...]``, ``--set elements=[...]`` (or ``all``), ``--set settings=[...]`` as its parameters."""
     from isae.experiments.p1_recipe import P1RecipeAblation
-    from isae.experiments.profiles import synthetic_profile
+    from isae.experiments.profiles import ablation_grid, synthetic_profile
 
-    models = tuple(overrides.pop("models", ("abstopk", "isae_me")))
-    elements = overrides.pop("elements", None)
-    return P1RecipeAblation(synthetic_profile(args.profile, **overrides), models,
-                            None if elements is None else tuple(elements))
+    grid = ablation_grid(args.profile, **{k: overrides.pop(k) for k in ("models", "bases", "elements", "settings")
+                                          if k in overrides})
+    return P1RecipeAblation(synthetic_profile(args.profile, settings=grid.settings, **overrides), grid.models,
+                            grid.elements, grid.bases)
 
 
 def _p1_scale(world, args, overrides: dict, out: Path):

@@ -47,17 +47,21 @@ class Variant:
         return tuple(m for m in models if self.recipe.applies(self.element, m, setting))
 
 
-def variants(elements: tuple[str, ...] | None = None) -> list[Variant]:
-    """The two bases, then for each element where they differ: paper with it from authors, authors with it from
-    paper. ``elements`` restricts the switched elements (default: all of ``ELEMENTS``)."""
+def variants(elements: tuple[str, ...] | None = None, bases: tuple[str, ...] = tuple(BASES)) -> list[Variant]:
+    """The bases, then for each element where the two recipes differ and each base: the base with that element
+    from the other recipe. ``elements`` restricts the switched elements (default: all of ``ELEMENTS``), ``bases``
+    the recipes switched from (default: both)."""
     elements = tuple(ELEMENTS) if elements is None else elements
     unknown = [e for e in elements if e not in ELEMENTS]
     if unknown:
         raise ValueError(f"elements={unknown!r} are not recipe elements; use names from {list(ELEMENTS)}.")
-    out = [Variant("paper", None, PAPER), Variant("authors", None, AUTHORS)]
+    if not bases or any(b not in BASES for b in bases) or len(set(bases)) != len(bases):
+        raise ValueError(f"bases={bases!r}: use one or both of {list(BASES)}.")
+    other = {"paper": AUTHORS, "authors": PAPER}
+    out = [Variant(b, None, BASES[b]) for b in bases]
     for e in elements:
         if getattr(PAPER, e) != getattr(AUTHORS, e):
-            out += [Variant("paper", e, PAPER.switch(e, AUTHORS)), Variant("authors", e, AUTHORS.switch(e, PAPER))]
+            out += [Variant(b, e, BASES[b].switch(e, other[b])) for b in bases]
     return out
 
 
@@ -71,13 +75,15 @@ class P1RecipeAblation(Experiment):
     name = "p1_recipe"
 
     def __init__(self, p: SyntheticProfile, models: tuple[str, ...] = ("abstopk", "isae_me"),
-                 elements: tuple[str, ...] | None = None):
-        self.p, self.models, self.elements = p, tuple(models), elements
-        self.variants = variants(elements)
+                 elements: tuple[str, ...] | None = None, bases: tuple[str, ...] = tuple(BASES)):
+        self.p, self.models, self.elements, self.bases = p, tuple(models), elements, tuple(bases)
+        self.variants = variants(elements, self.bases)
 
     def identity(self) -> dict:
-        return {"sizes": self.p.to_dict(), "models": list(self.models),
-                "elements": None if self.elements is None else list(self.elements)}
+        ident = {"sizes": self.p.to_dict(), "models": list(self.models),
+                 "elements": None if self.elements is None else list(self.elements)}
+        # both bases: the identity of runs made before bases was a parameter, so that they still resume
+        return ident if self.bases == tuple(BASES) else {**ident, "bases": list(self.bases)}
 
     def units(self) -> list[Unit]:
         p = self.p

@@ -223,11 +223,12 @@ HEADLINE_RECIPES: dict[str, tuple[str, ...]] = {"smoke": ("authors", "paper"),
 
 
 #: The scale sweep's points [N, training steps] per profile (notebook 07; M = K and k follow N at P1's ratios,
-#: ``isae.experiments.p1_scale``). ``default``: about 18 minutes on 2 CPU cores (measured in the
-#: docs/running.md); ``paper``: N up to P1's 768 at the authors' 30K steps.
+#: ``isae.experiments.p1_scale``). ``default``, our choice to fit ``make reproduce`` on a laptop CPU: N = 32, 64,
+#: 128 at 3K steps (a few minutes), where the encoder gap is small; the question itself lives at N ≥ 192 and 30K
+#: steps, the reference run ``make reference-scale`` (hours); ``paper``: N up to P1's 768 at the authors' 30K steps.
 SCALE_POINTS: dict[str, tuple[tuple[int, int], ...]] = {
     "smoke": ((16, 30), (24, 30), (24, 60)),
-    "default": ((32, 3000), (32, 10_000), (64, 3000), (64, 10_000), (128, 3000)),
+    "default": ((32, 3000), (64, 3000), (128, 3000)),
     "paper": ((192, 30_000), (384, 30_000), (768, 10_000), (768, 30_000)),
 }
 #: The recipes the sweep trains with per profile (``isae.train.recipe.recipe`` names). Our choice at ``default``:
@@ -236,6 +237,57 @@ SCALE_POINTS: dict[str, tuple[tuple[int, int], ...]] = {
 #: recipe, this one switch moves iSAE-ME's SAE IoU the most).
 SCALE_RECIPES: dict[str, tuple[str, ...]] = {"smoke": ("authors",), "default": ("authors+lr",),
                                              "paper": ("authors",)}
+
+
+@dataclass(frozen=True)
+class AblationGrid:
+    """Which part of notebook 06's recipe ablation a profile runs (``isae.experiments.p1_recipe``); its sizes are
+    the profile's ``SyntheticProfile``."""
+
+    models: tuple[str, ...] = ("abstopk", "isae_me")
+    bases: tuple[str, ...] = ("paper", "authors")
+    """The recipes switched from (``p1_recipe.BASES``)."""
+    elements: tuple[str, ...] | None = None
+    """The switched elements (None: every element of ``isae.train.recipe.ELEMENTS``)."""
+    settings: tuple[str, ...] = SETTINGS
+
+    def __post_init__(self):
+        from isae.train.recipe import ELEMENTS, RECIPES
+
+        w = "recipe-ablation"
+        _subset(self, w, "models", tuple(ARCHITECTURES))
+        _subset(self, w, "bases", RECIPES)
+        _subset(self, w, "settings", SETTINGS)
+        _mark(self, "elements")
+        if self.elements is not None:
+            _subset(self, w, "elements", tuple(ELEMENTS))
+        _every_field_checked(self)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Notebook 06's grid per profile. ``smoke`` and ``paper``: every element from both bases, both models and
+#: settings (30 recipes per setting). ``default``, our choice to fit ``make reproduce`` on a laptop CPU (the whole
+#: grid is 3 h on 2 cores): iSAE-ME on the i.i.d. data, switched from P1's text, in the four elements that change
+#: iSAE-ME's objective or start (its S initialisation, the authors' L1 on the codes, the aRIP estimator) or that P1
+#: leaves open and that decides whether it trains at small K (the learning rate): 5 recipes. Pass
+#: ``elements="all"``, ``bases``, ``models``, ``settings`` to run more at any profile.
+ABLATION_GRIDS: dict[str, AblationGrid] = {
+    "smoke": AblationGrid(),
+    "default": AblationGrid(models=("isae_me",), bases=("paper",), settings=("iid",),
+                            elements=("me_init", "code_l1", "arip_estimator", "lr")),
+    "paper": AblationGrid(),
+}
+
+
+def ablation_grid(profile: str, **overrides) -> AblationGrid:
+    """Notebook 06's grid at ``profile`` with fields overridden (None values ignored; ``elements="all"``: every
+    element)."""
+    all_elements = overrides.get("elements") == "all"
+    grid = sizes_at(ABLATION_GRIDS, profile, "recipe-ablation",
+                    **{k: v for k, v in overrides.items() if not (k == "elements" and all_elements)})
+    return replace(grid, elements=None) if all_elements else grid
 
 
 @dataclass(frozen=True)

@@ -191,10 +191,12 @@ def recipe_ablation(table: pd.DataFrame, metrics: tuple[str, ...] = ("sae_iou", 
     fig, axes = plt.subplots(len(groups), len(metrics), figsize=(3.1 * len(metrics), 0.32 * len(elements) * len(groups)
                                                                  + 1.2 * len(groups)), squeeze=False, sharey=True)
     colours = {"paper": sns.color_palette("colorblind")[0], "authors": sns.color_palette("colorblind")[1]}
+    bases = [b for b in colours if b in set(table["base"])]
+    offsets = (-0.18, 0.18) if len(bases) == 2 else (0.0,)
     for (setting, model), row in zip(groups, axes):
         sub = table[(table["setting"] == setting) & (table["model"] == model) & (table["element"] != "—")]
         for ax, metric in zip(row, metrics):
-            for offset, base in ((-0.18, "paper"), (0.18, "authors")):
+            for offset, base in zip(offsets, bases):
                 rows = sub[sub["base"] == base].set_index("element").reindex(elements)
                 ax.errorbar(rows[f"d_{metric}"], [i + offset for i in range(len(elements))], xerr=rows[f"{metric}_sd"],
                             fmt="o", ms=3.5, capsize=2, color=colours[base],

@@ -134,8 +134,9 @@ def _counts_cells(df: pd.DataFrame | None) -> str:
     return " | ".join(str(n) for n in counts(df).values()) if df is not None else " | ".join("" for _ in VERDICTS)
 
 
-def results_page(items: list[Published], commit: str) -> str:
-    """``results/README.md``: a summary table, then one section per notebook."""
+def results_page(items: list[Published], commit: str, wall_times: str = "") -> str:
+    """``results/README.md``: a summary table, the wall times of ``make reproduce`` (``wall_times_markdown``), then
+    one section per notebook."""
     head = ["# Published results", "",
             f"Made by `make publish` at commit `{commit}`. Each section names the commit and profile of the run that "
             "made it and the command that reproduces it; every number is computed by this repository's code.", "",
@@ -163,7 +164,31 @@ def results_page(items: list[Published], commit: str) -> str:
                                   for f in it.figures)]
         if it.tables:
             body += ["", "Tables: " + ", ".join(f"[{t}](tables/{t})" for t in it.tables)]
+    if wall_times:
+        head += ["", "## Wall times at `default`", "", wall_times]
     return "\n".join(head + body) + "\n"
+
+
+WALL_TIMES = "wall_times.csv"
+"""Written by ``make reproduce`` beside the executed notebooks: each notebook's wall time (notebook, seconds,
+cpu_cores, commit)."""
+
+
+def wall_times_markdown(path: Path) -> str:
+    """The wall-time table of a ``make reproduce`` run (``WALL_TIMES``), with its total; "" when absent."""
+    if not path.is_file():
+        return ""
+    df = pd.read_csv(path)
+    if df.empty:
+        return ""
+    fmt = lambda s: f"{int(s) // 60} min {int(s) % 60:02d} s"  # noqa: E731
+    rows = ["| notebook | wall time |", "|---|---|"]
+    rows += [f"| {r['notebook']} | {fmt(r['seconds'])} |" for _, r in df.iterrows()]
+    rows.append(f"| **all {len(df)} notebooks** | **{fmt(df['seconds'].sum())}** |")
+    cores = ", ".join(str(c) for c in sorted(set(df["cpu_cores"])))
+    commits = ", ".join(f"`{c}`" for c in dict.fromkeys(df["commit"].astype(str)))
+    return "\n".join(rows + ["", f"`{DEFAULT_COMMAND}` on {cores} CPU cores at commit {commits} (papermill, each "
+                                  "notebook with its HTML export; setup and asset downloads not included)."])
 
 
 def summary_markdown(items: list[Published]) -> str:
@@ -217,7 +242,10 @@ def publish(root: Path | None = None, outputs: dict[str, Path] | None = None, de
         (dest / "notebooks").mkdir(parents=True, exist_ok=True)
         shutil.copy2(it.notebook, dest / "notebooks" / it.notebook.name)
     commit = git_commit()
-    atomic_write_text(dest / "README.md", results_page(items, commit))
+    times = outputs["default"] / "notebooks" / WALL_TIMES
+    if times.is_file():
+        shutil.copy2(times, dest / WALL_TIMES)
+    atomic_write_text(dest / "README.md", results_page(items, commit, wall_times_markdown(times)))
     readme = root / "README.md"
     atomic_write_text(readme, replace_summary(readme.read_text(), summary_markdown(items)))
     return dest
