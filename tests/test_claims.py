@@ -136,3 +136,17 @@ def test_bad_arguments_are_refused_by_name():
 def test_from_values_is_mean_and_standard_error():
     v = claims.from_values("x", [1.0, 2.0, 3.0])
     assert v.mean == 2.0 and v.se == pytest.approx(pd.Series([1.0, 2.0, 3.0]).std() / math.sqrt(3)) and v.n == 3
+
+
+def test_the_digest_counts_decided_claims_and_lists_each_under_its_verdict():
+    table = claims.claims_table([
+        Claim("P1", "A beats B", "lm", Compare(q(0.9, key=("lm", "A", "dcs")), ">", q(0.1)), paper_value="0.8 > 0.7"),
+        Claim("P1", "B beats A", "lm", Compare(q(0.1), ">", q(0.9))),
+        Claim("P1", "A equals B", "vision", Compare(q(0.5, sd=0.2), ">", q(0.49, sd=0.2))),
+        Claim("P1", "A beats C", "lm", Compare(q(0.9), ">", claims.missing("C")))], "default",
+        movement={("lm", "A", "dcs"): 5.0})
+    text = claims.digest_markdown(table, "default")
+    assert text.startswith("**2 of 4 claims decided**")  # fails and inconclusive; not tested and missing are not
+    assert "**Fails** (1):" in text and "**Holds**" not in text
+    assert "* lm: A beats B. Ours:" in text and "P1: 0.8 > 0.7" in text  # under "not tested", with the paper's value
+    assert text.index("**Not tested**") < text.index("A beats B") and "**Missing** (1):" in text
