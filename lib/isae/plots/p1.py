@@ -7,7 +7,7 @@ import pandas as pd
 import seaborn as sns
 
 from isae.pipeline import TABLE_METRICS
-from isae.plots.common import save_figure
+from isae.plots.common import palette, save_figure
 
 # save_figure is re-exported: notebook 05 calls it from this module.
 __all__ = ["LABELS", "activation_sanity", "matched_cos_distributions", "metric_bars",
@@ -235,6 +235,73 @@ def scale_sweep(table: pd.DataFrame, metrics: tuple[str, ...] = ("sae_iou", "ora
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False, fontsize=7)
     fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) // 4), 1, 1))
+    return fig
+
+
+def encoder_gap(table: pd.DataFrame, setting: str = "iid", paper: dict[str, float] | None = None) -> plt.Figure:
+    """P1's mechanism across the sweep (``p1_scale.summarise_scale``, each N's longest run): left, each model's SAE
+    IoU (solid) and oracle IoU (dashed) against N; right, the encoder gap oracle − SAE IoU against N (mean ± sd
+    over seed pairs). ``paper``: P1's gap per model at N = 768, drawn as a marker."""
+    sub = table[table["setting"] == setting]
+    sub = sub[sub.groupby(["recipe", "model", "d_in"])["n_steps"].transform("max") == sub["n_steps"]]
+    models = list(dict.fromkeys(sub["model"]))
+    colours = palette(models)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    for model in models:
+        rows = sub[sub["model"] == model].sort_values("d_in")
+        c = colours[model]
+        left.errorbar(rows["d_in"], rows["sae_iou"], yerr=rows["sae_iou_sd"], marker="o", ms=3.5, capsize=2, color=c,
+                      label=f"{model} SAE")
+        left.errorbar(rows["d_in"], rows["oracle_iou"], yerr=rows["oracle_iou_sd"], marker="s", ms=3, capsize=2,
+                      color=c, ls="--", label=f"{model} oracle")
+        right.errorbar(rows["d_in"], rows["encoder_gap"], yerr=rows["encoder_gap_sd"], marker="o", ms=3.5,
+                       capsize=2, color=c, label=model)
+        if paper and model in paper:
+            right.plot([768], [paper[model]], marker="*", ms=9, color=c, ls="none", label=f"{model}, P1 (N=768)")
+    sizes = sorted(set(sub["d_in"]) | ({768} if paper else set()))
+    for ax, title in ((left, "code IoU between seeds"), (right, "encoder gap: oracle − SAE IoU")):
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(n) for n in sizes], fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel("N (K = M = 5.33 N, k = 0.052 N)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, frameon=False)
+    right.axhline(0.0, color="black", lw=0.6)
+    fig.tight_layout()
+    return fig
+
+
+def synthbench_recovery(by_rate: pd.DataFrame, by_depth: pd.DataFrame, summary: pd.DataFrame) -> plt.Figure:
+    """Notebook 10: which true features each model recovers (``p1_synthbench.recovery_by``), by firing rate and by
+    depth in the hierarchy (solid: recovered by a seed on average; dashed: by every seed), and each model's SAELens
+    MCC against its FVU (mean ± sd over seeds; the random-init floor hollow)."""
+    models = list(dict.fromkeys(by_rate["model"]))
+    colours = palette(models)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, table, title in ((axes[0], by_rate, "by firing rate (held-out rows)"),
+                             (axes[1], by_depth, "by depth in the hierarchy (−1: outside)")):
+        groups = [str(g) for g in dict.fromkeys(table["group"])]
+        for model in models:
+            rows = table[table["model"] == model]
+            x = [groups.index(str(g)) for g in rows["group"]]
+            ax.plot(x, rows["recovered"], marker="o", ms=3.5, color=colours[model], label=model)
+            ax.plot(x, rows["every_seed"], ls="--", lw=0.9, color=colours[model])
+        ax.set_xticks(range(len(groups)), groups, fontsize=7, rotation=30 if table is by_rate else 0)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylabel("share of true features recovered")
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=7, frameon=False)
+    ax = axes[2]
+    for _, r in summary.iterrows():
+        base = r["model"].replace(" (untrained)", "")
+        ax.errorbar(r["mse_fvu"], r["mcc"], xerr=r.get("mse_fvu_sd"), yerr=r.get("mcc_sd"), marker="o", ms=5,
+                    color=colours.get(base, "grey"), mfc="none" if not r["trained"] else colours.get(base, "grey"),
+                    capsize=2, ls="none")
+    ax.set_xscale("log")
+    ax.set_xlabel("FVU (held-out rows)")
+    ax.set_ylabel("SAELens MCC")
+    ax.set_title("recovery against reconstruction (hollow: random init)", fontsize=9)
+    fig.tight_layout()
     return fig
 
 

@@ -36,7 +36,6 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from isae.core.io import load_sae
 from isae.core.models import SAE
@@ -45,6 +44,7 @@ from isae.eval.metrics import omp, pair_metrics, sae_codes, single_metrics
 from isae.eval.theory import arip_diagnostic
 from isae.pipeline import random_init_pair
 from isae.plots.common import save_figure
+from isae.progress import progress_bar
 from isae.report.summary import mean_sd
 from isae.train.trainer import geometric_median
 
@@ -253,7 +253,7 @@ def _oracle_codes(sae: SAE, x: torch.Tensor, progress: bool, label: str, chunk: 
     """``isae.eval.metrics.oracle_codes`` (OMP with sparsity k on the SAE's dictionary), in chunks with a bar."""
     atoms, k = sae.W_dec.detach(), sae.cfg.k
     starts = range(0, x.shape[0], chunk)
-    bar = tqdm(starts, desc=f"oracle {label}", disable=not progress, leave=False)
+    bar = progress_bar(starts, desc=f"oracle {label}", disable=not progress, leave=False)
     return torch.cat([omp(atoms, x[s : s + chunk] - sae.b_dec, k) for s in bar])
 
 
@@ -290,7 +290,7 @@ def compare_saes(sae_dirs, activations, oracle: bool = False, out: str | Path | 
     long = checked.saes[0].cfg.d_sae >= LONG_K
 
     codes, sae_rows = {}, []
-    for name, sae in tqdm(everyone.items(), desc="encode + single metrics", disable=not progress):
+    for name, sae in progress_bar(everyone.items(), desc="encode + single metrics", disable=not progress):
         _with_dense_k(sae, x)
         codes[id(sae)] = (sae_codes(sae, x), _oracle_codes(sae, x, progress, name) if oracle else None)
         diag = arip_diagnostic(sae, x, n_supports=n_supports, n_boot=n_boot, seed=seed)
@@ -301,7 +301,7 @@ def compare_saes(sae_dirs, activations, oracle: bool = False, out: str | Path | 
     pair_rows, cos_frames = [], []
     groups = [(True, list(itertools.combinations(trained, 2))), (False, [tuple(floor)])]
     todo = [(t, a, b) for t, pairs in groups for a, b in pairs]
-    for is_trained, a, b in tqdm(todo, desc="matching atoms" + (" (K ≥ 16k: minutes per pair)" if long else ""),
+    for is_trained, a, b in progress_bar(todo, desc="matching atoms" + (" (K ≥ 16k: minutes per pair)" if long else ""),
                                  disable=not progress):
         metrics, abs_cos = pair_metrics(everyone[a], everyone[b], x, oracle, codes, with_matched_cos=True)
         pair_rows.append({"a": a, "b": b, "trained": is_trained, **metrics})
