@@ -275,3 +275,22 @@ def print_claims(table: pd.DataFrame, profile: str) -> None:
     for r in table.itertuples():
         paper = f" | paper: {r.paper_value} ({r.paper_verdict})" if r.paper_value else ""
         print(f"[{r.verdict}] {r.setting}: {r.claim} — {r.ours} ({r.reason}){paper}")
+
+
+def digest_markdown(table: pd.DataFrame, profile: str) -> str:
+    """What the verdicts say, as Markdown written from the claims table alone (no number typed by hand): how many
+    claims are decided (holds, fails or inconclusive), then per verdict the claims, each with our numbers beside
+    the paper's value and the paper's own verdict."""
+    decided = sum(n for v, n in counts(table).items() if v in (HOLDS, FAILS, INCONCLUSIVE))
+    lines = [f"**{decided} of {len(table)} claims decided** at profile `{profile}` (holds, fails or inconclusive). "
+             f"{summary_line(table, profile)}."]
+    for verdict in VERDICTS:
+        rows = table[table["verdict"] == verdict]
+        if rows.empty:
+            continue
+        lines += ["", f"**{verdict.capitalize()}** ({len(rows)}):", ""]
+        for r in rows.itertuples():
+            paper = f"; P1: {r.paper_value} ({r.paper_verdict} in P1's numbers)" if r.paper_value else ""
+            why = f" — {r.reason}" if verdict in (NOT_TESTED, MISSING) and r.reason else ""
+            lines.append(f"* {r.setting}: {r.claim}. Ours: {r.ours}{paper}{why}")
+    return "\n".join(lines)
