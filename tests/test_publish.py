@@ -65,6 +65,7 @@ def test_publish_copies_each_notebook_from_its_run_and_writes_the_pages(repo):
     assert "old text" not in summary and summary.endswith("more\n")
     p1 = next(line for line in summary.splitlines() if line.startswith("| P1"))
     assert p1.split(" | ")[1:4] == ["3", "1", "1"]  # 3 claims: 1 holds, 1 fails (then 1 inconclusive)
+    assert "`make reference-scale` (profile" in summary and "commit def456" in summary  # each run by its command
 
 
 def test_publish_refuses_uncommitted_changes_and_dirty_outputs(repo):

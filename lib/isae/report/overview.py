@@ -47,7 +47,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("P2: weighted SAE on real activations", "05_p2_weighted_sae", "p2_wsae_claims.csv", ("p2_wsae_",)),
     Section("P1's recipe, element by element", "06_p1_recipe_ablation", None, ("recipe_ablation",)),
     Section("Where P1's headline appears: a scale sweep", "07_p1_scale_sweep", "scale_sweep_claims.csv",
-            ("scale_sweep",)),
+            ("scale_",)),
     Section("P1's theory: Theorem 3.2, aRIP, Theorem 3.6", "08_p1_theory_and_arip", "p1_theory_claims.csv",
             ("p1_theory_",)),
     Section("P3: the optimality structure of sparse dictionaries", "09_p3_optimality", "p3_claims.csv", ("p3_",)),

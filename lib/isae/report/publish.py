@@ -199,9 +199,10 @@ def summary_markdown(items: list[Published]) -> str:
     for paper, title in PAPERS.items():
         rows = every[every["paper"] == paper]
         lines.append(f"| {paper}: {title} | {len(rows)} | {_counts_cells(rows)} |")
-    profiles = sorted({f"{it.profile} ({it.commit[:10]})" for it in items if it.notebook})
+    runs = list(dict.fromkeys(f"`{it.command}` (profile {it.profile}, commit {it.commit[:10]})"
+                              for it in items if it.notebook))
     lines += ["", f"From the published results ([results/](results/README.md): every claim beside the paper's value, "
-              f"the executed notebooks and their figures); runs: {', '.join(profiles) or 'none yet'}."]
+              f"the executed notebooks and their figures); runs: {', '.join(runs) or 'none yet'}."]
     return "\n".join(lines)
 
 
