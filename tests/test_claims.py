@@ -71,6 +71,19 @@ def test_a_moving_metric_is_not_tested_only_when_the_movement_could_change_the_v
     assert verdict(close) == "holds"  # the same numbers, settled
 
 
+def test_what_counts_is_how_far_the_compared_difference_moved():
+    ka, kb = ("lm", "AbsTopK", "dcs"), ("lm", "TopK", "dcs")
+    close = Compare(q(0.60, sd=0.01, key=ka), ">", q(0.55, sd=0.01, key=kb))  # d = 0.05, 2 se ≈ 0.016
+    assert verdict(close, movement={ka: 0.08, kb: 0.07}) == "holds"  # side by side: d moved 0.01, survives again
+    assert verdict(close, movement={ka: 0.08}) == "not tested"  # one side alone: d moved 0.08
+    assert verdict(close, movement={kb: -0.04}) == "not tested"  # b falling moves d by 0.04 too
+    out = claims.claims_table([Claim("P1", "c", "s", close)], "default", {ka: 0.08, kb: 0.07})
+    assert "survives its own movement (+0.01)" in out["reason"].iloc[0]
+    tie = Compare(q(0.550, sd=0.05, key=ka), ">", q(0.545, sd=0.05, key=kb))  # d = 0.005, 2 se ≈ 0.08
+    assert verdict(tie, movement={ka: 0.04, kb: 0.03}) == "inconclusive"  # 0.005 + 0.01 cannot reach 2 se
+    assert verdict(tie, movement={ka: 0.09}) == "not tested"  # 0.005 + 0.09 could
+
+
 def test_all_of_is_decided_by_its_weakest_part_and_any_of_by_its_strongest():
     good, bad, tie = Compare(q(0.9), ">", q(0.1)), Compare(q(0.1), ">", q(0.9)), Compare(q(0.5, 0.2), ">", q(0.5, 0.2))
     assert verdict(AllOf(good, good)) == "holds"

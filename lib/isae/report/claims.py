@@ -9,7 +9,7 @@ behind it. ``claims_table`` turns claims into a table whose columns are the same
 * **inconclusive**: the difference is within ``Z`` standard errors, or fewer than ``MIN_SEEDS`` seeds stand
   behind a quantity (the run cannot resolve it);
 * **not tested**: the profile is ``smoke`` (CI sizes decide nothing), or a compared metric is still moving at this
-  budget by enough to change the verdict;
+  budget and the difference's own movement, once more, could change the verdict;
 * **missing**: a model or metric the claim needs is absent — never "fails".
 
 The rule (our choice; ``RULE`` is written into every claims table): the standard error of a difference of two
@@ -157,11 +157,18 @@ class Compare:
                   f"({Z * se:.3g})")
         moved = [(q.key, movement[q.key]) for q in quantities if q.key is not None and q.key in movement]
         if moved:
-            drift = sum(abs(m) for _, m in moved)
+            # Still moving: what matters is how far the compared *difference* moved (two curves rising side by
+            # side leave it where it is; a quantity not judged moving counts 0). The verdict stands only if the
+            # difference would survive that movement again, either way: a decided one stays beyond Z se, an
+            # inconclusive one could not be carried past Z se.
+            shift = sum(sign * (1 if q is self.a else -1) * movement.get(q.key, 0.0)
+                        for q in quantities if q.key is not None)
             names = tuple(f"{k[1]} {k[2]} ({m:+.3f})" for k, m in moved)
-            # Still moving: the verdict stands only if it would survive the same movement again, the wrong way.
-            if verdict == INCONCLUSIVE or abs(d) - drift <= Z * se:
-                return Outcome(NOT_TESTED, "still moving: " + "; ".join(names), d, se, n, names)
+            reach = abs(d) + abs(shift) > Z * se if verdict == INCONCLUSIVE else abs(d) - abs(shift) <= Z * se
+            if reach:
+                return Outcome(NOT_TESTED, f"still moving: {'; '.join(names)}; the difference moved {shift:+.3g}",
+                               d, se, n, names)
+            reason += f"; survives its own movement ({shift:+.3g}) again"
         return Outcome(verdict, reason, d, se, n)
 
 
