@@ -81,6 +81,8 @@ def test_what_counts_is_how_far_the_compared_difference_moved():
     assert "survives its own movement (+0.01)" in out["reason"].iloc[0]
     tie = Compare(q(0.550, sd=0.05, key=ka), ">", q(0.545, sd=0.05, key=kb))  # d = 0.005, 2 se ≈ 0.08
     assert verdict(tie, movement={ka: 0.04, kb: 0.03}) == "inconclusive"  # 0.005 + 0.01 cannot reach 2 se
+    out = claims.claims_table([Claim("P1", "c", "s", tie)], "default", {ka: 0.04, kb: 0.03})
+    assert "its own movement (+0.01) again could not decide it" in out["reason"].iloc[0]
     assert verdict(tie, movement={ka: 0.09}) == "not tested"  # 0.005 + 0.09 could
 
 

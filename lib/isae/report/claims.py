@@ -168,7 +168,8 @@ class Compare:
             if reach:
                 return Outcome(NOT_TESTED, f"still moving: {'; '.join(names)}; the difference moved {shift:+.3g}",
                                d, se, n, names)
-            reason += f"; survives its own movement ({shift:+.3g}) again"
+            reason += (f"; its own movement ({shift:+.3g}) again could not decide it" if verdict == INCONCLUSIVE
+                       else f"; survives its own movement ({shift:+.3g}) again")
         return Outcome(verdict, reason, d, se, n)
 
 
