@@ -311,6 +311,9 @@ def test_convergence_window_follows_the_learning_rate_schedule():
     steps = [0, 20, 40, 60, 80, 100]
     assert reporting.convergence_window(steps, 0.2) == (40, 80)  # the authors' decay: the last doubling before it
     assert reporting.convergence_window(steps, 0.0) == (40, 100)  # a constant rate: the last doubling of the run
+    from isae.pipeline import curve_steps
+    n = 18_576  # notebook 03's reference run: 80% of it is 14,860.8, its curve point 14,861
+    assert reporting.convergence_window(list(curve_steps(n, 6)), 0.2) == (7430, 14861)  # 40% → 80%, not 20% → 60%
     with pytest.raises(ValueError, match="curve_points"):
         reporting.convergence_window([0, 50, 100], 0.2)  # no two points before the decay
 

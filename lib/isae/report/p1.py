@@ -250,7 +250,9 @@ def convergence_window(steps: list[int], decay_frac: float) -> tuple[int, int]:
     (1 − ``decay_frac``) of the run (with the authors' decay over the last 20% and six curve points: 40% → 80%;
     without decay: 40% → the end)."""
     end = steps[-1]
-    plateau_end = max(s for s in steps if s <= (1.0 - decay_frac) * end)
+    # ``curve_steps`` rounds each point to a whole step, so the point meant for the decay's start may land half a
+    # step past it (e.g. 80% of 18,576 steps: 14,861 > 14,860.8); it still ran at the constant rate.
+    plateau_end = max(s for s in steps if s <= round((1.0 - decay_frac) * end))
     earlier = [s for s in steps if 0 < s <= plateau_end / 2]  # step 0 (init) is no budget
     if not earlier:
         raise ValueError(f"a convergence curve with steps {steps} has no two points before the learning-rate decay "
