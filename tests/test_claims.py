@@ -79,6 +79,10 @@ def test_what_counts_is_how_far_the_compared_difference_moved():
     assert verdict(close, movement={kb: -0.04}) == "not tested"  # b falling moves d by 0.04 too
     out = claims.claims_table([Claim("P1", "c", "s", close)], "default", {ka: 0.08, kb: 0.07})
     assert "survives its own movement (+0.01)" in out["reason"].iloc[0]
+    # b's own change (0.07) was within its seed spread, so b is "settled"; it still counts in d's movement
+    assert claims.claims_table([Claim("P1", "c", "s", close)], "default", {ka: 0.08},
+                               settled={kb: 0.07})["verdict"].iloc[0] == "holds"
+    assert verdict(close, movement={kb: 0.07}) == "not tested"  # b moving, a with no change known: d moved -0.07
     tie = Compare(q(0.550, sd=0.05, key=ka), ">", q(0.545, sd=0.05, key=kb))  # d = 0.005, 2 se ≈ 0.08
     assert verdict(tie, movement={ka: 0.04, kb: 0.03}) == "inconclusive"  # 0.005 + 0.01 cannot reach 2 se
     out = claims.claims_table([Claim("P1", "c", "s", tie)], "default", {ka: 0.04, kb: 0.03})

@@ -323,6 +323,9 @@ def test_a_moving_metric_leaves_a_far_verdict_standing_and_a_near_one_not_tested
     conv = reporting.convergence(_curve({"TopK": CURVES["rising"]}, spread=0.02), decay_frac=0.2)
     movement = reporting.still_moving(conv)
     assert movement == {("s", "TopK", m): pytest.approx(0.2) for m in ("dcs", "sae_iou", "oracle_iou")}
+    settled = reporting.settled(conv)  # the other metrics, each with its change: together, every curve metric
+    assert set(settled).isdisjoint(movement) and len(settled) + len(movement) == len(conv)
+    assert settled[("s", "TopK", "mse")] == pytest.approx(conv.set_index("metric").loc["mse", "change"])
     dcs = engine.from_seeds("TopK DCS", 0.7, 0.02, 3, "pair", ("s", "TopK", "dcs"))
     tests = {"far": Compare(dcs, ">", engine.from_seeds("floor", 0.1, 0.01, 3, "pair")),
              "near": Compare(dcs, ">", engine.from_seeds("other", 0.6, 0.01, 3, "pair"))}

@@ -136,7 +136,8 @@ class Compare:
         off = f" {'+' if self.offset > 0 else '−'} {abs(self.offset):g}" if self.offset else ""
         return f"{self.a} {self.relation} {self.b}{off}"
 
-    def decide(self, movement: Mapping[tuple, float], exact_means: bool = False) -> Outcome:
+    def decide(self, movement: Mapping[tuple, float], exact_means: bool = False,
+               settled: Mapping[tuple, float] | None = None) -> Outcome:
         quantities = (self.a, self.b)
         if any(q.missing for q in quantities):
             return Outcome(MISSING, "absent: " + ", ".join(q.label for q in quantities if q.missing))
@@ -158,10 +159,11 @@ class Compare:
         moved = [(q.key, movement[q.key]) for q in quantities if q.key is not None and q.key in movement]
         if moved:
             # Still moving: what matters is how far the compared *difference* moved (two curves rising side by
-            # side leave it where it is; a quantity not judged moving counts 0). The verdict stands only if the
-            # difference would survive that movement again, either way: a decided one stays beyond Z se, an
-            # inconclusive one could not be carried past Z se.
-            shift = sum(sign * (1 if q is self.a else -1) * movement.get(q.key, 0.0)
+            # side leave it where it is), from both sides' changes (``settled``: the change of a side not judged
+            # moving on its own; absent, 0). The verdict stands only if the difference would survive that movement
+            # again, either way: a decided one stays beyond Z se, an inconclusive one could not be carried past Z se.
+            settled = settled or {}
+            shift = sum(sign * (1 if q is self.a else -1) * movement.get(q.key, settled.get(q.key, 0.0))
                         for q in quantities if q.key is not None)
             names = tuple(f"{k[1]} {k[2]} ({m:+.3f})" for k, m in moved)
             reach = abs(d) + abs(shift) > Z * se if verdict == INCONCLUSIVE else abs(d) - abs(shift) <= Z * se
@@ -186,8 +188,9 @@ class _Combination:
     def __str__(self) -> str:
         return self.joiner.join(str(p) for p in self.parts)
 
-    def decide(self, movement: Mapping[tuple, float], exact_means: bool = False) -> Outcome:
-        outcomes = [p.decide(movement, exact_means) for p in self.parts]
+    def decide(self, movement: Mapping[tuple, float], exact_means: bool = False,
+               settled: Mapping[tuple, float] | None = None) -> Outcome:
+        outcomes = [p.decide(movement, exact_means, settled) for p in self.parts]
         if not outcomes:
             return Outcome(MISSING, "nothing to compare")
         first = min(outcomes, key=lambda o: (self.order.index(o.verdict),
@@ -230,10 +233,12 @@ class Claim:
     tested."""
 
 
-def decide(claim: Claim, profile: str, movement: Mapping[tuple, float] | None = None) -> Outcome:
+def decide(claim: Claim, profile: str, movement: Mapping[tuple, float] | None = None,
+           settled: Mapping[tuple, float] | None = None) -> Outcome:
     """The claim's verdict at ``profile``; ``movement`` maps (setting, model, metric) to how much that metric
-    still moved at the end of training (only metrics judged still moving)."""
-    out = claim.test.decide(movement or {})
+    still moved at the end of training (only metrics judged still moving), ``settled`` the same for the metrics
+    judged settled (counted in a compared difference's movement when its other side still moves)."""
+    out = claim.test.decide(movement or {}, settled=settled)
     if out.verdict == MISSING:
         return out
     if profile == "smoke":
@@ -243,12 +248,12 @@ def decide(claim: Claim, profile: str, movement: Mapping[tuple, float] | None = 
     return out
 
 
-def claims_table(claims: Iterable[Claim], profile: str, movement: Mapping[tuple, float] | None = None
-                 ) -> pd.DataFrame:
-    """One row per claim with the columns ``CLAIM_COLUMNS``."""
+def claims_table(claims: Iterable[Claim], profile: str, movement: Mapping[tuple, float] | None = None,
+                 settled: Mapping[tuple, float] | None = None) -> pd.DataFrame:
+    """One row per claim with the columns ``CLAIM_COLUMNS`` (``movement``, ``settled``: as ``decide``)."""
     rows = []
     for c in claims:
-        out = decide(c, profile, movement)
+        out = decide(c, profile, movement, settled)
         paper = c.paper_test.decide({}, exact_means=True).verdict if c.paper_test is not None else ""
         ours = str(c.test) + (f" [{c.note}]" if c.note else "")
         rows.append({"paper": c.paper, "claim": c.claim, "setting": c.setting, "verdict": out.verdict,

@@ -219,11 +219,13 @@ CE_CLAIM = "iSAE-ME has the lowest CE loss with the SAE spliced in"
 def check_real_claims(table: pd.DataFrame, profile: str, paper2: pd.DataFrame | None = None,
                       downstream: pd.DataFrame | None = None, paper3: pd.DataFrame | None = None,
                       downstream_setting: str = "downstream",
-                      movement: dict[tuple[str, str, str], float] | None = None) -> pd.DataFrame:
+                      movement: dict[tuple[str, str, str], float] | None = None,
+                      settled: dict[tuple[str, str, str], float] | None = None) -> pd.DataFrame:
     """P1's claims on real activations (Table 2), decided by the claims engine on ``table`` (``summarise``'s
     output) per setting, each beside the same test on ``paper2`` (P1's Table 2 with our setting names,
     ``p1_real.paper_table2_as_ours``). With ``downstream`` (one row per spliced SAE: model, ``ce_sae``) the CE
-    claim too, beside P1's Table 3 (``paper3``). ``movement``: ``still_moving(convergence(curve))``."""
+    claim too, beside P1's Table 3 (``paper3``). ``movement``, ``settled``: ``still_moving`` and ``settled`` of
+    ``convergence(curve)``."""
     out = []
     for s in dict.fromkeys(table["setting"]):
         ours = real_tests(*getters(table, s), s)
@@ -234,7 +236,7 @@ def check_real_claims(table: pd.DataFrame, profile: str, paper2: pd.DataFrame | 
         pt = _ce_test(_downstream_getter(paper3, paper=True)) if paper3 is not None else None
         out.append(Claim("P1", CE_CLAIM, downstream_setting, _ce_test(_downstream_getter(downstream, paper=False)),
                          paper_value=str(pt) if pt is not None else "", paper_test=pt))
-    return claims.claims_table(out, profile, movement)
+    return claims.claims_table(out, profile, movement, settled)
 
 
 # --- convergence: is a claim tested at this budget? ------------------------------------------------------------
@@ -301,3 +303,11 @@ def still_moving(conv: pd.DataFrame) -> dict[tuple[str, str, str], float]:
     if conv is None or not len(conv):
         return {}
     return {(r.setting, r.model, r.metric): float(r.change) for r in conv.itertuples() if r.moving}
+
+
+def settled(conv: pd.DataFrame) -> dict[tuple[str, str, str], float]:
+    """(setting, model, metric) → the same change for the metrics ``convergence`` judges settled (within their seed
+    spread): the claims engine counts it in a compared difference's movement when the other side still moves."""
+    if conv is None or not len(conv):
+        return {}
+    return {(r.setting, r.model, r.metric): float(r.change) for r in conv.itertuples() if not r.moving}
