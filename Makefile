@@ -60,7 +60,7 @@ reference-scale: setup  ## The scale sweep's reference run: N = 192 and 384 at 3
 	  -p output_root ../$(REFERENCE_OUT) -y "{points: [[192, 30000], [384, 30000]], models: [topk, abstopk, isae_me]}" \
 	  notebooks/07_p1_scale_sweep.ipynb $(REFERENCE_OUT)/notebooks/07_p1_scale_sweep.ipynb
 
-# Our choice: 24 passes over notebook 03's default caches (3× its 8), so that the convergence rule
+# Our choice: 24 passes over notebook 03's default caches (4× its 6), so that the convergence rule
 # (isae.report.p1.convergence) can find the curves settled before the learning-rate decay.
 REAL_REFERENCE_PASSES := 24
 

@@ -133,3 +133,46 @@ def test_sae_reconstructor_restores_the_norm():
     unit = x / x.norm(dim=1, keepdim=True)
     torch.testing.assert_close(rec(x), x.norm(dim=1, keepdim=True) * other.decode(other.encode(unit)).detach())
     torch.testing.assert_close(rec(7.0 * x), 7.0 * rec(x), rtol=1e-5, atol=1e-4)
+
+
+def test_every_trained_seed_is_spliced_and_table3_averages_over_seeds(tiny_llama, windows, monkeypatch):
+    """notebook 03's CE claim compares models over seeds: ``splice_seeds`` splices every trained SAE (not the
+    random-init floor), one row each, equal to splicing that SAE alone; ``table3`` averages the rows per model."""
+    import pandas as pd
+
+    from isae.core.runs import RunKey
+    from isae.data.text import Windows
+    from isae.experiments import p1_real
+    from isae.experiments.profiles import real_profile
+    from isae.pipeline import ExperimentResult
+    from isae.train.recipe import recipe as get_recipe
+
+    bridge, _ = tiny_llama
+    tokens, mask = windows
+    monkeypatch.setattr(p1_real.activations, "lm_windows",
+                        lambda tokenizer, req: Windows(tokens, mask, torch.zeros_like(tokens, dtype=torch.int32)))
+    p = real_profile("smoke", lm_hook=HOOK, context_length=tokens.shape[1], ce_windows=len(tokens), recipe="authors")
+    keys = [RunKey("topk", 0), RunKey("topk", 1), RunKey("topk", 2), RunKey("abstopk", 0), RunKey("abstopk", 1),
+            RunKey("topk", 1000, trained=False)]
+    saes = {key: SAE(SAEConfig(d_in=32, d_sae=64, k=4, architecture=key.variant), seed=key.seed) for key in keys}
+    empty = pd.DataFrame()
+    setting = p1_real.RealSetting("smollm2", "authors", None, None, {}, ExperimentResult(empty, empty, empty, saes,
+                                                                                          torch.zeros(0)), 0)
+    splice, n_windows = p1_real.splice_seeds(setting, p, bridge, None)
+    assert n_windows == len(tokens)
+    assert list(zip(splice["model"], splice["seed"])) == [("TopK", 0), ("TopK", 1), ("TopK", 2), ("AbsTopK", 0),
+                                                          ("AbsTopK", 1)]
+    assert splice["ce_sae"].nunique() == 5  # five different SAEs, five different losses
+    center = get_recipe(p.recipe).center_inputs  # the authors' recipe trains on per-row centred inputs
+    alone = downstream.splice_metrics(bridge, tokens, mask, HOOK,
+                                      {"x": downstream.sae_reconstructor(saes[RunKey("topk", 1)], center)},
+                                      progress=False).iloc[0]
+    assert splice.set_index("run").loc["topk/seed1", "ce_sae"] == pytest.approx(alone["ce_sae"], rel=1e-6)
+
+    probes = pd.DataFrame({"model": ["TopK", "AbsTopK"], "test_acc_k1": [0.6, 0.7], "test_acc_k2": [0.6, 0.7],
+                           "test_acc_k5": [0.6, 0.7]})
+    t3 = p1_real.table3(splice, probes).set_index("model")
+    topk = splice[splice["model"] == "TopK"]["ce_sae"]
+    assert t3.loc["TopK", "ce_sae"] == pytest.approx(topk.mean())
+    assert t3.loc["TopK", "ce_sae_sd"] == pytest.approx(topk.std(ddof=1))
+    assert list(t3["n_seeds"]) == [3, 2] and t3.loc["AbsTopK", "sparse_probing_k1"] == 0.7

@@ -9,6 +9,7 @@ import torch
 
 pytest.importorskip("sae_lens")
 
+from isae import pipeline  # noqa: E402
 from isae.core.models import SAE, SAEConfig  # noqa: E402
 from isae.data.synthbench import (  # noqa: E402
     BENCHMARK,
@@ -103,7 +104,8 @@ def test_the_experiment_tabulates_both_kinds_of_metric_and_reads_itself_back(tmp
                           log=lambda s: None)
     assert "in this process" in source
     bench = res["bench"]
-    assert len(bench) == 2 * 4 and set(bench["trained"]) == {True, False}  # 2 models × (2 seeds + the floor pair)
+    n_floor = len(pipeline.RANDOM_INIT_SEEDS)
+    assert len(bench) == 2 * (2 + n_floor) and set(bench["trained"]) == {True, False}  # 2 models × (2 seeds + floor)
     assert bench[list(p1_synthbench.BENCH_METRICS)].apply(lambda c: c.between(0, 1)).all().all()
     assert len(res["features"]) == 2 * 2 * 64  # every true feature, per trained SAE
     summary = p1_synthbench.summarise_bench(res["runs"], res["pairs"], bench)

@@ -35,8 +35,9 @@ AUTHORS_READINGS = {"mse": "mse_fvu", "sae_l2": "sae_l2_authors", "oracle_l2": "
 PROTOCOLS = ("paper", "authors")
 #: The columns of P1's Tables 1 and 2: setting, model, mean and sd of ``TABLE_METRICS``, and the counts.
 TABLE_COLUMNS = ("setting", "model", *(c for m in TABLE_METRICS for c in (m, f"{m}_sd")), "n_seeds", "n_pairs")
-RANDOM_INIT_SEEDS = (1_000, 1_001)
-"""Seeds of the random-init baseline pair (never a trained seed)."""
+RANDOM_INIT_SEEDS = (1_000, 1_001, 1_002)
+"""Seeds of the random-init baseline (never a trained seed): three, so that its three pairs give the floor a
+standard error, as the trained models' three seeds do (the claims engine calls fewer than 3 inconclusive)."""
 P1_MODELS = ("topk", "abstopk", "isae", "isae_me")
 """P1's four models, in its tables' order."""
 
@@ -119,19 +120,20 @@ def curve_steps(n_steps: int, n_points: int) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def random_init_pair(cfg: SAEConfig, b_dec: torch.Tensor, device=None) -> dict[RunKey, SAE]:
-    """The random-init baseline: two SAEs of ``cfg`` (seeds ``RANDOM_INIT_SEEDS``) with b_dec set to ``b_dec``
+def random_init_saes(cfg: SAEConfig, b_dec: torch.Tensor, device=None,
+                     seeds: tuple[int, ...] = RANDOM_INIT_SEEDS) -> dict[RunKey, SAE]:
+    """The random-init baseline: SAEs of ``cfg`` with ``seeds`` and b_dec set to ``b_dec``
     (the data's geometric median, as at step 0 of training)."""
     saes = {RunKey(cfg.architecture, seed, trained=False): SAE(cfg, seed=seed).to(device)
-            for seed in RANDOM_INIT_SEEDS}
+            for seed in seeds}
     for sae in saes.values():
         sae.b_dec.copy_(b_dec.to(sae.b_dec.device))
     return saes
 
 
-def untrained_pair(cfg: SAEConfig, stream: Stream, n_median_samples: int, device) -> dict[RunKey, SAE]:
-    """``random_init_pair`` with b_dec at the geometric median of the stream's first ``n_median_samples`` inputs."""
-    return random_init_pair(cfg, stream_median(stream, n_median_samples), device)
+def untrained_saes(cfg: SAEConfig, stream: Stream, n_median_samples: int, device) -> dict[RunKey, SAE]:
+    """``random_init_saes`` with b_dec at the geometric median of the stream's first ``n_median_samples`` inputs."""
+    return random_init_saes(cfg, stream_median(stream, n_median_samples), device)
 
 
 def sae_dir(out_dir: str | Path, run_name: str, key: RunKey) -> Path:
@@ -145,8 +147,9 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
                        run_name: str | None = None, curve_points: int = 0, n_curve: int = 512,
                        checkpoint_part: str | None = None, **provenance_params) -> ExperimentResult:
     """Train ``sae_cfgs`` × ``n_seeds`` SAEs on one stream, then evaluate them and (with ``baseline``) a random-init
-    pair per architecture on x_eval. With ``curve_points`` ≥ 2, every metric is also evaluated on the first
-    ``n_curve`` rows of x_eval at that many evenly spaced steps (``curve_steps``), into ``result.curve``.
+    floor per architecture (``random_init_saes``, every pair of its seeds) on x_eval. With ``curve_points`` ≥ 2,
+    every metric is also evaluated on the first ``n_curve`` rows of x_eval at that many evenly spaced steps
+    (``curve_steps``), into ``result.curve``.
 
     With ``out_dir``: checkpoints under ``out_dir/checkpoints/<run_name>`` (a re-run resumes; under its subfolder
     ``checkpoint_part`` when these SAEs are a part of the setting, as a unit of ``P1Synthetic`` trains), SAEs
@@ -173,7 +176,7 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
     if baseline:
         untrained = {}
         for cfg in sae_cfgs.values():
-            untrained |= untrained_pair(cfg, stream, train_cfg.geometric_median_samples, dev)
+            untrained |= untrained_saes(cfg, stream, train_cfg.geometric_median_samples, dev)
         base_runs, base_pairs = evaluate(untrained, x_eval, true_atoms=true_atoms, progress=False)
         runs = pd.concat([runs, base_runs], ignore_index=True)
         pairs = pd.concat([pairs, base_pairs], ignore_index=True)
@@ -191,7 +194,7 @@ def train_and_evaluate(setting: str, stream: Stream, x_eval: torch.Tensor, sae_c
 def matched_cosines(saes: dict, setting: str = "") -> pd.DataFrame:
     """|cos| of every matched atom pair between the two lowest seeds of each variant in ``saes``.
 
-    ``saes`` maps ``RunKey`` to SAEs (``ExperimentResult.saes`` or ``pipeline.untrained_pair``); atoms are
+    ``saes`` maps ``RunKey`` to SAEs (``ExperimentResult.saes`` or ``pipeline.untrained_saes``); atoms are
     matched by ``metrics.match_atoms`` (Hungarian on |cos|, as DCS). Returns one row per matched pair: setting,
     model (display name), pair, the pair's key columns and abs_cos. The mean of abs_cos per model is its DCS.
     """
@@ -253,7 +256,7 @@ def model_unit(setting: str, stream: Stream, x_eval: torch.Tensor, variant: str,
                train_cfg: TrainConfig, n_seeds: int, out_dir: str | Path | None, **kw) -> dict[str, pd.DataFrame]:
     """The unit of work of every P1 experiment: ``n_seeds`` SAEs of one model trained on one stream
     (``train_and_evaluate``, checkpoints under ``checkpoints/<run>/<variant>``), evaluated with their random-init
-    pair. Returns its tables (runs, pairs, log, curve); ``merge_units`` puts a setting's units together."""
+    floor. Returns its tables (runs, pairs, log, curve); ``merge_units`` puts a setting's units together."""
     r = train_and_evaluate(setting, stream, x_eval, {variant: cfg}, train_cfg, n_seeds, out_dir=out_dir,
                            checkpoint_part=variant, **kw)
     return {"runs": r.runs, "pairs": r.pairs, "log": r.log, "curve": r.curve}
@@ -261,7 +264,7 @@ def model_unit(setting: str, stream: Stream, x_eval: torch.Tensor, variant: str,
 
 def merge_units(parts: list[dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
     """One setting's tables from its models' units (``model_unit``, in model order): runs and pairs of the trained
-    models first, then their random-init pairs; logs and curves model after model."""
+    models first, then their random-init floors; logs and curves model after model."""
     def cat(name: str, rows=None) -> pd.DataFrame:
         frames = [p[name] if rows is None else p[name][p[name]["trained"].astype(bool) == rows] for p in parts]
         frames = [f for f in frames if len(f)]

@@ -25,7 +25,7 @@ from isae.pipeline import (
     merge_units,
     model_unit,
     summarise,
-    untrained_pair,
+    untrained_saes,
 )
 from isae.train.recipe import recipe as get_recipe
 from isae.train.trainer import TrainConfig
@@ -57,14 +57,18 @@ class RealSetting:
                 f"{self.stream.d_in}; metrics on {self.n_eval} held-out rows, curve on {p.n_curve}")
 
     def untrained_baseline(self) -> dict[RunKey, SAE]:
-        """A random-init TopK pair with b_dec at this stream's geometric median (the four architectures share
-        their initial atoms, so one pair serves all)."""
-        return untrained_pair(self.sae_cfgs["topk"], self.stream, self.train_cfg.geometric_median_samples,
+        """The random-init TopK SAEs (``untrained_saes``) with b_dec at this stream's geometric median (the four
+        architectures share their initial atoms, so one floor serves all)."""
+        return untrained_saes(self.sae_cfgs["topk"], self.stream, self.train_cfg.geometric_median_samples,
                               self.train_cfg.resolved_device())
 
     def first_seeds(self) -> dict[str, SAE]:
         """The seed-0 SAE of every model, by display name."""
         return {sae.cfg.display_name: sae for key, sae in self.result.saes.items() if key.seed == 0 and key.trained}
+
+    def trained(self) -> dict[RunKey, SAE]:
+        """Every trained SAE, by run key, in model then seed order."""
+        return {key: sae for key, sae in self.result.saes.items() if key.trained}
 
 
 def eval_inputs(caches: dict[str, ActivationCache], setting: str, p: RealProfile, n: int | None = None):
@@ -105,7 +109,7 @@ def real_inputs(setting: str, caches: dict[str, ActivationCache], p: RealProfile
 class P1Real(Experiment):
     """Notebook 03: P1's four models × seeds on each real setting (``SETTINGS``), ``p.passes`` passes over its
     training cache with ``p.recipe``, a convergence curve of ``p.curve_points`` points and the evaluation on
-    ``p.n_eval`` held-out rows with a random-init pair. A unit is one model of one setting (every seed, so the
+    ``p.n_eval`` held-out rows with a random-init floor. A unit is one model of one setting (every seed, so the
     curve's seed pairs are evaluated during training). ``load`` gives a ``RealSetting`` per setting, with its saved
     SAEs."""
 
@@ -155,7 +159,7 @@ class P1Real(Experiment):
 
 
 def matched_cosines_with_floor(settings: dict[str, RealSetting]) -> pd.DataFrame:
-    """Matched |cos| of seed 0 vs seed 1 of every model per setting, and of a random-init pair (model
+    """Matched |cos| of seed 0 vs seed 1 of every model per setting, and of the first two random-init SAEs (model
     "random init (untrained)")."""
     frames = []
     for name, s in settings.items():
@@ -165,15 +169,23 @@ def matched_cosines_with_floor(settings: dict[str, RealSetting]) -> pd.DataFrame
     return pd.concat(frames, ignore_index=True)
 
 
-def splice_first_seeds(setting: RealSetting, p: RealProfile, bridge, tokenizer) -> tuple[pd.DataFrame, int]:
-    """Downstream CE/KL with each model's seed-0 SAE spliced in at ``p.lm_hook`` on the first ``p.ce_windows``
-    held-out windows (``downstream.splice_metrics``); also returns the number of windows."""
+def splice_seeds(setting: RealSetting, p: RealProfile, bridge, tokenizer) -> tuple[pd.DataFrame, int]:
+    """Downstream CE/KL with every trained SAE spliced in at ``p.lm_hook`` on the first ``p.ce_windows`` held-out
+    windows (``downstream.splice_metrics``): one row per SAE (model, seed, run), so that the CE claim compares
+    models over seeds. Also returns the number of windows."""
     request = activations.LMRequest(split="heldout", hook=p.lm_hook, context_length=p.context_length,
                                     n_tokens=p.ce_windows * (p.context_length - 1), windows_per_shard=p.ce_windows)
     windows = activations.lm_windows(tokenizer, request)[: p.ce_windows]
     center = get_recipe(p.recipe).center_inputs
-    reconstructors = {name: downstream.sae_reconstructor(sae, center) for name, sae in setting.first_seeds().items()}
-    return downstream.splice_metrics(bridge, windows.tokens, windows.mask, p.lm_hook, reconstructors), len(windows)
+    trained = setting.trained()
+    by_label = {pipeline.run_label(key): key for key in trained}
+    reconstructors = {label: downstream.sae_reconstructor(trained[key], center) for label, key in by_label.items()}
+    out = downstream.splice_metrics(bridge, windows.tokens, windows.mask, p.lm_hook, reconstructors)
+    keys = [by_label[label] for label in out["model"]]
+    out = out.rename(columns={"model": "run"})
+    out.insert(0, "seed", [key.seed for key in keys])
+    out.insert(0, "model", [trained[key].cfg.display_name for key in keys])
+    return out, len(windows)
 
 
 @dataclass
@@ -213,10 +225,21 @@ def _center_unit(x):
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+SPLICE_COLUMNS = ("ce_clean", "ce_sae", "ce_zero", "ce_recovered", "kl")
+
+
 def table3(splice: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
-    """Our Table 3: the splice columns and the sparse-probing test accuracy at each k (``sparse_probing_k<k>``)."""
+    """Our Table 3: per model, the splice columns (mean over its seeds spliced, ``splice_seeds``; ``ce_sae_sd``
+    their sd, ``n_seeds``, ``n_tokens``) and the sparse-probing test accuracy at each k (``sparse_probing_k<k>``,
+    seed 0)."""
+    by_model = splice.groupby("model", sort=False)
+    means = by_model[list(SPLICE_COLUMNS)].mean()
+    means.insert(2, "ce_sae_sd", by_model["ce_sae"].std())
+    means["n_seeds"] = by_model.size()
+    means["n_tokens"] = by_model["n_tokens"].first()
     probe_cols = {f"test_acc_k{k}": f"sparse_probing_k{k}" for k in probing.DEFAULT_K}
-    return splice.merge(probes[["model", *probe_cols]].rename(columns=probe_cols), on="model", how="left")
+    return means.reset_index().merge(probes[["model", *probe_cols]].rename(columns=probe_cols), on="model",
+                                     how="left")
 
 
 def paper_table2_as_ours(paper2: pd.DataFrame) -> pd.DataFrame:

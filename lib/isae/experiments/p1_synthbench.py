@@ -156,7 +156,7 @@ class P1SynthBench(Experiment):
                                      out, true_atoms=bi.truth, progress=ctx.progress, data=bi.data.identity(),
                                      recipe=get_recipe(p.recipe).to_dict(), **ctx.params)
         saes = pipeline.load_saes(out, SETTING, [RunKey(arch, s) for s in range(p.n_seeds)], ctx.device)
-        floor = pipeline.untrained_pair(bi.sae_cfgs[arch], bi.stream, bi.train_cfg.geometric_median_samples,
+        floor = pipeline.untrained_saes(bi.sae_cfgs[arch], bi.stream, bi.train_cfg.geometric_median_samples,
                                         ctx.device)
         bench, features = [], []
         rate = (bi.f_eval > 0).float().mean(0)

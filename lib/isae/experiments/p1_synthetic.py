@@ -106,7 +106,7 @@ def check_recipes(recipes: tuple[str, ...]) -> None:
 class P1Synthetic(Experiment):
     """Notebook 01: P1's four models × seeds on every synthetic setting and data seed, under each recipe (the
     headline's first). A unit is one model of one (recipe, setting, data seed): its seeds trained on one stream and
-    evaluated with their random-init pair. ``load`` gives, by recipe and setting key, each setting's
+    evaluated with their random-init floor. ``load`` gives, by recipe and setting key, each setting's
     ``ExperimentResult`` with its saved SAEs and held-out inputs."""
 
     name = "p1_synthetic"
