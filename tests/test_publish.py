@@ -61,6 +61,8 @@ def test_publish_copies_each_notebook_from_its_run_and_writes_the_pages(repo):
     assert "claim 0 \\| piped" in page and "| **holds** |" in page  # pipes escaped, verdicts from the tables
     assert "`def456`" in page and "make reference-scale" in page  # the reference run names its commit and command
     assert "03_p1_real_activations (not published)" in page and "Not published yet" in page
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    assert f"Made by `make publish` at commit `{head}`." in page  # the publishing repo's commit, not "-dirty"
     summary = (repo / "README.md").read_text()
     assert "old text" not in summary and summary.endswith("more\n")
     p1 = next(line for line in summary.splitlines() if line.startswith("| P1"))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from isae.core.provenance import atomic_write_text, git_commit, provenance_path, repo_root
+from isae.core.provenance import atomic_write_text, provenance_path, repo_root
 from isae.report.claims import RULE, VERDICTS, counts
 from isae.report.overview import SECTIONS, Section
 
@@ -222,9 +222,13 @@ def publish(root: Path | None = None, outputs: dict[str, Path] | None = None, de
     root = Path(root) if root else repo_root()
     outputs = outputs or {"default": root / "outputs" / "default", "reference": root / "outputs" / "reference"}
     dest = Path(dest) if dest else root / "results"
-    if check_clean and (changed := uncommitted_changes(root)):
+    changed = uncommitted_changes(root)
+    if check_clean and changed:
         raise PublishError(f"uncommitted changes ({', '.join(changed[:5])}{' …' if len(changed) > 5 else ''}): "
                            "publish only what a commit made; commit or stash them first.")
+    # the commit that publishes, read before results/ and README.md (its own paths) are rewritten
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                            check=True).stdout.strip() + ("-dirty" if changed else "")
     items = [collect(s, outputs) for s in SECTIONS]
     if not any(it.notebook for it in items):
         raise PublishError(f"no executed notebook under {', '.join(map(str, outputs.values()))}: run "
@@ -242,7 +246,6 @@ def publish(root: Path | None = None, outputs: dict[str, Path] | None = None, de
                         shutil.copy2(path, dest / sub / path.name)
         (dest / "notebooks").mkdir(parents=True, exist_ok=True)
         shutil.copy2(it.notebook, dest / "notebooks" / it.notebook.name)
-    commit = git_commit()
     times = outputs["default"] / "notebooks" / WALL_TIMES
     if times.is_file():
         shutil.copy2(times, dest / WALL_TIMES)
