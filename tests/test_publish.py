@@ -70,6 +70,16 @@ def test_publish_copies_each_notebook_from_its_run_and_writes_the_pages(repo):
     assert "`make reference-scale` (profile" in summary and "commit def456" in summary  # each run by its command
 
 
+def test_the_summary_names_a_command_once_with_each_commit_that_made_its_notebooks(repo):
+    _output(repo / "outputs" / "default", "04_p2_toy_conditions", "p2_toy_claims.csv", _claims("P2", ["holds"]),
+            "p2_toy_sparsity.png", commit="fff999")
+    publish.publish(repo)
+    summary = (repo / "README.md").read_text()
+    assert summary.count("`make reproduce PROFILE=default`") == 1
+    assert "`make reproduce PROFILE=default` (profile default, commits abc123, fff999)" in summary
+    assert "`make reference-scale` (profile reference, commit def456)" in summary
+
+
 def test_publish_refuses_uncommitted_changes_and_dirty_outputs(repo):
     (repo / "tracked.py").write_text("x = 1\n")
     subprocess.run(["git", "add", "tracked.py"], cwd=repo, check=True)

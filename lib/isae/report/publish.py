@@ -199,8 +199,12 @@ def summary_markdown(items: list[Published]) -> str:
     for paper, title in PAPERS.items():
         rows = every[every["paper"] == paper]
         lines.append(f"| {paper}: {title} | {len(rows)} | {_counts_cells(rows)} |")
-    runs = list(dict.fromkeys(f"`{it.command}` (profile {it.profile}, commit {it.commit[:10]})"
-                              for it in items if it.notebook))
+    commits: dict[tuple[str, str], dict[str, None]] = {}  # (command, profile) → its commits, in order
+    for it in items:
+        if it.notebook:
+            commits.setdefault((it.command, it.profile), {})[it.commit[:10]] = None
+    runs = [f"`{cmd}` (profile {profile}, commit{'s' if len(cs) > 1 else ''} {', '.join(cs)})"
+            for (cmd, profile), cs in commits.items()]
     lines += ["", f"From the published results ([results/](results/README.md): every claim beside the paper's value, "
               f"the executed notebooks and their figures); runs: {', '.join(runs) or 'none yet'}."]
     return "\n".join(lines)
