@@ -331,3 +331,24 @@ def test_a_moving_metric_leaves_a_far_verdict_standing_and_a_near_one_not_tested
              "near": Compare(dcs, ">", engine.from_seeds("other", 0.6, 0.01, 3, "pair"))}
     table = engine.claims_table([Claim("P1", name, "s", test) for name, test in tests.items()], "default", movement)
     assert dict(zip(table["claim"], table["verdict"])) == {"far": "holds", "near": "not tested"}
+
+
+def test_the_ce_claim_follows_the_lm_mse_while_that_still_moves():
+    """The CE loss is measured once, after training: while the same models' MSE ranking on the spliced setting is
+    not tested (still moving), neither is the CE claim; once it is decided, the CE numbers decide alone."""
+    table = _table(GOOD, "lm")
+    ce = {"TopK": [3.3, 3.31, 3.32], "AbsTopK": [3.2, 3.21, 3.22], "iSAE": [3.1, 3.11, 3.12],
+          "iSAE-ME": [3.0, 3.01, 3.02]}
+    ours = pd.DataFrame([{"model": m, "ce_sae": v} for m, vs in ce.items() for v in vs])
+
+    def ce_row(movement, downstream_of="lm"):
+        claims = reporting.check_real_claims(table, "default", downstream=ours, downstream_setting="lm (CE)",
+                                             downstream_of=downstream_of, movement=movement)
+        return claims[claims["setting"] == "lm (CE)"].iloc[0]
+
+    moving = {("lm", "iSAE-ME", "mse"): -0.5}  # iSAE-ME's MSE still falls by far more than its gaps
+    assert _verdict(reporting.check_real_claims(table, "default", movement=moving), "lowest MSE") == "not tested"
+    row = ce_row(moving)
+    assert row["verdict"] == "not tested" and "follows lm's MSE" in row["reason"] and row["still_moving"]
+    assert ce_row({})["verdict"] == "holds"  # the MSE ranking settled: the CE numbers decide
+    assert ce_row(moving, downstream_of=None)["verdict"] == "holds"  # no proxy named: the CE alone

@@ -9,7 +9,8 @@ behind it. ``claims_table`` turns claims into a table whose columns are the same
 * **inconclusive**: the difference is within ``Z`` standard errors, or fewer than ``MIN_SEEDS`` seeds stand
   behind a quantity (the run cannot resolve it);
 * **not tested**: the profile is ``smoke`` (CI sizes decide nothing), or a compared metric is still moving at this
-  budget and the difference's own movement, once more, could change the verdict;
+  budget and the difference's own movement, once more, could change the verdict, or a number measured once after
+  training follows a comparison that is not tested for that reason (``Follows``);
 * **missing**: a model or metric the claim needs is absent — never "fails".
 
 The rule (our choice; ``RULE`` is written into every claims table): the standard error of a difference of two
@@ -213,6 +214,32 @@ class AnyOf(_Combination):
     joiner = " OR "
 
 
+@dataclass(frozen=True)
+class Follows:
+    """``test`` on numbers measured once, after training, without a convergence curve of their own (e.g. the CE
+    loss with the SAE spliced in), decided only where the comparison they follow is: while ``proxy`` (e.g. the same
+    models' MSE, which the CE loss follows) is "not tested" because it still moves, so is ``test`` (our choice: the
+    size of the CE's own movement is not measured, so no verdict on it is kept against a moving proxy)."""
+
+    test: Compare | AllOf | AnyOf
+    proxy: Compare | AllOf | AnyOf
+    proxy_name: str
+
+    def __str__(self) -> str:
+        return str(self.test)
+
+    def decide(self, movement: Mapping[tuple, float], exact_means: bool = False,
+               settled: Mapping[tuple, float] | None = None) -> Outcome:
+        out = self.test.decide(movement, exact_means, settled)
+        if exact_means or out.verdict == MISSING:
+            return out
+        proxy = self.proxy.decide(movement, exact_means, settled)
+        if proxy.verdict == NOT_TESTED:
+            return Outcome(NOT_TESTED, f"follows {self.proxy_name}, not tested: {proxy.reason}", out.difference,
+                           out.difference_se, out.n, proxy.moving)
+        return out
+
+
 # ------------------------------------------------------------------------------------------------------
 # Claims and the table
 # ------------------------------------------------------------------------------------------------------
@@ -224,7 +251,7 @@ class Claim:
     paper: str
     claim: str
     setting: str
-    test: Compare | AllOf | AnyOf
+    test: Compare | AllOf | AnyOf | Follows
     paper_value: str = ""
     paper_test: Compare | AllOf | AnyOf | None = None
     note: str = ""

@@ -8,7 +8,7 @@ from isae.core.models import ARCHITECTURES
 from isae.core.provenance import repo_root
 from isae.pipeline import P1_MODELS, PAIR_METRICS, TABLE_METRICS
 from isae.report import claims
-from isae.report.claims import AllOf, Claim, Compare, Quantity
+from isae.report.claims import AllOf, Claim, Compare, Follows, Quantity
 
 PAPER_DIR = repo_root() / "data" / "paper"
 #: Direction of improvement of each metric (for the "better" arrows in tables).
@@ -218,14 +218,15 @@ CE_CLAIM = "iSAE-ME has the lowest CE loss with the SAE spliced in"
 
 def check_real_claims(table: pd.DataFrame, profile: str, paper2: pd.DataFrame | None = None,
                       downstream: pd.DataFrame | None = None, paper3: pd.DataFrame | None = None,
-                      downstream_setting: str = "downstream",
+                      downstream_setting: str = "downstream", downstream_of: str | None = None,
                       movement: dict[tuple[str, str, str], float] | None = None,
                       settled: dict[tuple[str, str, str], float] | None = None) -> pd.DataFrame:
     """P1's claims on real activations (Table 2), decided by the claims engine on ``table`` (``summarise``'s
     output) per setting, each beside the same test on ``paper2`` (P1's Table 2 with our setting names,
     ``p1_real.paper_table2_as_ours``). With ``downstream`` (one row per spliced SAE: model, ``ce_sae``) the CE
-    claim too, beside P1's Table 3 (``paper3``). ``movement``, ``settled``: ``still_moving`` and ``settled`` of
-    ``convergence(curve)``."""
+    claim too, beside P1's Table 3 (``paper3``); with ``downstream_of`` (the setting of the spliced SAEs) it follows
+    that setting's MSE ranking (``claims.Follows``: not tested while that still moves). ``movement``, ``settled``:
+    ``still_moving`` and ``settled`` of ``convergence(curve)``."""
     out = []
     for s in dict.fromkeys(table["setting"]):
         ours = real_tests(*getters(table, s), s)
@@ -234,8 +235,12 @@ def check_real_claims(table: pd.DataFrame, profile: str, paper2: pd.DataFrame | 
         out += _beside_paper("P1", ours, theirs, s)
     if downstream is not None:
         pt = _ce_test(_downstream_getter(paper3, paper=True)) if paper3 is not None else None
-        out.append(Claim("P1", CE_CLAIM, downstream_setting, _ce_test(_downstream_getter(downstream, paper=False)),
-                         paper_value=str(pt) if pt is not None else "", paper_test=pt))
+        test = _ce_test(_downstream_getter(downstream, paper=False))
+        if downstream_of is not None:
+            g, _ = getters(table, downstream_of)
+            test = Follows(test, _lowest(g, "iSAE-ME", "mse", ("TopK", "AbsTopK", "iSAE")), f"{downstream_of}'s MSE")
+        out.append(Claim("P1", CE_CLAIM, downstream_setting, test, paper_value=str(pt) if pt is not None else "",
+                         paper_test=pt))
     return claims.claims_table(out, profile, movement, settled)
 
 
