@@ -62,7 +62,7 @@ reference-scale: setup  ## The scale sweep's reference run: N = 192 and 384 at 3
 
 # Our choice: 48 passes over notebook 03's default caches (8× its 6), so that the convergence rule
 # (isae.report.p1.convergence) can find the curves settled before the learning-rate decay: at 24 passes the metrics
-# still moved per doubling of training about as much as at 12 (the published run before this one).
+# still moved per doubling of training about as much as at 12.
 REAL_REFERENCE_PASSES := 48
 
 reference-real: setup  ## Notebook 03 at default with REAL_REFERENCE_PASSES passes into outputs/reference (about 2 h; resumable)

@@ -217,7 +217,7 @@ def synthetic_profile(profile: str, **overrides) -> SyntheticProfile:
 #: ("authors+lr"), because the authors' fixed 3e-4 (tuned for K = 4096 and 30K steps) leaves iSAE-ME untrained at
 #: K = 256 in 3K steps, which would rank it last for a reason that is not P1's; the authors' exact recipe follows
 #: it. P1's text's recipe ("paper") is left out at ``default``, our choice to fit ``make reproduce`` in 90 minutes
-#: on 2 cores (it was a third of notebook 01's time); notebook 06 trains it at ``default`` for iSAE-ME (the base
+#: on 2 cores (a third of notebook 01's time); notebook 06 trains it at ``default`` for iSAE-ME (the base
 #: its ablation switches from), and ``recipes=[...]`` adds it here. ``paper`` keeps the authors' recipe first.
 HEADLINE_RECIPES: dict[str, tuple[str, ...]] = {"smoke": ("authors", "paper"),
                                                 "default": ("authors+lr", "authors"),

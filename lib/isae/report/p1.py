@@ -93,6 +93,10 @@ def getters(table: pd.DataFrame, setting: str, paper: bool = False):
     return get, get_untrained
 
 
+NOT_ISAE_ME = ("TopK", "AbsTopK", "iSAE")
+"""The models iSAE-ME is compared with in P1's "iSAE-ME has the lowest …" claims."""
+
+
 def _lowest(g, model: str, metric: str, others: tuple[str, ...]) -> AllOf:
     return AllOf(*(Compare(g(model, metric), "<", g(o, metric)) for o in others))
 
@@ -104,7 +108,7 @@ def synthetic_tests(g, u, setting: str) -> list[tuple[str, object]]:
         ("AbsTopK beats TopK on SAE code IoU", Compare(g("AbsTopK", "sae_iou"), ">", g("TopK", "sae_iou"))),
         ("OMP oracle on AbsTopK dictionaries is more consistent than the AbsTopK encoder",
          Compare(g("AbsTopK", "oracle_iou"), ">", g("AbsTopK", "sae_iou"))),
-        ("iSAE-ME has the lowest MSE", _lowest(g, "iSAE-ME", "mse", ("TopK", "AbsTopK", "iSAE"))),
+        ("iSAE-ME has the lowest MSE", _lowest(g, "iSAE-ME", "mse", NOT_ISAE_ME)),
         ("iSAE-ME closes the gap to the oracle (SAE IoU ≥ AbsTopK's oracle IoU − 0.05)",
          Compare(g("iSAE-ME", "sae_iou"), ">", g("AbsTopK", "oracle_iou"), offset=-0.05)),
         ("Trained SAEs are more consistent than untrained ones (DCS above the random-init baseline)",
@@ -181,7 +185,7 @@ def real_tests(g, u, setting: str) -> list[tuple[str, object]]:
         ("the aRIP term lowers R_S (iSAE below AbsTopK)", Compare(g("iSAE", "r_s"), "<", g("AbsTopK", "r_s"))),
         ("aRIP improves oracle identifiability (iSAE oracle IoU > AbsTopK's)",
          Compare(g("iSAE", "oracle_iou"), ">", g("AbsTopK", "oracle_iou"))),
-        ("iSAE-ME has the lowest MSE", _lowest(g, "iSAE-ME", "mse", ("TopK", "AbsTopK", "iSAE"))),
+        ("iSAE-ME has the lowest MSE", _lowest(g, "iSAE-ME", "mse", NOT_ISAE_ME)),
         ("iSAE-ME is less stable than AbsTopK (lower DCS and SAE IoU)",
          AllOf(Compare(g("iSAE-ME", "dcs"), "<", g("AbsTopK", "dcs")),
                Compare(g("iSAE-ME", "sae_iou"), "<", g("AbsTopK", "sae_iou")))),
@@ -210,7 +214,7 @@ def _downstream_getter(downstream: pd.DataFrame, paper: bool):
 
 
 def _ce_test(get) -> AllOf:
-    return AllOf(*(Compare(get("iSAE-ME"), "<", get(o)) for o in ("TopK", "AbsTopK", "iSAE")))
+    return AllOf(*(Compare(get("iSAE-ME"), "<", get(o)) for o in NOT_ISAE_ME))
 
 
 CE_CLAIM = "iSAE-ME has the lowest CE loss with the SAE spliced in"
@@ -238,7 +242,7 @@ def check_real_claims(table: pd.DataFrame, profile: str, paper2: pd.DataFrame | 
         test = _ce_test(_downstream_getter(downstream, paper=False))
         if downstream_of is not None:
             g, _ = getters(table, downstream_of)
-            test = Follows(test, _lowest(g, "iSAE-ME", "mse", ("TopK", "AbsTopK", "iSAE")), f"{downstream_of}'s MSE")
+            test = Follows(test, _lowest(g, "iSAE-ME", "mse", NOT_ISAE_ME), f"{downstream_of}'s MSE")
         out.append(Claim("P1", CE_CLAIM, downstream_setting, test, paper_value=str(pt) if pt is not None else "",
                          paper_test=pt))
     return claims.claims_table(out, profile, movement, settled)
